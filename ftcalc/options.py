@@ -1,0 +1,104 @@
+"""The training options that change memory or speed, shared by the estimator, the profiler and the executor.
+
+One definition, one validation: ``ftcalc estimate``, ``ftcalc profile`` and ``ftcalc run`` take the
+same names, so a memory-relevant option cannot exist on one side only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ftcalc.errors import InvalidArgumentError
+from ftcalc.inventory import DEFAULT_LORA_TARGETS
+
+__all__ = ["TrainingOptions", "OPTIMIZERS", "PRECISIONS", "METHODS", "ATTENTIONS", "make_options"]
+
+METHODS = ("full", "lora", "qlora")
+PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")  # Lightning's names
+OPTIMIZERS = (
+    "adamw_torch",  # torch.optim.AdamW, foreach implementation (the default)
+    "adamw_torch_fused",  # torch.optim.AdamW(fused=True)
+    "paged_adamw_32bit",  # bitsandbytes PagedAdamW32bit: states in CUDA unified memory
+    "paged_adamw_8bit",  # bitsandbytes PagedAdamW8bit
+    "adamw_8bit",  # bitsandbytes AdamW8bit: blockwise 8-bit states
+    "sgd",  # torch.optim.SGD, no momentum
+    "adafactor",  # transformers.optimization.Adafactor (factored second moment)
+)
+ATTENTIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+LOSSES = ("standard", "fused")  # fused: Liger fused linear cross-entropy (no B*T*V logits)
+
+
+class TrainingOptions(BaseModel):
+    """Everything about a training step that the memory and time models need besides model and GPU.
+
+    Defaults follow the plain Hugging Face recipe: LoRA r=16, alpha=32, dropout 0.05 on the seven
+    linear projections; bf16 weights with bf16 autocast; torch AdamW; gradient checkpointing on for
+    LoRA/QLoRA and off for full fine-tuning.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["full", "lora", "qlora"] = "lora"
+    seq_len: int = Field(2048, gt=0, description="tokens per sequence")
+    batch_size: int = Field(1, gt=0, description="micro-batch size (sequences per forward pass per GPU)")
+    gradient_checkpointing: bool | None = None  # None: on for lora/qlora, off for full
+    optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
+    precision: Literal["bf16-true", "bf16-mixed", "32-true"] = "bf16-true"
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    loss: Literal["standard", "fused"] = "standard"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    num_gpus: int = Field(1, gt=0)
+
+    @field_validator("lora_targets", mode="before")
+    @classmethod
+    def _split_targets(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = DEFAULT_LORA_TARGETS if v.strip() in ("all-linear", "all") else tuple(
+                t.strip() for t in v.split(",") if t.strip()
+            )
+        if not v:
+            raise ValueError("lora_targets is empty; use all-linear or a comma list such as q_proj,v_proj")
+        return tuple(v)
+
+    @property
+    def checkpointing(self) -> bool:
+        """Gradient checkpointing after the method default is applied."""
+        if self.gradient_checkpointing is None:
+            return self.method != "full"
+        return self.gradient_checkpointing
+
+    @property
+    def uses_adapters(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size
+
+
+def make_options(**kwargs: object) -> TrainingOptions:
+    """Build :class:`TrainingOptions`, turning validation errors into one ``InvalidArgumentError`` line.
+
+    All problems are reported at once, each naming the option, the bad value and what is valid.
+    """
+    clean = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        return TrainingOptions(**clean)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "options"
+            name = "--" + loc.replace("_", "-")
+            got = err.get("input")
+            msg = err["msg"]
+            if err["type"] == "literal_error":
+                msg = msg.replace("Input should be", "expected")
+            problems.append(f"{name}={got!r}: {msg}")
+        raise InvalidArgumentError("; ".join(problems)) from None

@@ -1,0 +1,225 @@
+"""Measure a real training run's memory and speed on a CUDA GPU: ``ftcalc profile``.
+
+    ftcalc profile --model llama-3-8b --method lora --seq-len 2048 --batch-size 4 --steps 6 --record
+    python -m ftcalc.profile --batch plans/h100.jsonl --out measurements.jsonl   # many configs, one process each
+
+The run builds the model from its config with random weights on the GPU (nothing downloaded), then
+runs ``steps`` real training steps of the shared recipe (ftcalc/recipe.py) on random token ids, and
+records one row of the measurement schema (docs/measurements.md): CUDA memory statistics, device
+memory in use (with the CUDA context), allocator retries, per-step times, tokens/s, the outcome
+(``ok`` or ``oom``) and provenance (GPU, driver, CUDA, library versions, date, git commit).
+
+One configuration per process: CUDA memory statistics, the caching allocator's pool and the CUDA
+context are per process (../shared/reference/measuring.md). ``--batch`` forks a fresh child per
+configuration from a parent that has imported the heavy libraries but never touched CUDA.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ftcalc.catalog import resolve_model
+from ftcalc.options import TrainingOptions, make_options
+
+__all__ = ["profile", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+GIB = 2**30
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for pkg in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "liger-kernel"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _driver_version() -> str | None:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        return None
+
+
+def _git_commit() -> str | None:
+    if os.environ.get("FTCALC_GIT_COMMIT"):
+        return os.environ["FTCALC_GIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int = 2, device: str = "cuda",
+            run_id: str | None = None) -> dict[str, Any]:
+    """Run ``steps`` training steps and return one measurement row (a dict of the schema).
+
+    An out-of-memory error is an outcome (``outcome="oom"``, with the peaks reached before it), not a
+    crash. Call once per process.
+    """
+    import torch
+
+    from ftcalc import recipe
+
+    if not torch.cuda.is_available():
+        from ftcalc.errors import MissingDependencyError
+
+        raise MissingDependencyError("ftcalc profile needs a CUDA GPU (torch.cuda.is_available() is False)")
+    spec = resolve_model(model)
+    dev = torch.device(device)
+    torch.cuda.set_device(dev)
+    torch.cuda.init()
+    torch.empty(1, device=dev)  # create the context
+    free0, total = torch.cuda.mem_get_info(dev)
+    props = torch.cuda.get_device_properties(dev)
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "model": spec.id,
+        **opts.model_dump(mode="json"),
+        "gradient_checkpointing": opts.checkpointing,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "outcome": None,
+        "error": None,
+        "gpu_name": props.name,
+        "gpu_total_bytes": total,
+        "device_used_before_model_bytes": total - free0,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "driver": _driver_version(),
+        "cuda": torch.version.cuda,
+        "versions": _versions(),
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "source": "ftcalc profile",
+    }
+    step_times: list[float] = []
+    losses: list[float] = []
+    t_load = time.perf_counter()
+    model_obj = optimizer = None
+    try:
+        model_obj = recipe.build_model(spec, opts, device=device, init="random")
+        optimizer = recipe.build_optimizer(model_obj, opts)
+        torch.cuda.synchronize(dev)
+        row["load_seconds"] = round(time.perf_counter() - t_load, 3)
+        row["allocated_after_load_bytes"] = torch.cuda.memory_allocated(dev)
+        row["reserved_after_load_bytes"] = torch.cuda.memory_reserved(dev)
+        row["load_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
+        row["trainable_params"] = sum(p.numel() for p in model_obj.parameters() if p.requires_grad)
+        torch.cuda.reset_peak_memory_stats(dev)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        for _ in range(steps):
+            ids = recipe.random_batch(spec.arch.vocab_size, opts, device, generator=gen)
+            torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            losses.append(recipe.train_step(model_obj, optimizer, ids, opts, device))
+            torch.cuda.synchronize(dev)
+            step_times.append(time.perf_counter() - t0)
+        row["outcome"] = "ok"
+    except torch.OutOfMemoryError as e:
+        row["outcome"] = "oom"
+        row["error"] = str(e).splitlines()[0][:300]
+    except Exception as e:  # noqa: BLE001 - recorded, the batch goes on
+        row["outcome"] = "error"
+        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        row["traceback"] = traceback.format_exc()[-2000:]
+    free1, _ = torch.cuda.mem_get_info(dev)
+    stats = torch.cuda.memory_stats(dev)
+    reserved_now = torch.cuda.memory_reserved(dev)
+    row.update(
+        peak_allocated_bytes=torch.cuda.max_memory_allocated(dev),
+        peak_reserved_bytes=torch.cuda.max_memory_reserved(dev),
+        reserved_end_bytes=reserved_now,
+        device_used_end_bytes=total - free1,
+        # what the process holds outside the caching allocator (CUDA context, library workspaces,
+        # bitsandbytes paged memory): used minus reserved, read at the end of the run
+        non_allocator_bytes=(total - free1) - reserved_now,
+        num_alloc_retries=int(stats.get("num_alloc_retries", 0)),
+        num_ooms=int(stats.get("num_ooms", 0)),
+        step_seconds=[round(s, 5) for s in step_times],
+        losses=[round(v, 4) for v in losses],
+    )
+    # nvidia-smi's view at the peak: the reserved pool at its peak plus what lives outside it
+    row["device_used_bytes"] = row["peak_reserved_bytes"] + row["non_allocator_bytes"]
+    timed = step_times[warmup_steps:]
+    if timed:
+        med = statistics.median(timed)
+        row["step_seconds_median"] = round(med, 5)
+        row["tokens_per_second"] = round(opts.tokens_per_step / med, 1)
+    return row
+
+
+def _child(cfg: dict[str, Any], out_path: str) -> None:
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "")
+    try:
+        model = cfg.pop("model")
+        steps = int(cfg.pop("steps", 6))
+        warm = int(cfg.pop("warmup_steps", 2))
+        run_id = cfg.pop("run_id", None)
+        row = profile(model, make_options(**cfg), steps=steps, warmup_steps=warm, run_id=run_id)
+    except BaseException as e:  # noqa: BLE001
+        row = {"run_id": cfg.get("run_id"), "model": cfg.get("model"), **cfg, "outcome": "error",
+               "error": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()[-2000:]}
+    with open(out_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
+    """Run every configuration of a JSONL plan, each in a fresh child process, appending rows to ``out_path``."""
+    import multiprocessing as mp
+
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    # import the heavy libraries once, without touching CUDA, so that each fork starts fast
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    plans = [json.loads(line) for line in Path(plan_path).read_text().splitlines() if line.strip()]
+    use_fork = not torch.cuda.is_initialized()
+    ctx = mp.get_context("fork" if use_fork else "spawn")
+    for i, cfg in enumerate(plans):
+        cfg.setdefault("run_id", f"{Path(plan_path).stem}-{i:03d}")
+        t0 = time.time()
+        p = ctx.Process(target=_child, args=(dict(cfg), out_path))
+        p.start()
+        p.join(timeout_s)
+        if p.is_alive():
+            p.kill()
+            p.join()
+            with open(out_path, "a") as f:
+                f.write(json.dumps({**cfg, "outcome": "timeout", "error": f"no result in {timeout_s}s"}) + "\n")
+        last = json.loads(Path(out_path).read_text().splitlines()[-1])
+        print(f"[{i + 1}/{len(plans)}] {cfg['run_id']} {cfg.get('model')} {cfg.get('method')} "
+              f"s={cfg.get('seq_len')} b={cfg.get('batch_size')} -> {last.get('outcome')} "
+              f"alloc={last.get('peak_allocated_bytes', 0) / GIB:.2f} res={last.get('peak_reserved_bytes', 0) / GIB:.2f} "
+              f"used={last.get('device_used_bytes', 0) / GIB:.2f} GiB tok/s={last.get('tokens_per_second')} "
+              f"({time.time() - t0:.0f}s) {last.get('error') or ''}", flush=True)
+
+
+if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out rows.jsonl
+    import argparse
+
+    ap = argparse.ArgumentParser(description="run a JSONL plan of profiling configurations, one process each")
+    ap.add_argument("--batch", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--timeout", type=float, default=300)
+    a = ap.parse_args()
+    run_batch(a.batch, a.out, a.timeout)
+    sys.exit(0)

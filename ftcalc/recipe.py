@@ -1,0 +1,296 @@
+"""The training recipe, the Hugging Face way: model + adapters + optimizer + one training step.
+
+Shared by ``ftcalc profile`` (measurements) and ``ftcalc run`` (the executor) so that what is measured
+is what runs. Every heavy import (torch, transformers, peft, bitsandbytes, accelerate) happens inside
+these functions: importing this module costs nothing.
+
+What the recipe does, option by option (the estimator in ftcalc/memory.py models exactly this):
+- weights: bf16 for ``bf16-true``, fp32 for ``bf16-mixed`` and ``32-true``; bf16 autocast for both
+  bf16 precisions (as HF Trainer's ``bf16=True`` does on top of a bf16 or fp32 model).
+- ``init="random"``: the model is built from its config with random weights directly on the device
+  (memory and speed do not depend on the values); QLoRA builds on the meta device and quantizes
+  layer by layer to NF4/FP4 with bitsandbytes, so a 70B model never exists in bf16.
+- LoRA/QLoRA: peft ``LoraConfig`` on the chosen targets; adapters in fp32 (peft's
+  ``autocast_adapter_dtype=True``); QLoRA through ``prepare_model_for_kbit_training`` (non-quantized
+  parameters upcast to fp32).
+- gradient checkpointing: transformers' per-decoder-layer checkpointing, non-reentrant.
+- loss: the model's own causal-LM loss with labels = input ids (fp32 upcast of the logits), or
+  ``loss="fused"``: Liger's fused linear cross-entropy (no B*T*V logits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from ftcalc.catalog import ModelSpec
+from ftcalc.errors import InvalidArgumentError, MissingDependencyError
+from ftcalc.options import TrainingOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["hf_config", "build_model", "build_optimizer", "autocast", "train_step", "random_batch", "weight_dtype"]
+
+
+def _require_train_stack() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "training and profiling need the heavy stack: pip install 'ftcalc[train]'"
+        ) from None
+
+
+def weight_dtype(opts: TrainingOptions) -> torch.dtype:
+    import torch
+
+    return torch.bfloat16 if opts.precision == "bf16-true" else torch.float32
+
+
+def hf_config(spec: ModelSpec) -> Any:
+    """A transformers config object built from the catalog's config.json fields (no download)."""
+    from transformers import AutoConfig
+
+    cfg = dict(spec.config)
+    if "text_config" in cfg and "hidden_size" not in cfg:  # Gemma 3 4B+: train the language model
+        inner = dict(cfg["text_config"])
+        inner.setdefault("model_type", f"{cfg.get('model_type', '')}_text")
+        cfg = inner
+    model_type = cfg.pop("model_type")
+    drop = {"architectures", "transformers_version", "auto_map", "quantization_config", "torch_dtype", "dtype"}
+    hf = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k not in drop})
+    hf.use_cache = False  # training: no KV cache
+    return hf
+
+
+def _attn_impl(opts: TrainingOptions) -> str | None:
+    return None if opts.attention == "auto" else opts.attention
+
+
+def _init_(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Random values of the right kind: ones for norm weights, zeros for biases, N(0, 0.02) elsewhere."""
+    if "norm" in name:
+        return t.fill_(1.0)
+    if name.endswith("bias"):
+        return t.zero_()
+    return t.normal_(0.0, 0.02)
+
+
+def _build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> Any:
+    """Meta-device model, each decoder Linear replaced by a bitsandbytes Linear4bit quantized on the device."""
+    import bitsandbytes as bnb
+    import torch
+    import torch.nn as nn
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoModelForCausalLM
+
+    cfg = hf_config(spec)
+    with init_empty_weights():  # parameters on meta; buffers (rotary inv_freq) stay real on the CPU
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation=_attn_impl(opts))
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{n}."]
+    for name, lin in targets:
+        parent = model.get_submodule(name.rsplit(".", 1)[0])
+        q = bnb.nn.Linear4bit(
+            lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=torch.bfloat16,
+            compress_statistics=opts.double_quant, quant_type=opts.quant_type, device="meta",
+        )
+        data = _init_(torch.empty(lin.out_features, lin.in_features, dtype=torch.bfloat16, device=device), name)
+        q.weight = bnb.nn.Params4bit(
+            data, requires_grad=False, compress_statistics=opts.double_quant, quant_type=opts.quant_type,
+            blocksize=64,
+        ).to(device)  # .to() on an unquantized Params4bit quantizes it; the bf16 data is freed
+        if lin.bias is not None:
+            q.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=torch.bfloat16, device=device), requires_grad=False)
+        setattr(parent, name.rsplit(".", 1)[1], q)
+        del data
+    tied = spec.arch.tie_word_embeddings
+    for name, p in list(model.named_parameters()):
+        if p.device.type == "meta" and not (tied and name == "lm_head.weight"):
+            value = _init_(torch.empty(p.shape, dtype=torch.bfloat16, device=device), name)
+            set_module_tensor_to_device(model, name, device, value=value)
+    for mod in model.modules():
+        for bname, buf in list(mod._buffers.items()):
+            if buf is not None and buf.device.type != torch.device(device).type:
+                mod._buffers[bname] = buf.to(device)
+    if tied:
+        model.tie_weights()
+    model.is_loaded_in_4bit = True  # what peft checks to dispatch bnb LoRA layers
+    model.is_quantized = True
+    return model
+
+
+def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", init: str = "random",
+                model_path: str | None = None) -> Any:
+    """Build the model ready for training: weights, quantization, adapters, checkpointing, train mode.
+
+    Args:
+        spec: the resolved model.
+        opts: training options (method, precision, LoRA settings, attention, checkpointing...).
+        device: ``cuda`` (or ``cuda:N``) or ``cpu``.
+        init: ``random`` (from the config, nothing downloaded) or ``pretrained`` (``model_path`` or the
+            hub id, through ``from_pretrained``).
+    Returns:
+        A transformers (or peft-wrapped) model in train mode on ``device``.
+    """
+    _require_train_stack()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if opts.method == "qlora" and not str(device).startswith("cuda"):
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("QLoRA needs bitsandbytes: pip install 'ftcalc[train]'") from None
+    dtype = weight_dtype(opts)
+    if opts.loss == "fused":
+        _apply_fused_loss_patch(spec)
+    if init == "random":
+        if opts.method == "qlora":
+            model = _build_qlora_random(spec, opts, device)
+        else:
+            with torch.device(device):
+                model = AutoModelForCausalLM.from_config(hf_config(spec), dtype=dtype,
+                                                         attn_implementation=_attn_impl(opts))
+    elif init == "pretrained":
+        kwargs: dict[str, Any] = dict(dtype=dtype if opts.method != "qlora" else torch.bfloat16,
+                                      attn_implementation=_attn_impl(opts))
+        if opts.method == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=opts.quant_type,
+                bnb_4bit_use_double_quant=opts.double_quant, bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+            kwargs["device_map"] = {"": device}
+        model = AutoModelForCausalLM.from_pretrained(model_path or spec.id, **kwargs)
+        if opts.method != "qlora":
+            model.to(device)
+    else:
+        raise InvalidArgumentError(f"init '{init}': expected random or pretrained")
+    model.config.use_cache = False
+    return apply_training_setup(model, opts)
+
+
+def apply_training_setup(model: Any, opts: TrainingOptions) -> Any:
+    """Adapters, QLoRA preparation, gradient checkpointing and train mode (the peft/HF way)."""
+    if opts.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes everything and upcasts every non-4-bit parameter (embeddings, norms, lm_head) to fp32.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if opts.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if opts.uses_adapters:
+            model.enable_input_require_grads()  # as peft does for k-bit models
+    if opts.uses_adapters:
+        from peft import LoraConfig, get_peft_model
+
+        missing = _missing_targets(model, opts.lora_targets)
+        if missing:
+            raise InvalidArgumentError(
+                f"--lora-targets: no module named {', '.join(missing)} in this model "
+                f"(it has {', '.join(sorted(_linear_names(model)))})"
+            )
+        lcfg = LoraConfig(
+            r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+            target_modules=list(opts.lora_targets), bias="none", task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lcfg)  # adapters in fp32 (autocast_adapter_dtype=True)
+    model.train()
+    return model
+
+
+def _linear_names(model: Any) -> set[str]:
+    import torch.nn as nn
+
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{n}."}
+
+
+def _missing_targets(model: Any, targets: tuple[str, ...]) -> list[str]:
+    names = _linear_names(model)
+    return [t for t in targets if t not in names]
+
+
+def _apply_fused_loss_patch(spec: ModelSpec) -> None:
+    """Liger's fused linear cross-entropy for this model family (only the loss; other kernels unchanged)."""
+    try:
+        import liger_kernel.transformers as lk
+    except ImportError:
+        raise MissingDependencyError("loss=fused needs liger-kernel (pip install liger-kernel) and a CUDA GPU") from None
+    fn = {
+        "llama": lk.apply_liger_kernel_to_llama, "mistral": lk.apply_liger_kernel_to_mistral,
+        "mixtral": lk.apply_liger_kernel_to_mixtral, "qwen2": lk.apply_liger_kernel_to_qwen2,
+        "qwen3": getattr(lk, "apply_liger_kernel_to_qwen3", None), "gemma": lk.apply_liger_kernel_to_gemma,
+        "gemma2": lk.apply_liger_kernel_to_gemma2, "gemma3_text": getattr(lk, "apply_liger_kernel_to_gemma3_text", None),
+        "phi3": lk.apply_liger_kernel_to_phi3,
+    }.get(spec.arch.model_type)
+    if fn is None:
+        raise InvalidArgumentError(f"loss=fused: no Liger kernel for model_type {spec.arch.model_type}")
+    kwargs = dict(fused_linear_cross_entropy=True, cross_entropy=False, rope=False, rms_norm=False)
+    try:
+        fn(swiglu=False, **kwargs)
+    except TypeError:
+        fn(**kwargs)
+
+
+def build_optimizer(model: Any, opts: TrainingOptions, lr: float = 1e-4, weight_decay: float = 0.0) -> Any:
+    """The optimizer named by ``opts.optimizer`` over the trainable parameters."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = opts.optimizer
+    if name == "adamw_torch":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name == "adamw_torch_fused":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise MissingDependencyError(f"optimizer {name} needs bitsandbytes: pip install 'ftcalc[train]'") from None
+    cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+           "adamw_8bit": bnb.optim.AdamW8bit}[name]
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+def autocast(opts: TrainingOptions, device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for both bf16 precisions (HF Trainer bf16=True), nothing for 32-true."""
+    import torch
+
+    if opts.precision == "32-true":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def random_batch(vocab_size: int, opts: TrainingOptions, device: str, generator: Any = None) -> Any:
+    """Random token ids of shape (batch, seq): memory and speed do not depend on the values."""
+    import torch
+
+    return torch.randint(0, vocab_size, (opts.batch_size, opts.seq_len), device=device, generator=generator)
+
+
+def train_step(model: Any, optimizer: Any, input_ids: Any, opts: TrainingOptions, device: str,
+               labels: Any = None, attention_mask: Any = None, step_optimizer: bool = True,
+               loss_scale: float = 1.0) -> float:
+    """Forward (labels = input ids unless given), backward, and optionally the optimizer step.
+
+    The model output is dropped before backward (as HF Trainer does), so the bf16 logits do not
+    outlive the forward pass.
+    """
+    with autocast(opts, device):
+        loss = model(input_ids=input_ids, labels=input_ids if labels is None else labels,
+                     attention_mask=attention_mask, use_cache=False).loss
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    value = float(loss.detach())
+    if step_optimizer:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return value

@@ -1,0 +1,61 @@
+"""Write the JSONL plans of profiling runs sent to the GPU machines (one line = one configuration).
+
+    python scripts/make_plans.py        # writes scripts/plans/*.jsonl
+
+Each plan is sized to finish inside one 10-minute device call. The design covers the mechanisms the
+memory model separates: method x checkpointing x seq/batch (activations, logits), optimizer states,
+precision, LoRA rank/targets/dropout, vocabulary size (Gemma 256k), tied embeddings, eager attention,
+fused loss, and configurations expected to run out of memory.
+"""
+
+import json
+from pathlib import Path
+
+L8 = "meta-llama/Meta-Llama-3-8B"
+L1 = "meta-llama/Llama-3.2-1B"
+M7 = "mistralai/Mistral-7B-v0.3"
+Q3 = "Qwen/Qwen2.5-3B"
+G2 = "google/gemma-2-2b"
+L70 = "meta-llama/Meta-Llama-3-70B"
+
+
+def c(model, method, seq, bs, **kw):
+    return {"model": model, "method": method, "seq_len": seq, "batch_size": bs, "steps": 5, "warmup_steps": 2, **kw}
+
+
+PLANS = {
+    "a": [
+        c(L8, "lora", 2048, 1),
+        c(L8, "lora", 2048, 4),
+        c(L8, "lora", 512, 1, gradient_checkpointing=False),
+        c(L8, "lora", 2048, 1, gradient_checkpointing=False),
+        c(L8, "lora", 4096, 2, lora_r=64),
+        c(L8, "lora", 8192, 1, lora_r=8),
+        c(L8, "qlora", 2048, 1),
+        c(L8, "qlora", 2048, 4),
+        c(L8, "qlora", 1024, 2, gradient_checkpointing=False),
+        c(L8, "qlora", 8192, 1, lora_r=128),
+        c(L8, "qlora", 2048, 1, optimizer="paged_adamw_32bit"),
+        c(L8, "lora", 2048, 2, optimizer="adamw_8bit"),
+        c(L8, "full", 512, 1, gradient_checkpointing=True),
+        c(L8, "full", 512, 1, gradient_checkpointing=True, optimizer="adamw_8bit"),
+        c(L1, "full", 2048, 4),
+        c(L1, "full", 1024, 8, gradient_checkpointing=True, precision="bf16-mixed"),
+        c(L1, "lora", 4096, 4, gradient_checkpointing=False, lora_dropout=0.0),
+        c(M7, "lora", 2048, 2),
+        c(Q3, "qlora", 4096, 2),
+        c(G2, "lora", 1024, 2),
+        c(G2, "full", 512, 4, gradient_checkpointing=True),
+        c(L8, "lora", 2048, 16),
+        c(L8, "lora", 4096, 1, attention="eager"),
+        c(L8, "lora", 2048, 2, loss="fused"),
+        c(L70, "qlora", 1024, 1),
+    ],
+}
+
+if __name__ == "__main__":
+    out = Path(__file__).parent / "plans"
+    out.mkdir(exist_ok=True)
+    for name, rows in PLANS.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(name, len(rows))
