@@ -84,6 +84,8 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
         raise MissingDependencyError("ftcalc profile needs a CUDA GPU (torch.cuda.is_available() is False)")
     spec = resolve_model(model)
     dev = torch.device(device)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(dev)
     torch.cuda.init()
     torch.empty(1, device=dev)  # create the context
