@@ -17,6 +17,7 @@ M7 = "mistralai/Mistral-7B-v0.3"
 Q3 = "Qwen/Qwen2.5-3B"
 G2 = "google/gemma-2-2b"
 L70 = "meta-llama/Meta-Llama-3-70B"
+Q8 = "Qwen/Qwen3-8B"
 
 
 def c(model, method, seq, bs, **kw):
@@ -50,6 +51,33 @@ PLANS = {
         c(L8, "lora", 4096, 1, attention="eager"),
         c(L8, "lora", 2048, 2, loss="fused"),
         c(L70, "qlora", 1024, 1),
+    ],
+    # H200: configurations that do not fit an H100, plus new points for every mechanism
+    "b": [
+        c(L8, "lora", 1024, 8),
+        c(L8, "lora", 4096, 4, lora_r=32),
+        c(L8, "lora", 2048, 4, gradient_checkpointing=False),
+        c(L8, "qlora", 4096, 4),
+        c(L8, "qlora", 2048, 8, lora_r=64),
+        c(L8, "qlora", 512, 16, gradient_checkpointing=False),
+        c(L8, "full", 1024, 2, gradient_checkpointing=True),
+        c(L8, "full", 2048, 1, optimizer="paged_adamw_8bit"),
+        c(L8, "full", 1024, 1, gradient_checkpointing=True, optimizer="adamw_torch_fused"),
+        c(L8, "lora", 2048, 2, precision="bf16-mixed"),
+        c(L70, "qlora", 2048, 1),
+        c(L70, "qlora", 4096, 1, lora_r=64),
+        c(L70, "qlora", 1024, 2, optimizer="adamw_8bit"),
+        c(M7, "qlora", 4096, 2),
+        c(Q3, "lora", 2048, 4, gradient_checkpointing=False),
+        c(Q3, "full", 2048, 2, gradient_checkpointing=True),
+        c(G2, "qlora", 2048, 2),
+        c(G2, "lora", 2048, 4, gradient_checkpointing=False),
+        c(L1, "lora", 8192, 2),
+        c(L1, "full", 4096, 2, optimizer="adamw_8bit"),
+        c(L1, "qlora", 2048, 8, gradient_checkpointing=False),
+        c(L8, "lora", 8192, 4),
+        c(Q8, "lora", 2048, 2),
+        c(L8, "lora", 4096, 8, gradient_checkpointing=False),
     ],
 }
 
