@@ -1,0 +1,27 @@
+"""ftcalc: GPU memory, time and cost planning for LLM fine-tuning (full, LoRA, QLoRA), checked against real runs.
+
+    import ftcalc
+    est = ftcalc.estimate("8b", method="qlora", seq_len=4096, batch_size=2, gpu="h100")
+    print(est.device_used_bytes / 2**30, est.fits)
+
+Importing ftcalc never imports torch or transformers; the functions that train or measure do.
+"""
+
+from __future__ import annotations
+
+from ftcalc.errors import FtcalcError
+
+__all__ = ["estimate", "Estimate", "FtcalcError", "resolve_model", "list_models", "__version__"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # lazy: `import ftcalc` stays cheap
+    if name in ("estimate", "Estimate"):
+        from ftcalc import estimate as _e
+
+        return getattr(_e, name)
+    if name in ("resolve_model", "list_models"):
+        from ftcalc import catalog
+
+        return getattr(catalog, name)
+    raise AttributeError(f"module 'ftcalc' has no attribute {name!r}")

@@ -124,6 +124,8 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
         row["allocated_after_load_bytes"] = torch.cuda.memory_allocated(dev)
         row["reserved_after_load_bytes"] = torch.cuda.memory_reserved(dev)
         row["load_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
+        base = model_obj.get_base_model() if hasattr(model_obj, "get_base_model") else model_obj
+        row["attn_implementation"] = getattr(base.config, "_attn_implementation", None)
         row["trainable_params"] = sum(p.numel() for p in model_obj.parameters() if p.requires_grad)
         torch.cuda.reset_peak_memory_stats(dev)
         gen = torch.Generator(device=dev).manual_seed(0)
@@ -225,3 +227,15 @@ if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out 
     a = ap.parse_args()
     run_batch(a.batch, a.out, a.timeout)
     sys.exit(0)
+
+
+def record_rows(rows: list[dict[str, Any]], path: str | None = None) -> Path:
+    """Append measurement rows to the database (default data/measurements/runs-user.jsonl)."""
+    from ftcalc._paths import data_dir
+
+    out = Path(path) if path else data_dir() / "measurements" / "runs-user.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return out

@@ -18,6 +18,7 @@ Q3 = "Qwen/Qwen2.5-3B"
 G2 = "google/gemma-2-2b"
 L70 = "meta-llama/Meta-Llama-3-70B"
 Q8 = "Qwen/Qwen3-8B"
+Q7 = "Qwen/Qwen2.5-7B"
 
 
 def c(model, method, seq, bs, **kw):
@@ -78,6 +79,34 @@ PLANS = {
         c(L8, "lora", 8192, 4),
         c(Q8, "lora", 2048, 2),
         c(L8, "lora", 4096, 8, gradient_checkpointing=False),
+    ],
+    # H100 again: optimizers, precisions, attention, fused loss, 4-bit variants, targets, two expected OOMs
+    "c": [
+        c(L8, "full", 512, 2, gradient_checkpointing=False, optimizer="adamw_8bit"),
+        c(L8, "full", 1024, 1, gradient_checkpointing=True, optimizer="adafactor"),
+        c(L8, "full", 512, 1, gradient_checkpointing=True, optimizer="sgd"),
+        c(L1, "full", 2048, 2, gradient_checkpointing=False, precision="bf16-mixed"),
+        c(L1, "full", 1024, 4, gradient_checkpointing=False),
+        c(L1, "lora", 2048, 4, gradient_checkpointing=False, precision="bf16-mixed"),
+        c(L1, "lora", 1024, 4, precision="32-true"),
+        c(Q3, "full", 1024, 4, gradient_checkpointing=False),
+        c(Q3, "lora", 4096, 2, attention="eager"),
+        c(L8, "lora", 2048, 4, lora_targets="q_proj,v_proj"),
+        c(L8, "lora", 1024, 2, gradient_checkpointing=False, lora_dropout=0.0),
+        c(L8, "qlora", 2048, 2, quant_type="fp4", double_quant=False),
+        c(L8, "qlora", 4096, 2, loss="fused"),
+        c(L8, "lora", 4096, 4, loss="fused"),
+        c(M7, "lora", 4096, 2, gradient_checkpointing=False),
+        c(M7, "full", 512, 2, gradient_checkpointing=True, optimizer="adamw_8bit"),
+        c(G2, "full", 1024, 2, gradient_checkpointing=False, optimizer="adamw_8bit"),
+        c(G2, "lora", 4096, 2),
+        c(Q8, "qlora", 4096, 2),
+        c(Q7, "lora", 2048, 2),
+        c(L8, "lora", 1024, 4, optimizer="paged_adamw_8bit"),
+        c(L70, "qlora", 2048, 1, lora_r=8, lora_targets="q_proj,k_proj,v_proj,o_proj"),
+        c(L1, "qlora", 8192, 1),
+        c(L8, "full", 1024, 1, gradient_checkpointing=False, optimizer="adamw_torch_fused"),
+        c(L8, "lora", 4096, 2, gradient_checkpointing=False),
     ],
 }
 

@@ -1,0 +1,254 @@
+"""Fit the memory model's free coefficients to real runs, and validate them on held-out runs.
+
+    ftcalc calibrate            # fit on the fit rows, write data/coefficients.json + data/calibration_report.md
+    ftcalc validate [--json]    # predicted vs measured on the validation rows, with summary statistics
+
+The rows are the measurement database (data/measurements/*.jsonl, schema in docs/measurements.md).
+They are split once, by the rule written in data/measurements/split.json: a run is a validation run
+when the number at the end of its ``run_id`` is 3 modulo 4 (every fourth run of each plan). The fit
+never sees validation rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from ftcalc._paths import data_dir
+from ftcalc.catalog import resolve_model
+from ftcalc.errors import DataFileError, FtcalcError
+from ftcalc.hardware import get_gpu
+from ftcalc.inventory import inventory
+from ftcalc.memory import Coefficients, estimate_memory, load_coefficients
+from ftcalc.options import TrainingOptions
+from ftcalc.throughput import ThroughputCoefficients, load_throughput, tokens_per_second
+
+__all__ = ["load_measurements", "is_validation", "predict_row", "fit_memory", "fit_throughput", "validate_rows",
+           "summarize", "coefficients_to_json"]
+
+_OPTION_FIELDS = set(TrainingOptions.model_fields)
+
+
+def load_measurements(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every row of every ``*.jsonl`` file in the measurement folder, with ``file`` and ``line`` added."""
+    folder = Path(folder or data_dir() / "measurements")
+    rows: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFileError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+            row["file"], row["line"] = path.name, n
+            rows.append(row)
+    return rows
+
+
+def _split_rule(folder: Path | None = None) -> dict[str, Any]:
+    path = Path(folder or data_dir() / "measurements") / "split.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"modulus": 4, "validation_remainder": 3}
+
+
+def is_validation(row: dict[str, Any], rule: dict[str, Any] | None = None) -> bool:
+    """The fixed split: the trailing number of ``run_id`` modulo ``modulus`` equals ``validation_remainder``."""
+    rule = rule or _split_rule()
+    m = re.search(r"(\d+)$", str(row.get("run_id") or ""))
+    return bool(m) and int(m.group(1)) % rule["modulus"] == rule["validation_remainder"]
+
+
+def row_options(row: dict[str, Any]) -> TrainingOptions:
+    kw = {k: row[k] for k in _OPTION_FIELDS if k in row and row[k] is not None}
+    if isinstance(kw.get("lora_targets"), list):
+        kw["lora_targets"] = tuple(kw["lora_targets"])
+    return TrainingOptions(**kw)
+
+
+def predict_row(row: dict[str, Any], coeffs: Coefficients | None = None,
+                tc: ThroughputCoefficients | None = None) -> dict[str, Any]:
+    """The estimator's prediction for a measured configuration, on the GPU it ran on."""
+    spec = resolve_model(row["model"])
+    opts = row_options(row)
+    est = estimate_memory(spec.arch, inventory(spec.arch), opts, coeffs or load_coefficients(),
+                          gpu_memory_bytes=row.get("gpu_total_bytes"),
+                          transformers_version=(row.get("versions") or {}).get("transformers"))
+    tps = None
+    if row.get("gpu_name"):
+        try:
+            tps = tokens_per_second(spec, opts, get_gpu(row["gpu_name"]), tc)
+        except FtcalcError:
+            tps = None
+    return {"peak_allocated_bytes": est.peak_allocated_bytes, "peak_reserved_bytes": est.peak_reserved_bytes,
+            "device_used_bytes": est.device_used_bytes, "peak_phase": est.peak_phase, "tokens_per_second": tps}
+
+
+def usable(row: dict[str, Any]) -> bool:
+    return row.get("outcome") == "ok" and row.get("peak_allocated_bytes")
+
+
+def _rel(pred: float, meas: float) -> float:
+    return (pred - meas) / meas
+
+
+def validate_rows(rows: list[dict[str, Any]], coeffs: Coefficients | None = None,
+                  tc: ThroughputCoefficients | None = None) -> list[dict[str, Any]]:
+    """Predicted vs measured for each usable row: bytes and relative errors (positive = over-estimate)."""
+    out = []
+    for row in rows:
+        if not usable(row):
+            continue
+        p = predict_row(row, coeffs, tc)
+        rec = {
+            "run_id": row["run_id"], "gpu": row.get("gpu_name"), "model": row["model"], "method": row["method"],
+            "seq_len": row["seq_len"], "batch_size": row["batch_size"],
+            "gradient_checkpointing": row["gradient_checkpointing"], "optimizer": row["optimizer"],
+            "precision": row["precision"], "lora_r": row.get("lora_r"), "phase": p["peak_phase"],
+        }
+        for key in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):
+            rec[f"pred_{key}"] = p[key]
+            rec[f"meas_{key}"] = row[key]
+            rec[f"err_{key.replace('_bytes', '')}"] = _rel(p[key], row[key])
+        rec["pred_tokens_per_second"] = p["tokens_per_second"]
+        rec["meas_tokens_per_second"] = row.get("tokens_per_second")
+        rec["err_tokens_per_second"] = (_rel(p["tokens_per_second"], row["tokens_per_second"])
+                                        if p["tokens_per_second"] and row.get("tokens_per_second") else float("nan"))
+        out.append(rec)
+    return out
+
+
+def summarize(recs: list[dict[str, Any]], key: str = "err_device_used") -> dict[str, float]:
+    errs = [r[key] for r in recs if r.get(key) is not None and not math.isnan(r[key])]
+    if not errs:
+        return {"n": 0}
+    return {
+        "n": len(errs),
+        "median_abs": statistics.median(abs(e) for e in errs),
+        "mean_abs": sum(abs(e) for e in errs) / len(errs),
+        "max_abs": max(abs(e) for e in errs),
+        "worst_under": min(errs),
+        "worst_over": max(errs),
+    }
+
+
+# --------------------------------------------------------------------------- fitting
+
+# coefficient -> (lower, upper) bounds: physically meaningful ranges
+_BOUNDS = {
+    "activation_scale": (0.8, 1.3),
+    "fixed_allocated_bytes": (0.0, 2 * 2**30),
+    "backward_transient_per_token_i": (0.0, 12.0),
+    "backward_transient_per_token_h": (0.0, 16.0),
+    "logits_buffers_fp32": (2.0, 4.0),
+    "reserved_gap_fixed": (0.0, 3 * 2**30),
+    "reserved_gap_per_logits_byte": (0.0, 2.0),
+    "reserved_gap_per_layer_byte": (0.0, 4.0),
+    "reserved_gap_fraction": (0.0, 0.1),
+    "context_bytes": (0.3 * 2**30, 2 * 2**30),
+    "reserved_gap_optimizer_logits": (0.0, 2.0),
+    "reserved_gap_nockpt_grads": (0.0, 2.0),
+}
+_ALLOC = ["activation_scale", "fixed_allocated_bytes", "backward_transient_per_token_i",
+          "backward_transient_per_token_h", "logits_buffers_fp32"]
+_RESERVED = ["reserved_gap_fixed", "reserved_gap_per_logits_byte", "reserved_gap_per_layer_byte",
+             "reserved_gap_fraction", "reserved_gap_optimizer_logits", "reserved_gap_nockpt_grads"]
+
+
+def _loss(recs: list[dict[str, Any]], key: str) -> float:
+    """Mean |error| with under-estimates weighted 3x (an under-estimate is a promised fit that OOMs)."""
+    tot = 0.0
+    for r in recs:
+        e = r[key]
+        tot += 3 * -e if e < 0 else e
+    return tot / max(1, len(recs))
+
+
+def _coordinate_descent(rows, coeffs: Coefficients, names: list[str], key: str, rounds: int = 6) -> Coefficients:
+    best = coeffs
+    best_loss = _loss(validate_rows(rows, best), key)
+    for _ in range(rounds):
+        improved = False
+        for name in names:
+            lo, hi = _BOUNDS[name]
+            cur = getattr(best, name)
+            span = (hi - lo)
+            for step in (0.25, 0.1, 0.03, 0.01):
+                for cand in (cur - step * span, cur + step * span):
+                    cand = min(hi, max(lo, cand))
+                    trial = replace(best, **{name: cand})
+                    loss = _loss(validate_rows(rows, trial), key)
+                    if loss < best_loss - 1e-9:
+                        best, best_loss, cur, improved = trial, loss, cand, True
+        if not improved:
+            break
+    return best
+
+
+def fit_memory(rows: list[dict[str, Any]], start: Coefficients | None = None) -> Coefficients:
+    """Fit the free coefficients on ``rows`` (the fit split): allocated first, then the reserved gap,
+    then the context (median of the measured memory outside the allocator)."""
+    fit_rows = [r for r in rows if usable(r)]
+    c = start or Coefficients()
+    outside = [r["non_allocator_bytes"] for r in fit_rows
+               if r.get("non_allocator_bytes") is not None and not str(r.get("optimizer", "")).startswith("paged")]
+    if outside:
+        c = replace(c, context_bytes=float(statistics.median(outside)))
+    c = _coordinate_descent(fit_rows, c, _ALLOC, "err_peak_allocated")
+    c = _coordinate_descent(fit_rows, c, _RESERVED, "err_peak_reserved")
+    return replace(c, source="fitted by ftcalc calibrate", fitted_on=len(fit_rows))
+
+
+_TP_BOUNDS = {
+    "efficiency_full": (0.1, 0.9),
+    "efficiency_lora": (0.1, 0.9),
+    "efficiency_qlora": (0.1, 0.9),
+    "dequant_bandwidth_share": (0.05, 1.0),
+    "layer_overhead_s": (0.0, 0.01),
+    "lora_module_overhead_s": (0.0, 0.003),
+    "qlora_module_overhead_s": (0.0, 0.003),
+    "eager_attention_penalty": (1.0, 6.0),
+}
+
+
+def _tp_loss(rows: list[dict[str, Any]], tc: ThroughputCoefficients) -> float:
+    errs = []
+    for row in rows:
+        spec = resolve_model(row["model"])
+        pred = tokens_per_second(spec, row_options(row), get_gpu(row["gpu_name"]), tc)
+        errs.append(abs(math.log(pred / row["tokens_per_second"])))
+    return sum(errs) / max(1, len(errs))
+
+
+def fit_throughput(rows: list[dict[str, Any]], start: ThroughputCoefficients | None = None) -> ThroughputCoefficients:
+    """Fit efficiencies and overheads on the fit rows' median tokens/s (mean |log error|)."""
+    fit_rows = [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name")]
+    best = start or ThroughputCoefficients()
+    best_loss = _tp_loss(fit_rows, best)
+    for _ in range(8):
+        improved = False
+        for name, (lo, hi) in _TP_BOUNDS.items():
+            cur = getattr(best, name)
+            for step in (0.2, 0.05, 0.01):
+                for cand in (cur - step * (hi - lo), cur + step * (hi - lo)):
+                    cand = min(hi, max(lo, cand))
+                    trial = replace(best, **{name: cand})
+                    loss = _tp_loss(fit_rows, trial)
+                    if loss < best_loss - 1e-9:
+                        best, best_loss, cur, improved = trial, loss, cand, True
+        if not improved:
+            break
+    return replace(best, source=f"fitted by ftcalc calibrate on {len(fit_rows)} runs")
+
+
+def coefficients_to_json(c: Coefficients, tc: ThroughputCoefficients | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"memory": asdict(c)}
+    if tc is not None:
+        out["throughput"] = asdict(tc)
+    return out

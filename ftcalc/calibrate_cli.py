@@ -1,0 +1,127 @@
+"""``ftcalc calibrate`` and ``ftcalc validate``: printing and file writing around ftcalc/calibrate.py."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ftcalc._paths import data_dir
+from ftcalc.calibrate import (
+    coefficients_to_json, fit_memory, fit_throughput, is_validation, load_measurements, summarize, usable,
+    validate_rows,
+)
+from ftcalc.errors import DataFileError
+from ftcalc.memory import Coefficients
+from ftcalc.throughput import ThroughputCoefficients
+
+GIB = 2**30
+GOALS = {"device_used_median_abs": 0.03, "device_used_max_abs": 0.06, "device_used_worst_under": -0.03,
+         "tokens_per_second_median_abs": 0.10}
+
+
+def _load(a: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = load_measurements(a.measurements)
+    if not any(usable(r) for r in rows):
+        raise DataFileError(f"no usable measurement rows in {a.measurements or data_dir() / 'measurements'}")
+    return rows
+
+
+def _table(recs: list[dict[str, Any]]) -> str:
+    head = ("| run | gpu | model | method | seq x bs | ckpt | optimizer | precision | phase | allocated GiB meas / pred (err) "
+            "| reserved GiB meas / pred (err) | device used GiB meas / pred (err) | tokens/s meas / pred (err) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in recs:
+        def cell(key: str) -> str:
+            return (f"{r['meas_' + key + '_bytes'] / GIB:.2f} / {r['pred_' + key + '_bytes'] / GIB:.2f} "
+                    f"({r['err_' + key] * 100:+.1f}%)")
+        tp = r.get("err_tokens_per_second")
+        tps = (f"{r['meas_tokens_per_second']:.0f} / {r['pred_tokens_per_second']:.0f} ({tp * 100:+.1f}%)"
+               if tp is not None and not math.isnan(tp) else "-")
+        lines.append(f"| {r['run_id']} | {str(r['gpu']).replace('NVIDIA ', '')} | {r['model'].split('/')[-1]} | {r['method']} "
+                     f"| {r['seq_len']} x {r['batch_size']} | {'on' if r['gradient_checkpointing'] else 'off'} "
+                     f"| {r['optimizer']} | {r['precision']} | {r['phase']} | {cell('peak_allocated')} "
+                     f"| {cell('peak_reserved')} | {cell('device_used')} | {tps} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _summary_lines(recs: list[dict[str, Any]]) -> str:
+    out = []
+    for key, label in (("err_peak_allocated", "peak allocated"), ("err_peak_reserved", "peak reserved"),
+                       ("err_device_used", "device used"), ("err_tokens_per_second", "tokens/s")):
+        s = summarize(recs, key)
+        if s.get("n"):
+            out.append(f"- {label}: n={s['n']}, median |err| {s['median_abs'] * 100:.1f}%, mean |err| "
+                       f"{s['mean_abs'] * 100:.1f}%, max |err| {s['max_abs'] * 100:.1f}%, worst under-estimate "
+                       f"{s['worst_under'] * 100:+.1f}%, worst over-estimate {s['worst_over'] * 100:+.1f}%")
+    return "\n".join(out) + "\n"
+
+
+def goal_check(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    d = summarize(recs, "err_device_used")
+    t = summarize(recs, "err_tokens_per_second")
+    checks = {
+        "device_used_median_abs": (d.get("median_abs", 1), d.get("median_abs", 1) <= GOALS["device_used_median_abs"]),
+        "device_used_max_abs": (d.get("max_abs", 1), d.get("max_abs", 1) <= GOALS["device_used_max_abs"]),
+        "device_used_worst_under": (d.get("worst_under", -1), d.get("worst_under", -1) >= GOALS["device_used_worst_under"]),
+        "tokens_per_second_median_abs": (t.get("median_abs", 1), t.get("median_abs", 1) <= GOALS["tokens_per_second_median_abs"]),
+    }
+    return {k: {"value": v, "goal": GOALS[k], "met": ok} for k, (v, ok) in checks.items()}
+
+
+def run_calibrate(a: argparse.Namespace) -> int:
+    rows = _load(a)
+    fit_rows = [r for r in rows if not is_validation(r)]
+    val_rows = [r for r in rows if is_validation(r)]
+    c = fit_memory(fit_rows)
+    tc = fit_throughput(fit_rows)
+    out = Path(a.output or data_dir() / "coefficients.json")
+    payload = coefficients_to_json(c, tc)
+    payload["date"] = _dt.date.today().isoformat()
+    payload["fit_runs"] = sorted(r["run_id"] for r in fit_rows if usable(r))
+    payload["split"] = "data/measurements/split.json"
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    fit_recs = validate_rows(fit_rows, c, tc)
+    val_recs = validate_rows(val_rows, c, tc)
+    report = Path(a.report or data_dir() / "calibration_report.md")
+    report.write_text(
+        "# Calibration report\n\nWritten by `ftcalc calibrate` on " + payload["date"] + f".\n\n"
+        f"{len([r for r in fit_rows if usable(r)])} fit runs, {len([r for r in val_rows if usable(r)])} validation runs "
+        "(split rule: data/measurements/split.json). Runs that ran out of memory or failed are not fitted.\n\n"
+        "## Coefficients\n\n```json\n" + json.dumps(coefficients_to_json(c, tc), indent=2) + "\n```\n\n"
+        "## Fit runs\n\n" + _summary_lines(fit_recs) + "\n" + _table(fit_recs) +
+        "\n## Validation runs (never fitted)\n\n" + _summary_lines(val_recs) + "\n" + _table(val_recs)
+    )
+    print(f"wrote {out} and {report}")
+    print("fit runs:\n" + _summary_lines(fit_recs) + "validation runs:\n" + _summary_lines(val_recs), end="")
+    return 0
+
+
+def run_validate(a: argparse.Namespace) -> int:
+    rows = _load(a)
+    chosen = rows if a.all else [r for r in rows if is_validation(r)]
+    recs = validate_rows(chosen)
+    goals = goal_check(recs)
+    if a.json:
+        print(json.dumps({"rows": recs, "summary": {k: summarize(recs, k) for k in
+                          ("err_peak_allocated", "err_peak_reserved", "err_device_used", "err_tokens_per_second")},
+                          "goals": goals, "coefficients": str(Coefficients.__name__)}, indent=2, default=str))
+        return 0
+    print(f"{'run':7s} {'model':16s} {'method':6s} {'seq x bs':>10s} {'alloc':>7s} {'res':>7s} {'used':>7s} {'tok/s':>7s}   (relative error, + = over-estimate)")
+    for r in recs:
+        tp = r["err_tokens_per_second"]
+        print(f"{r['run_id']:7s} {r['model'].split('/')[-1][:16]:16s} {r['method']:6s} {r['seq_len']:>5d} x {r['batch_size']:<3d} "
+              f"{r['err_peak_allocated'] * 100:+6.1f}% {r['err_peak_reserved'] * 100:+6.1f}% {r['err_device_used'] * 100:+6.1f}% "
+              f"{(tp * 100 if not math.isnan(tp) else float('nan')):+6.1f}%")
+    print()
+    print(_summary_lines(recs), end="")
+    for k, g in goals.items():
+        print(f"goal {k}: {g['value'] * 100:+.1f}% vs {g['goal'] * 100:+.0f}% -> {'met' if g['met'] else 'NOT met'}")
+    return 0
+
+
+__all__ = ["run_calibrate", "run_validate", "goal_check", "GOALS", "ThroughputCoefficients"]

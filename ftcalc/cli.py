@@ -1,0 +1,286 @@
+"""The ``ftcalc`` command line: thin parsing over the library, table or ``--json`` output.
+
+    ftcalc estimate --model 8b --method qlora --seq-len 4096 --batch-size 2 --gpu h100
+    ftcalc models | ftcalc gpus | ftcalc inventory --model 70b
+    ftcalc profile ... --steps 6 --record      (CUDA GPU, [train] extra)
+    ftcalc calibrate | ftcalc validate --json
+
+Errors the user can cause print one line on stderr and exit with code 2. Heavy modules are imported
+inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ftcalc.errors import FtcalcError
+
+GIB = 2**30
+GB = 1e9
+
+
+def _parse_tokens(text: str) -> int:
+    """'100M' -> 100_000_000; '2.5B', '50k', plain integers."""
+    t = str(text).strip().lower().replace("_", "").replace(",", "")
+    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+    try:
+        if t and t[-1] in mult:
+            val = float(t[:-1]) * mult[t[-1]]
+        else:
+            val = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a token count (e.g. 100M, 2.5B, 50000)") from None
+    if val <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
+    return int(val)
+
+
+def _bool_flag(p: argparse.ArgumentParser, name: str, help_: str) -> None:
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help_)
+
+
+def _add_training_options(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    from ftcalc.options import ATTENTIONS, OPTIMIZERS, PRECISIONS
+
+    p.add_argument("--model", required=model_required, help="catalog id or alias (see `ftcalc models`), a config.json path or folder, or a hub id")
+    p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora", help="fine-tuning method (default lora)")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
+    p.add_argument("--batch-size", type=int, default=1, help="micro-batch size per GPU (default 1)")
+    _bool_flag(p, "gradient-checkpointing", "recompute activations in backward (default: on for lora/qlora, off for full)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw_torch", help="default adamw_torch (foreach)")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16-true",
+                   help="bf16-true: bf16 weights + bf16 autocast; bf16-mixed: fp32 master weights + autocast; 32-true")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list such as q_proj,v_proj")
+    p.add_argument("--attention", choices=ATTENTIONS, default="auto", help="auto: what transformers selects for the model")
+    p.add_argument("--loss", choices=["standard", "fused"], default="standard",
+                   help="standard: HF causal-LM loss (fp32 logits); fused: Liger fused linear cross-entropy")
+    p.add_argument("--num-gpus", type=int, default=1, help="data-parallel GPUs (memory is per GPU)")
+
+
+def _options_from_args(a: argparse.Namespace) -> Any:
+    from ftcalc.options import make_options
+
+    return make_options(method=a.method, seq_len=a.seq_len, batch_size=a.batch_size,
+                        gradient_checkpointing=a.gradient_checkpointing, optimizer=a.optimizer,
+                        precision=a.precision, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                        lora_targets=a.lora_targets, attention=a.attention, loss=a.loss, num_gpus=a.num_gpus)
+
+
+def _fmt_bytes(b: float) -> str:
+    return f"{b / GIB:8.2f} GiB {b / GB:8.2f} GB"
+
+
+def _print_estimate(est: Any) -> None:
+    print(f"{est.model}  {est.method}  seq {est.seq_len} x batch {est.batch_size}  {est.precision}  "
+          f"{est.optimizer}  checkpointing {'on' if est.gradient_checkpointing else 'off'}  attention {est.attention}")
+    print(f"params: {est.total_params / 1e9:.2f} B total, {est.trainable_params / 1e6:.1f} M trainable")
+    print()
+    print(f"{'component':28s} {'GiB':>12s} {'GB':>11s}")
+    for k, v in est.breakdown.items():
+        if v:
+            print(f"{k:28s} {_fmt_bytes(v)}")
+    print("-" * 53)
+    print(f"{'peak allocated':28s} {_fmt_bytes(est.peak_allocated_bytes)}   (at {est.peak_phase.replace('_', ' ')})")
+    print(f"{'peak reserved':28s} {_fmt_bytes(est.peak_reserved_bytes)}")
+    print(f"{'device used (nvidia-smi)':28s} {_fmt_bytes(est.device_used_bytes)}")
+    if est.gpu:
+        verdict = "fits" if est.fits else "DOES NOT FIT"
+        print(f"\n{est.gpu} ({est.gpu_memory_bytes / GIB:.1f} GiB): {verdict}, headroom {est.headroom_bytes / GIB:+.2f} GiB"
+              + (f" ({est.fit_note})" if est.fit_note else ""))
+        if est.tokens_per_second:
+            line = f"throughput: {est.tokens_per_second:,.0f} tokens/s per GPU"
+            if est.hours is not None:
+                line += f"; {est.dataset_tokens / 1e6:,.0f}M tokens -> {est.hours:.2f} h"
+            print(line)
+    print(f"\ncoefficients: {est.coefficients}")
+
+
+def cmd_estimate(a: argparse.Namespace) -> int:
+    from ftcalc.catalog import resolve_model
+    from ftcalc.estimate import estimate_options
+
+    est = estimate_options(resolve_model(a.model), _options_from_args(a), gpu=a.gpu,
+                           dataset_tokens=a.dataset_tokens, epochs=a.epochs)
+    if a.json:
+        print(json.dumps(est.to_dict(), indent=2))
+    else:
+        _print_estimate(est)
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from ftcalc.catalog import list_models
+    from ftcalc.inventory import inventory
+
+    rows = []
+    for m in list_models():
+        if a.filter and a.filter.lower() not in (m.id + " " + " ".join(m.aliases)).lower():
+            continue
+        inv = inventory(m.arch)
+        rows.append({"id": m.id, "aliases": list(m.aliases), "model_type": m.arch.model_type,
+                     "params": inv.total_params, "layers": m.arch.num_layers, "hidden": m.arch.hidden_size,
+                     "vocab": m.arch.vocab_size, "context": m.arch.max_position_embeddings,
+                     "tied_embeddings": m.arch.tie_word_embeddings})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'id':40s} {'params':>8s} {'vocab':>7s} {'ctx':>7s}  aliases")
+    for r in rows:
+        print(f"{r['id'][:40]:40s} {r['params'] / 1e9:7.2f}B {r['vocab']:7d} {r['context']:7d}  {', '.join(r['aliases'][:3])}")
+    return 0
+
+
+def cmd_inventory(a: argparse.Namespace) -> int:
+    from ftcalc.catalog import resolve_model
+    from ftcalc.inventory import exact_inventory, inventory
+
+    spec = resolve_model(a.model)
+    inv = exact_inventory(spec.config) if a.exact else inventory(spec.arch)
+    if a.json:
+        print(json.dumps(inv.to_dict(), indent=2))
+        return 0
+    print(f"{spec.id} ({inv.source}): {inv.total_params:,} parameters")
+    for k, v in inv.params_by_kind.items():
+        if v:
+            print(f"  {k:14s} {v:>16,}")
+    print("decoder Linear layers (LoRA targets / 4-bit under QLoRA):")
+    for g in inv.linears:
+        print(f"  {g.kind:14s} {g.in_features:>6} -> {g.out_features:<6} x{g.count}{'  +bias' if g.bias else ''}")
+    return 0
+
+
+def cmd_gpus(a: argparse.Namespace) -> int:
+    from ftcalc.hardware import load_gpus
+
+    gpus = list(load_gpus().values())
+    if a.json:
+        print(json.dumps([{k: getattr(g, k) for k in g.__dataclass_fields__} for g in gpus], indent=2, default=list))
+        return 0
+    print(f"{'gpu':16s} {'memory':>10s} {'bf16 TF':>8s} {'GB/s':>6s}  link")
+    for g in gpus:
+        print(f"{g.gpu:16s} {g.memory_bytes / GIB:6.1f} GiB {g.bf16_dense_tflops:8.0f} {g.memory_bandwidth_gbps:6.0f}  {g.interconnect}")
+    return 0
+
+
+def cmd_prices(a: argparse.Namespace) -> int:
+    from ftcalc.pricing import prices_dataframe
+
+    df = prices_dataframe(provider=a.provider, gpu=a.gpu) if (a.provider or a.gpu) else prices_dataframe()
+    if a.json:
+        print(df.to_json(orient="records", indent=2))
+    else:
+        cols = [c for c in ("provider", "instance_type", "gpu", "gpus_per_instance", "on_demand_usd_per_hour",
+                            "spot_usd_per_hour") if c in df.columns]
+        with __import__("pandas").option_context("display.width", 120, "display.max_rows", 500):
+            print(df[cols].to_string(index=False))
+    return 0
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    from ftcalc.profile import profile, record_rows
+
+    row = profile(a.model, _options_from_args(a), steps=a.steps, warmup_steps=a.warmup_steps)
+    if a.record:
+        path = record_rows([row], a.record_file)
+        print(f"recorded in {path}", file=sys.stderr)
+    if a.json:
+        print(json.dumps(row, indent=2))
+    else:
+        for k in ("outcome", "gpu_name", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes",
+                  "tokens_per_second", "num_alloc_retries", "error"):
+            v = row.get(k)
+            print(f"{k:24s} {(_fmt_bytes(v) if k.endswith('_bytes') and v else v)}")
+    return 0 if row.get("outcome") in ("ok", "oom") else 1
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from ftcalc.calibrate_cli import run_calibrate
+
+    return run_calibrate(a)
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from ftcalc.calibrate_cli import run_validate
+
+    return run_validate(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ftcalc", description="GPU memory, time and cost planner for LLM fine-tuning")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("estimate", help="memory (and speed on a GPU) of one configuration")
+    _add_training_options(e)
+    e.add_argument("--gpu", help="GPU slug or alias (h100, h200, a100-80gb, rtx-4090, ...; see `ftcalc gpus`)")
+    e.add_argument("--dataset-tokens", type=_parse_tokens, help="tokens to train on (100M, 2.5B): adds hours")
+    e.add_argument("--epochs", type=float, default=1.0)
+    e.add_argument("--json", action="store_true", help="one JSON object")
+    e.set_defaults(func=cmd_estimate)
+
+    m = sub.add_parser("models", help="list the model catalog")
+    m.add_argument("--filter", help="substring of id or alias")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    i = sub.add_parser("inventory", help="parameters by module kind")
+    i.add_argument("--model", required=True)
+    i.add_argument("--exact", action="store_true", help="count on accelerate's meta device (needs [train])")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inventory)
+
+    g = sub.add_parser("gpus", help="list the GPU table")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_gpus)
+
+    pr = sub.add_parser("prices", help="list the price table")
+    pr.add_argument("--provider")
+    pr.add_argument("--gpu")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prices)
+
+    f = sub.add_parser("profile", help="measure a real run on this machine's CUDA GPU ([train] extra)")
+    _add_training_options(f)
+    f.add_argument("--steps", type=int, default=6, help="training steps (default 6)")
+    f.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the timing (default 2)")
+    f.add_argument("--record", action="store_true", help="append the row to the measurement database")
+    f.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl)")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_profile)
+
+    c = sub.add_parser("calibrate", help="fit the coefficients on the fit runs; write data/coefficients.json")
+    c.add_argument("--measurements", help="folder of *.jsonl rows (default data/measurements)")
+    c.add_argument("--output", help="coefficients file to write (default data/coefficients.json)")
+    c.add_argument("--report", help="fit report to write (default data/calibration_report.md)")
+    c.set_defaults(func=cmd_calibrate)
+
+    v = sub.add_parser("validate", help="predicted vs measured on the held-out validation runs")
+    v.add_argument("--measurements", help="folder of *.jsonl rows (default data/measurements)")
+    v.add_argument("--all", action="store_true", help="every usable run, fit runs included")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors exit 2 with one line already printed
+        return int(e.code or 0)
+    try:
+        return args.func(args)
+    except FtcalcError as e:
+        print(f"ftcalc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``ftcalc.estimate(...)``: the memory (and, with a GPU, speed) of one fine-tuning configuration.
+
+    import ftcalc
+    est = ftcalc.estimate("8b", method="qlora", seq_len=4096, batch_size=2, gpu="h100")
+    est.device_used_bytes, est.fits, est.to_dataframe()
+
+Same arguments as ``ftcalc estimate``; no torch is imported.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ftcalc.catalog import ModelSpec, resolve_model
+from ftcalc.errors import InvalidArgumentError
+from ftcalc.inventory import inventory
+from ftcalc.memory import Coefficients, estimate_memory, kv_cache_bytes, load_coefficients, resolve_attention
+from ftcalc.options import TrainingOptions, make_options
+
+__all__ = ["Estimate", "estimate", "estimate_options"]
+
+GIB = 2**30
+GB = 1e9
+# The allocator can always give back cached blocks and retry (CUDACachingAllocator): a run whose
+# allocated peak plus the memory outside the allocator stays under this share of the GPU still fits,
+# near its limit, even when the predicted unconstrained reserved pool would not.
+_ALLOCATED_FIT_SHARE = 0.97
+
+
+class Estimate(BaseModel):
+    """The result of one estimate: peak memory (allocated / reserved / device used), by component."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    method: str
+    seq_len: int
+    batch_size: int
+    gradient_checkpointing: bool
+    optimizer: str
+    precision: str
+    attention: str
+    loss: str
+    lora_r: int | None
+    num_gpus: int
+    total_params: int
+    trainable_params: int
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_used_bytes: int
+    peak_phase: str
+    breakdown: dict[str, int]
+    phases: dict[str, int]
+    activation_bytes_per_token_per_layer: dict[str, float]
+    eval_kv_cache_bytes: int
+    gpu: str | None = None
+    gpu_memory_bytes: int | None = None
+    fits: bool | None = None
+    headroom_bytes: int | None = None
+    fit_note: str | None = None
+    tokens_per_second: float | None = None
+    hours: float | None = None
+    dataset_tokens: int | None = None
+    coefficients: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def to_dataframe(self) -> Any:
+        """One row per memory component (bytes, GiB, GB), plus the totals."""
+        import pandas as pd
+
+        rows = [{"component": k, "bytes": v, "GiB": v / GIB, "GB": v / GB} for k, v in self.breakdown.items()]
+        for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):
+            v = getattr(self, k)
+            rows.append({"component": k.replace("_bytes", ""), "bytes": v, "GiB": v / GIB, "GB": v / GB})
+        return pd.DataFrame(rows)
+
+    def _repr_html_(self) -> str:
+        head = (f"<b>{html.escape(self.model)}</b> {self.method}, seq {self.seq_len} x batch {self.batch_size}, "
+                f"{self.precision}, {self.optimizer}, checkpointing {'on' if self.gradient_checkpointing else 'off'}")
+        fit = ""
+        if self.gpu:
+            color = "green" if self.fits else "red"
+            fit = (f"<br>{html.escape(self.gpu)} ({self.gpu_memory_bytes / GIB:.1f} GiB): "
+                   f"<span style='color:{color}'>{'fits' if self.fits else 'does not fit'}</span>")
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v / GIB:.2f}</td></tr>"
+                       for k, v in self.breakdown.items() if v)
+        tot = "".join(f"<tr><th>{k}</th><th style='text-align:right'>{getattr(self, k + '_bytes') / GIB:.2f}</th></tr>"
+                      for k in ("peak_allocated", "peak_reserved", "device_used"))
+        return f"<div>{head}{fit}<table><tr><th>component</th><th>GiB</th></tr>{body}{tot}</table></div>"
+
+
+def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = None,
+                     coeffs: Coefficients | None = None, dataset_tokens: int | None = None,
+                     epochs: float = 1.0) -> Estimate:
+    """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
+    arch = spec.arch
+    if arch.max_position_embeddings and opts.seq_len > arch.max_position_embeddings:
+        raise InvalidArgumentError(
+            f"--seq-len {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
+        )
+    inv = inventory(arch)
+    if opts.uses_adapters:
+        kinds = {g.kind for g in inv.linears}
+        bad = [t for t in opts.lora_targets if t not in kinds]
+        if bad:
+            raise InvalidArgumentError(
+                f"--lora-targets {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
+            )
+        width = min(min(g.in_features, g.out_features) for g in inv.linears if g.kind in opts.lora_targets)
+        if opts.lora_r > width:
+            raise InvalidArgumentError(f"--lora-r {opts.lora_r} exceeds the narrowest targeted layer width ({width})")
+    c = coeffs or load_coefficients()
+    gpu_obj = None
+    if gpu:
+        from ftcalc.hardware import get_gpu
+
+        gpu_obj = get_gpu(gpu)
+    cap = gpu_obj.memory_bytes if gpu_obj else None
+    mem = estimate_memory(arch, inv, opts, c, gpu_memory_bytes=cap)
+    fits = headroom = note = None
+    if gpu_obj is not None:
+        free_mem = estimate_memory(arch, inv, opts, c)  # unconstrained reserved pool
+        headroom = int(cap - free_mem.device_used_bytes)
+        if headroom >= 0:
+            fits = True
+        else:
+            needed = mem.peak_allocated_bytes + mem.outside_allocator_bytes
+            fits = needed <= _ALLOCATED_FIT_SHARE * cap
+            note = ("near the limit: the allocator will have to free cached blocks and retry" if fits
+                    else f"needs {free_mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB")
+    tps = hours = None
+    if gpu_obj is not None:
+        from ftcalc.throughput import tokens_per_second
+
+        tps = tokens_per_second(spec, opts, gpu_obj)
+        if dataset_tokens:
+            hours = dataset_tokens * epochs / (tps * opts.num_gpus) / 3600
+    attn = resolve_attention(arch, opts)
+    return Estimate(
+        model=spec.id, method=opts.method, seq_len=opts.seq_len, batch_size=opts.batch_size,
+        gradient_checkpointing=opts.checkpointing, optimizer=opts.optimizer, precision=opts.precision,
+        attention=attn, loss=opts.loss, lora_r=opts.lora_r if opts.uses_adapters else None,
+        num_gpus=opts.num_gpus, total_params=mem.total_params, trainable_params=mem.trainable_params,
+        peak_allocated_bytes=int(mem.peak_allocated_bytes), peak_reserved_bytes=int(mem.peak_reserved_bytes),
+        device_used_bytes=int(mem.device_used_bytes), peak_phase=mem.peak_phase,
+        breakdown={k: int(v) for k, v in mem.breakdown.items()},
+        phases={k: int(v) for k, v in mem.phases.items()},
+        activation_bytes_per_token_per_layer=mem.activation_per_token_per_layer,
+        eval_kv_cache_bytes=int(kv_cache_bytes(arch, opts.batch_size, opts.seq_len)),
+        gpu=gpu_obj.gpu if gpu_obj else None, gpu_memory_bytes=cap, fits=fits, headroom_bytes=headroom,
+        fit_note=note, tokens_per_second=tps, hours=hours, dataset_tokens=dataset_tokens,
+        coefficients=c.source,
+    )
+
+
+def estimate(model: str, method: str = "lora", seq_len: int = 2048, batch_size: int = 1,
+             gradient_checkpointing: bool | None = None, optimizer: str = "adamw_torch",
+             precision: str = "bf16-true", lora_r: int = 16, lora_alpha: float = 32, lora_dropout: float = 0.05,
+             lora_targets: str | tuple[str, ...] = "all-linear", attention: str = "auto", loss: str = "standard",
+             gpu: str | None = None, num_gpus: int = 1, dataset_tokens: int | None = None,
+             epochs: float = 1.0) -> Estimate:
+    """Estimate GPU memory for fine-tuning ``model``.
+
+    Args:
+        model: catalog id or alias (``8b``, ``meta-llama/Llama-3.1-70B``), a config.json path, or a hub id.
+        method: ``full``, ``lora`` or ``qlora``.
+        seq_len, batch_size: tokens per sequence and sequences per micro-batch (per GPU).
+        gradient_checkpointing: None = on for lora/qlora, off for full.
+        optimizer, precision, lora_*, attention, loss: see ``ftcalc estimate --help``.
+        gpu: a GPU slug or alias (``h100``); adds ``fits``, ``headroom_bytes`` and ``tokens_per_second``.
+        num_gpus: data-parallel GPUs (memory is per GPU).
+        dataset_tokens, epochs: with ``gpu``, adds ``hours``.
+    Returns:
+        An :class:`Estimate`.
+    Raises:
+        UnknownModelError, UnknownGPUError, InvalidArgumentError, ConfigError.
+    Example:
+        >>> ftcalc.estimate("8b", method="lora", seq_len=2048).device_used_bytes > 16e9
+        True
+    """
+    opts = make_options(method=method, seq_len=seq_len, batch_size=batch_size,
+                        gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, precision=precision,
+                        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
+                        attention=attention, loss=loss, num_gpus=num_gpus)
+    return estimate_options(resolve_model(model), opts, gpu=gpu, dataset_tokens=dataset_tokens, epochs=epochs)
