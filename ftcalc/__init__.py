@@ -17,9 +17,9 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):  # lazy: `import ftcalc` stays cheap
     if name in ("estimate", "Estimate"):
-        from ftcalc import estimate as _e
+        import importlib
 
-        return getattr(_e, name)
+        return getattr(importlib.import_module("ftcalc.estimator"), name)
     if name in ("resolve_model", "list_models"):
         from ftcalc import catalog
 

@@ -7,6 +7,7 @@ In a source checkout it is ``<repo>/data``; in an installed wheel the same folde
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -15,7 +16,11 @@ def data_dir() -> Path:
 
     ``FTCALC_DATA_DIR`` overrides it (tests, users with their own tables).
     """
-    env = os.environ.get("FTCALC_DATA_DIR")
+    return _data_dir(os.environ.get("FTCALC_DATA_DIR"))
+
+
+@lru_cache(maxsize=8)
+def _data_dir(env: str | None) -> Path:
     if env:
         return Path(env)
     checkout = Path(__file__).resolve().parent.parent / "data"

@@ -103,7 +103,7 @@ def _print_estimate(est: Any) -> None:
 
 def cmd_estimate(a: argparse.Namespace) -> int:
     from ftcalc.catalog import resolve_model
-    from ftcalc.estimate import estimate_options
+    from ftcalc.estimator import estimate_options
 
     est = estimate_options(resolve_model(a.model), _options_from_args(a), gpu=a.gpu,
                            dataset_tokens=a.dataset_tokens, epochs=a.epochs)

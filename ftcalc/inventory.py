@@ -12,6 +12,7 @@ kind against ``init_empty_weights`` + ``AutoModelForCausalLM.from_config`` for e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ftcalc.catalog import Architecture
@@ -85,6 +86,7 @@ class Inventory:
         }
 
 
+@lru_cache(maxsize=256)
 def inventory(arch: Architecture) -> Inventory:
     """Count every parameter of ``arch`` by module kind, analytically (exact for the catalog families)."""
     h, i, n = arch.hidden_size, arch.intermediate_size, arch.num_layers

@@ -77,6 +77,8 @@ class Coefficients:
     reserved_gap_fraction: float = 0.02  # x peak allocated
     reserved_gap_optimizer_logits: float = 1.0  # x the logits blocks still cached when the optimizer step peaks
     reserved_gap_nockpt_grads: float = 0.8  # x min(saved activations, gradients): full FT without checkpointing
+    reserved_gap_eager_scores: float = 1.0  # x one layer's fp32 attention scores (B*heads*T*T*4), eager attention
+    reserved_gap_cached_step_tmp: float = 0.5  # x the optimizer step's temporary copy, cached when the loss peaks
     context_bytes: float = 0.78 * GIB  # CUDA context + library workspaces outside the allocator
     paged_resident_fraction: float = 1.0  # share of paged optimizer states resident on the GPU
     source: str = "defaults (not fitted)"
@@ -210,8 +212,15 @@ def _param_sizes(inv: Inventory, opts: TrainingOptions) -> list[tuple[int, int]]
                 out += [(opts.lora_r * g.in_features, g.count), (opts.lora_r * g.out_features, g.count)]
         return out
     out = [(g.in_features * g.out_features, g.count) for g in inv.linears]
-    rest = inv.total_params - inv.linear_weight_params
-    out.append((rest, 1))  # embeddings, head, norms: large tensors, 8-bit eligible in bulk
+    for kind in ("embed_tokens", "lm_head", "experts"):
+        if inv.params_by_kind.get(kind):
+            out.append((inv.params_by_kind[kind], 1))
+    if inv.params_by_kind.get("experts"):  # fused 3-D expert tensors: gate_up and down per layer
+        out[-1] = (inv.params_by_kind["experts"] // max(1, sum(g.count for g in inv.linears if g.kind == "o_proj")) // 2,
+                   2 * sum(g.count for g in inv.linears if g.kind == "o_proj"))
+    small = inv.params_by_kind.get("norms", 0) + inv.params_by_kind.get("bias", 0)
+    if small:
+        out.append((small, 1))  # many small vectors, counted together
     return out
 
 
@@ -269,8 +278,10 @@ def optimizer_step_transient_bytes(inv: Inventory, opts: TrainingOptions) -> flo
     if name == "adamw_torch":
         return trainable_params(inv, opts) * p
     if name == "adafactor":
+        # one tensor at a time: fp32 copies of its gradient and parameter, grad**2, and the factored
+        # second-moment estimate expanded to full size (transformers/optimization.py Adafactor.step)
         largest = max((numel for numel, _ in _param_sizes(inv, opts)), default=0)
-        return largest * 4 * 3
+        return largest * 4 * 4
     return 0.0
 
 
@@ -471,7 +482,7 @@ def autocast_weight_copy_bytes(arch: Architecture, inv: Inventory, opts: Trainin
     if not _autocast(opts):
         return out
     fp32_head = opts.method == "qlora" or opts.precision == "bf16-mixed"
-    if fp32_head:
+    if fp32_head and opts.loss != "fused":  # Liger's fused loss multiplies by the head weight itself
         out["head"] = 2.0 * arch.vocab_size * arch.hidden_size
     if opts.precision == "bf16-mixed" and opts.method in ("full", "lora"):
         linear = 2.0 * inv.linear_weight_params
@@ -553,7 +564,16 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     if peak_phase == "optimizer_step":
         gap += c.reserved_gap_optimizer_logits * logits
     if opts.method == "full" and not opts.checkpointing:
-        gap += c.reserved_gap_nockpt_grads * min(all_act, grads)
+        # gradients allocated in backward as activations are freed can reuse a freed activation block
+        # only when they are not larger than it: count the gradient tensors larger than an MLP block
+        block = n * arch.intermediate_size * _proj_out_bytes(opts)
+        big = sum(numel * cnt for numel, cnt in _param_sizes(inv, opts) if numel * _trainable_bytes_per_param(opts) > block)
+        gap += c.reserved_gap_nockpt_grads * min(all_act, big * _trainable_bytes_per_param(opts))
+    if peak_phase == "loss_backward" and step_tmp > 0:
+        # the previous step's optimizer temporaries are cached blocks too small for the logits buffers
+        gap += c.reserved_gap_cached_step_tmp * min(step_tmp, logits)
+    if attn == "eager":
+        gap += c.reserved_gap_eager_scores * 4.0 * opts.batch_size * arch.num_heads * opts.seq_len ** 2
     reserved = peak + gap
     outside = c.context_bytes + c.paged_resident_fraction * st["optimizer_states_paged"]
     if gpu_memory_bytes is not None:

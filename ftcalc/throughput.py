@@ -21,6 +21,8 @@ move to other GPUs through their datasheet bf16 rate and memory bandwidth (data/
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from ftcalc.catalog import ModelSpec
@@ -51,11 +53,17 @@ class ThroughputCoefficients:
 
 
 def load_throughput() -> ThroughputCoefficients:
-    import json
-
+    """The fitted time-model coefficients (data/coefficients.json "throughput"), or the defaults."""
     from ftcalc._paths import data_dir
 
-    p = data_dir() / "coefficients.json"
+    return _load_throughput(str(data_dir() / "coefficients.json"))
+
+
+@lru_cache(maxsize=8)
+def _load_throughput(path: str) -> ThroughputCoefficients:
+    import json
+
+    p = Path(path)
     if p.is_file():
         d = json.loads(p.read_text())
         if "throughput" in d:
