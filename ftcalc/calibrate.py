@@ -26,7 +26,7 @@ from ftcalc.hardware import get_gpu
 from ftcalc.inventory import inventory
 from ftcalc.memory import Coefficients, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
-from ftcalc.throughput import ThroughputCoefficients, load_throughput, tokens_per_second
+from ftcalc.throughput import ThroughputCoefficients, tokens_per_second
 
 __all__ = ["load_measurements", "is_validation", "predict_row", "fit_memory", "fit_throughput", "validate_rows",
            "summarize", "coefficients_to_json"]
@@ -196,8 +196,9 @@ def _coordinate_descent(rows, coeffs: Coefficients, names: list[str], key: str, 
 
 def fit_memory(rows: list[dict[str, Any]], start: Coefficients | None = None) -> Coefficients:
     """Fit the free coefficients on ``rows`` (the fit split): allocated first, then the reserved gap,
-    then the context (median of the measured memory outside the allocator)."""
-    fit_rows = [r for r in rows if usable(r)]
+    then the context (median of the measured memory outside the allocator). Validation rows are dropped
+    here, whatever the caller passes: the fit cannot see them."""
+    fit_rows = [r for r in rows if usable(r) and not is_validation(r)]
     c = start or Coefficients()
     outside = [r["non_allocator_bytes"] for r in fit_rows
                if r.get("non_allocator_bytes") is not None and not str(r.get("optimizer", "")).startswith("paged")]
@@ -213,10 +214,19 @@ _TP_BOUNDS = {
     "efficiency_lora": (0.1, 0.9),
     "efficiency_qlora": (0.1, 0.9),
     "dequant_bandwidth_share": (0.05, 1.0),
-    "layer_overhead_s": (0.0, 0.01),
+    "layer_overhead_s": (0.0, 0.02),
     "lora_module_overhead_s": (0.0, 0.003),
     "qlora_module_overhead_s": (0.0, 0.003),
-    "eager_attention_penalty": (1.0, 6.0),
+    "eager_bytes_per_score": (2.0, 64.0),
+    "opt_bytes_8bit": (4.0, 200.0),
+    "opt_bytes_paged": (4.0, 400.0),
+    "opt_fixed_paged_s": (0.0, 0.3),
+    "overlap_power": (1.0, 12.0),
+    "fp32_rate_ratio": (0.03, 0.5),
+    "opt_bytes_adafactor": (4.0, 200.0),
+    "opt_bytes_adamw": (8.0, 60.0),
+    "efficiency_half_hidden": (0.0, 8192.0),
+    "norm_overhead_s": (0.0, 0.002),
 }
 
 
@@ -230,8 +240,10 @@ def _tp_loss(rows: list[dict[str, Any]], tc: ThroughputCoefficients) -> float:
 
 
 def fit_throughput(rows: list[dict[str, Any]], start: ThroughputCoefficients | None = None) -> ThroughputCoefficients:
-    """Fit efficiencies and overheads on the fit rows' median tokens/s (mean |log error|)."""
-    fit_rows = [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name")]
+    """Fit efficiencies and overheads on the fit rows' median tokens/s (mean |log error|); validation rows
+    are dropped here."""
+    fit_rows = [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name")
+                and not is_validation(r)]
     best = start or ThroughputCoefficients()
     best_loss = _tp_loss(fit_rows, best)
     for _ in range(8):

@@ -11,7 +11,13 @@ from typing import Any
 
 from ftcalc._paths import data_dir
 from ftcalc.calibrate import (
-    coefficients_to_json, fit_memory, fit_throughput, is_validation, load_measurements, summarize, usable,
+    coefficients_to_json,
+    fit_memory,
+    fit_throughput,
+    is_validation,
+    load_measurements,
+    summarize,
+    usable,
     validate_rows,
 )
 from ftcalc.errors import DataFileError

@@ -77,8 +77,9 @@ def _fmt_bytes(b: float) -> str:
 
 
 def _print_estimate(est: Any) -> None:
-    print(f"{est.model}  {est.method}  seq {est.seq_len} x batch {est.batch_size}  {est.precision}  "
-          f"{est.optimizer}  checkpointing {'on' if est.gradient_checkpointing else 'off'}  attention {est.attention}")
+    print(f"{est.model}  {est.method}  seq {est.seq_len} x batch {est.batch_size}")
+    print(f"{est.precision}, {est.optimizer}, checkpointing {'on' if est.gradient_checkpointing else 'off'}, "
+          f"attention {est.attention}, loss {est.loss}")
     print(f"params: {est.total_params / 1e9:.2f} B total, {est.trainable_params / 1e6:.1f} M trainable")
     print()
     print(f"{'component':28s} {'GiB':>12s} {'GB':>11s}")
@@ -86,13 +87,15 @@ def _print_estimate(est: Any) -> None:
         if v:
             print(f"{k:28s} {_fmt_bytes(v)}")
     print("-" * 53)
-    print(f"{'peak allocated':28s} {_fmt_bytes(est.peak_allocated_bytes)}   (at {est.peak_phase.replace('_', ' ')})")
+    print(f"{'peak allocated':28s} {_fmt_bytes(est.peak_allocated_bytes)}  ({est.peak_phase.replace('_', ' ')})")
     print(f"{'peak reserved':28s} {_fmt_bytes(est.peak_reserved_bytes)}")
     print(f"{'device used (nvidia-smi)':28s} {_fmt_bytes(est.device_used_bytes)}")
     if est.gpu:
         verdict = "fits" if est.fits else "DOES NOT FIT"
-        print(f"\n{est.gpu} ({est.gpu_memory_bytes / GIB:.1f} GiB): {verdict}, headroom {est.headroom_bytes / GIB:+.2f} GiB"
-              + (f" ({est.fit_note})" if est.fit_note else ""))
+        print(f"\n{est.gpu} ({est.gpu_memory_bytes / GIB:.1f} GiB): {verdict}, "
+              f"headroom {est.headroom_bytes / GIB:+.2f} GiB")
+        if est.fit_note:
+            print(f"  {est.fit_note}")
         if est.tokens_per_second:
             line = f"throughput: {est.tokens_per_second:,.0f} tokens/s per GPU"
             if est.hours is not None:

@@ -121,18 +121,20 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
 
         gpu_obj = get_gpu(gpu)
     cap = gpu_obj.memory_bytes if gpu_obj else None
-    mem = estimate_memory(arch, inv, opts, c, gpu_memory_bytes=cap)
+    mem = estimate_memory(arch, inv, opts, c)  # unconstrained: what the run would use on a large enough GPU
     fits = headroom = note = None
     if gpu_obj is not None:
-        free_mem = estimate_memory(arch, inv, opts, c)  # unconstrained reserved pool
-        headroom = int(cap - free_mem.device_used_bytes)
+        headroom = int(cap - mem.device_used_bytes)
         if headroom >= 0:
             fits = True
         else:
             needed = mem.peak_allocated_bytes + mem.outside_allocator_bytes
             fits = needed <= _ALLOCATED_FIT_SHARE * cap
-            note = ("near the limit: the allocator will have to free cached blocks and retry" if fits
-                    else f"needs {free_mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB")
+            if fits:  # the pool is capped by the GPU: the allocator frees cached blocks and retries
+                mem = estimate_memory(arch, inv, opts, c, gpu_memory_bytes=cap)
+                note = "near the limit: the allocator will have to free cached blocks and retry"
+            else:
+                note = f"needs {mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB"
     tps = hours = None
     if gpu_obj is not None:
         from ftcalc.throughput import tokens_per_second

@@ -2,10 +2,11 @@
 
     ftcalc estimate --model 8b --method qlora --gpu h100 --dataset-tokens 50M
 
-step time = FLOPs per step / (efficiency x dense bf16 peak)          (compute)
+step time = max(GPU time, CPU launch time)    (the GPU runs asynchronously behind the Python thread)
+GPU time  = FLOPs per step / (efficiency x dense bf16 peak)          (compute)
           + QLoRA dequantization bytes / memory bandwidth              (4-bit weights -> bf16, each use)
           + optimizer bytes / memory bandwidth                         (AdamW reads and writes its states)
-          + decoder layers x a per-layer launch overhead                (small kernels: LoRA, norms, RoPE)
+CPU time  = decoder layers x passes x per-layer launch cost             (norms, RoPE, LoRA modules: small kernels)
 
 FLOPs per token (Kaplan et al. 2020; PaLM appendix B for the attention term):
 - forward: 2 x (decoder Linear params + LM head) + 2 x L x T x (q_dim) for QK^T and PV with a causal mask
@@ -44,7 +45,19 @@ class ThroughputCoefficients:
     layer_overhead_s: float = 0.0005  # per decoder layer per pass (launches of norms, RoPE, attention, MLP)
     lora_module_overhead_s: float = 0.0002  # per LoRA-adapted Linear per pass (cast, dropout, A, B, scale, add)
     qlora_module_overhead_s: float = 0.0001  # per 4-bit Linear per pass (dequantize launch)
-    eager_attention_penalty: float = 2.0  # eager attention FLOPs run this many times slower than SDPA
+    efficiency_half_hidden: float = 1024.0  # matmul efficiency ~ hidden / (hidden + this): small models run less efficiently
+    norm_overhead_s: float = 0.0001  # per RMSNorm per pass (fp32 upcast, several small kernels)
+    fp32_rate_ratio: float = 0.068  # 32-true: fp32 matmuls without TF32 (H100 SXM datasheet 67 / 989 TFLOP/s)
+    eager_bytes_per_score: float = 16.0  # eager attention: bytes moved per T x T score per head per pass
+    # optimizer step, bytes of memory traffic per trainable parameter (read/write of states, temporaries)
+    opt_bytes_adamw: float = 18.0  # foreach AdamW on bf16 params: p, g, m, v read, p, m, v written, sqrt copy
+    opt_bytes_adamw_fused: float = 14.0
+    opt_bytes_8bit: float = 40.0  # bitsandbytes blockwise 8-bit: dequantize, update, requantize
+    opt_bytes_paged: float = 80.0  # paged states in unified memory
+    opt_fixed_paged_s: float = 0.04  # per step: paged optimizers synchronize and prefetch their pages
+    overlap_power: float = 4.0  # step = (gpu^p + cpu^p)^(1/p): p -> inf is perfect overlap (max), p = 1 none
+    opt_bytes_adafactor: float = 40.0  # per-tensor fp32 copies
+    opt_bytes_sgd: float = 6.0
     source: str = "defaults (not fitted)"
 
     @classmethod
@@ -96,27 +109,39 @@ def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: Throughpu
     arch = spec.arch
     f = flops_per_token(spec, opts)
     eff = {"full": tc.efficiency_full, "lora": tc.efficiency_lora, "qlora": tc.efficiency_qlora}[opts.method]
+    eff *= arch.hidden_size / (arch.hidden_size + tc.efficiency_half_hidden)
     rate = gpu.bf16_dense_tflops * 1e12 * eff
-    attn_penalty = tc.eager_attention_penalty if resolve_attention(arch, opts) == "eager" else 1.0
-    compute = opts.tokens_per_step * (f["dense"] + f["attention"] * attn_penalty) / rate
+    if opts.precision == "32-true":
+        rate *= tc.fp32_rate_ratio
+    compute = opts.tokens_per_step * (f["dense"] + f["attention"]) / rate
     bw = gpu.memory_bandwidth_gbps * 1e9
     inv = inventory(arch)
-    dequant = 0.0
-    if opts.method == "qlora":
-        uses = 2 + (1 if opts.checkpointing else 0)  # forward, backward (+ recompute)
-        dequant = inv.linear_weight_params * 2.5 * uses / (bw * tc.dequant_bandwidth_share)
-    if opts.method == "full":
-        p = 2 if opts.precision == "bf16-true" else 4
-        opt_bytes = inv.total_params * (3 * p + 2 * p + 2 * p)  # read p, g, m, v; write p, m, v
-    else:
-        opt_bytes = lora_params(inv, opts) * 4 * 7
     passes = 2 + (1 if opts.checkpointing else 0)  # forward, backward, recompute
-    per_layer = tc.layer_overhead_s
+    traffic = 0.0
+    if resolve_attention(arch, opts) == "eager":  # T x T scores written and read in fp32 and bf16
+        traffic += (arch.num_layers * opts.batch_size * arch.num_heads * opts.seq_len ** 2
+                    * tc.eager_bytes_per_score * passes)
+    if opts.method == "qlora":  # 4-bit weights dequantized to bf16 at every use (forward, backward, recompute)
+        traffic += inv.linear_weight_params * 2.5 * passes / tc.dequant_bandwidth_share
+    if opts.precision == "bf16-mixed" and opts.method != "qlora":  # autocast casts fp32 weights to bf16
+        traffic += inv.linear_weight_params * 6.0 * passes
+    per_param = {"adamw_torch": tc.opt_bytes_adamw, "adamw_torch_fused": tc.opt_bytes_adamw_fused,
+                 "adamw_8bit": tc.opt_bytes_8bit, "paged_adamw_8bit": tc.opt_bytes_paged,
+                 "paged_adamw_32bit": tc.opt_bytes_paged, "adafactor": tc.opt_bytes_adafactor,
+                 "sgd": tc.opt_bytes_sgd}[opts.optimizer]
+    n_train = inv.total_params if opts.method == "full" else lora_params(inv, opts)
+    traffic += n_train * per_param
+    per_layer = tc.layer_overhead_s + tc.norm_overhead_s * (arch.norms_per_layer + (2 if arch.qk_norm else 0))
     if opts.uses_adapters:
         per_layer += tc.lora_module_overhead_s * sum(g.count for g in inv.linears if g.kind in opts.lora_targets) / arch.num_layers
     if opts.method == "qlora":
         per_layer += tc.qlora_module_overhead_s * sum(g.count for g in inv.linears) / arch.num_layers
-    return compute + dequant + opt_bytes / bw + arch.num_layers * passes * per_layer
+    # The GPU runs asynchronously behind the Python/autograd thread: a step takes the longer of the GPU
+    # work and the CPU time spent launching kernels (small batches are launch-bound).
+    gpu_time = compute + traffic / bw + (tc.opt_fixed_paged_s if opts.optimizer.startswith("paged") else 0.0)
+    cpu_time = arch.num_layers * passes * per_layer
+    p = tc.overlap_power
+    return (gpu_time**p + cpu_time**p) ** (1.0 / p)
 
 
 def tokens_per_second(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:

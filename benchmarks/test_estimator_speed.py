@@ -1,0 +1,63 @@
+"""Speed targets of the estimator (issue 2): recorded by pytest-benchmark, checked against the targets.
+
+- one estimate in-process: under 1 ms
+- a sweep of 10,000 configurations: under 1 s
+- `ftcalc estimate` as a fresh process: under 1 s wall on a 2-core machine
+Targets are checked on the benchmark's median, so one slow outlier on a shared CI machine does not fail it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import ftcalc
+from ftcalc.catalog import resolve_model
+from ftcalc.inventory import inventory
+from ftcalc.memory import estimate_memory, load_coefficients
+from ftcalc.options import TrainingOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_one_estimate_in_process(benchmark):
+    ftcalc.estimate("70b", method="qlora", seq_len=2048, gpu="h100")  # warm caches
+    est = benchmark(ftcalc.estimate, "70b", method="qlora", seq_len=2048, gpu="h100")
+    assert est.fits
+    assert benchmark.stats.stats.median < 1e-3
+
+
+def _sweep() -> int:
+    spec = resolve_model("8b")
+    inv = inventory(spec.arch)
+    c = load_coefficients()
+    n = 0
+    grid = itertools.product(("full", "lora", "qlora"), (256, 512, 1024, 2048, 4096), range(1, 17),
+                             (True, False), ("adamw_torch", "adamw_8bit"), (8, 16, 32, 64, 128, 256, 512), (1, 2))
+    for method, seq, bs, ckpt, opt, r, _ in itertools.islice(grid, 10_000):
+        opts = TrainingOptions.model_construct(
+            method=method, seq_len=seq, batch_size=bs, gradient_checkpointing=ckpt, optimizer=opt, lora_r=r,
+            precision="bf16-true", lora_alpha=32, lora_dropout=0.05,
+            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            attention="auto", loss="standard", quant_type="nf4", double_quant=True, num_gpus=1)
+        estimate_memory(spec.arch, inv, opts, c)
+        n += 1
+    return n
+
+
+def test_sweep_of_10000_configurations(benchmark):
+    n = benchmark.pedantic(_sweep, rounds=3, iterations=1)
+    assert n == 10_000
+    assert benchmark.stats.stats.median < 1.0
+
+
+def _fresh_process() -> None:
+    subprocess.run([sys.executable, "-m", "ftcalc.cli", "estimate", "--model", "70b", "--method", "qlora",
+                    "--gpu", "h100", "--json"], check=True, capture_output=True, cwd=ROOT)
+
+
+def test_estimate_as_a_fresh_process(benchmark):
+    benchmark.pedantic(_fresh_process, rounds=5, iterations=1)
+    assert benchmark.stats.stats.median < 1.0
