@@ -42,7 +42,7 @@ def _table(recs: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in recs:
-        def cell(key: str) -> str:
+        def cell(key: str, r: dict[str, Any] = r) -> str:
             return (f"{r['meas_' + key + '_bytes'] / GIB:.2f} / {r['pred_' + key + '_bytes'] / GIB:.2f} "
                     f"({r['err_' + key] * 100:+.1f}%)")
         tp = r.get("err_tokens_per_second")

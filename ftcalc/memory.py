@@ -529,7 +529,6 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         bwd_tmp += 8.0 * arch.num_heads * opts.seq_len * n
     deq = _qlora_dequant_bytes(inv, opts)
     copies = autocast_weight_copy_bytes(arch, inv, opts)
-    resident = w["weights"] + w["lora_adapters"] + st["optimizer_states"] + c.fixed_allocated_bytes
     # Gradients: none at the start of backward (zero_grad(set_to_none=True)). The head's gradient
     # (full fine-tuning) appears after the three fp32 logits buffers have shrunk to one plus bf16.
     head_grad = (arch.vocab_size * arch.hidden_size * _trainable_bytes_per_param(opts)
