@@ -117,6 +117,43 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(a: argparse.Namespace) -> int:
+    from ftcalc.errors import InvalidArgumentError
+    from ftcalc.fit import max_fit, min_gpu
+
+    opts = _options_from_args(a)
+    if bool(a.maximize) == bool(a.minimize):
+        raise InvalidArgumentError("give exactly one of --maximize {seq-len,batch-size,lora-r} or --minimize gpu")
+    if a.maximize:
+        if not a.gpu:
+            raise InvalidArgumentError("--maximize needs --gpu (see `ftcalc gpus`)")
+        r = max_fit(a.model, opts, a.gpu, a.maximize, headroom=a.headroom)
+        if a.json:
+            print(json.dumps(r.to_dict(), indent=2))
+            return 0
+        print(f"{r.model} {r.method} on {r.gpu} ({r.gpu_memory_bytes / GIB:.1f} GiB, {r.headroom:.0%} headroom):")
+        print(f"  largest {r.target}: {r.best.value}  -> {r.best.device_used_bytes / GIB:.3f} GiB "
+              f"(largest part: {r.best.dominant_component})")
+        if r.next_step:
+            print(f"  {r.target} {r.next_step.value}: {r.next_step.device_used_bytes / GIB:.3f} GiB, does not fit")
+        print(f"  limited by {r.limit_reason}")
+        return 0
+    r = min_gpu(a.model, opts, headroom=a.headroom)
+    if a.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0
+    need = (r.fitting or r.not_fitting)[0].device_used_bytes
+    print(f"{r.model} {r.method} seq {r.seq_len} x batch {r.batch_size} needs {need / GIB:.2f} GiB per GPU")
+    for g in r.fitting:
+        print(f"  fits  {g.gpu:16s} {g.gpu_memory_bytes / GIB:6.1f} GiB  headroom {g.headroom_bytes / GIB:+7.2f} GiB")
+    if not r.fitting:
+        from ftcalc.errors import DoesNotFitError
+
+        raise DoesNotFitError(f"no single GPU in the table holds {need / GIB:.1f} GiB; the largest is "
+                              f"{r.not_fitting[-1].gpu} ({r.not_fitting[-1].gpu_memory_bytes / GIB:.0f} GiB)")
+    return 0
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from ftcalc.catalog import list_models
     from ftcalc.inventory import inventory
@@ -225,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--epochs", type=float, default=1.0)
     e.add_argument("--json", action="store_true", help="one JSON object")
     e.set_defaults(func=cmd_estimate)
+
+    ft = sub.add_parser("fit", help="the most that fits on a GPU (--maximize), or the smallest GPU (--minimize gpu)")
+    _add_training_options(ft)
+    ft.add_argument("--gpu", help="GPU for --maximize")
+    ft.add_argument("--maximize", choices=["seq-len", "batch-size", "lora-r"])
+    ft.add_argument("--minimize", choices=["gpu"])
+    ft.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
+    ft.add_argument("--json", action="store_true")
+    ft.set_defaults(func=cmd_fit)
 
     m = sub.add_parser("models", help="list the model catalog")
     m.add_argument("--filter", help="substring of id or alias")

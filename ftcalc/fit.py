@@ -1,0 +1,164 @@
+"""Inverse questions: the most that fits on a GPU, and the least GPU that fits.
+
+    ftcalc fit --model 8b --method qlora --gpu rtx-4090 --maximize seq-len
+    ftcalc fit --model 70b --method qlora --seq-len 8192 --batch-size 1 --minimize gpu
+
+``max_fit`` searches by bisection on the monotone estimate (memory never decreases in sequence length,
+batch size or LoRA rank: tests/test_memory.py checks it with hypothesis); ``min_gpu`` walks the GPU table
+smallest memory first. "Fits" means the predicted device memory stays under the GPU's memory minus the
+headroom (default 5%: the allocator needs room to move, and full fine-tuning's fragmentation is
+under-predicted by up to 11% on our runs, docs/validation.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from ftcalc.catalog import ModelSpec, resolve_model
+from ftcalc.errors import DoesNotFitError, InvalidArgumentError
+from ftcalc.hardware import GPU, get_gpu, load_gpus
+from ftcalc.inventory import inventory
+from ftcalc.memory import Coefficients, MemoryEstimate, estimate_memory, load_coefficients
+from ftcalc.options import TrainingOptions
+
+__all__ = ["FitPoint", "MaxFit", "GPUFit", "MinGPU", "max_fit", "min_gpu"]
+
+GIB = 2**30
+_TARGET_FIELD = {"seq-len": "seq_len", "batch-size": "batch_size", "lora-r": "lora_r"}
+
+
+class FitPoint(BaseModel):
+    value: int
+    device_used_bytes: int
+    peak_allocated_bytes: int
+    fits: bool
+    dominant_component: str
+    breakdown: dict[str, int]
+
+
+class MaxFit(BaseModel):
+    """The largest value of ``target`` that fits, the estimate there, and at the next step up."""
+
+    model: str
+    method: str
+    gpu: str
+    gpu_memory_bytes: int
+    headroom: float
+    target: str
+    best: FitPoint
+    next_step: FitPoint | None
+    limit_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class GPUFit(BaseModel):
+    gpu: str
+    name: str
+    num_gpus: int
+    gpu_memory_bytes: int
+    device_used_bytes: int
+    headroom_bytes: int
+
+
+class MinGPU(BaseModel):
+    model: str
+    method: str
+    seq_len: int
+    batch_size: int
+    fitting: list[GPUFit]
+    not_fitting: list[GPUFit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def _point(spec: ModelSpec, opts: TrainingOptions, c: Coefficients, budget: float, value: int) -> FitPoint:
+    e: MemoryEstimate = estimate_memory(spec.arch, inventory(spec.arch), opts, c)
+    parts = {k: v for k, v in e.breakdown.items() if k not in ("cuda_context",)}
+    dominant = max(parts, key=parts.get)  # type: ignore[arg-type]
+    return FitPoint(value=value, device_used_bytes=int(e.device_used_bytes), peak_allocated_bytes=int(e.peak_allocated_bytes),
+                    fits=e.device_used_bytes <= budget, dominant_component=dominant,
+                    breakdown={k: int(v) for k, v in e.breakdown.items()})
+
+
+def max_fit(model: str | ModelSpec, opts: TrainingOptions, gpu: str | GPU, maximize: Literal["seq-len", "batch-size", "lora-r"],
+            headroom: float = 0.05, coeffs: Coefficients | None = None) -> MaxFit:
+    """Largest ``seq_len``, ``batch_size`` or ``lora_r`` for which ``opts`` fits on one ``gpu``.
+
+    Raises:
+        InvalidArgumentError: a target that does not apply (LoRA rank of full fine-tuning).
+        DoesNotFitError: nothing fits even at the minimum value; the message names the component that
+            alone exceeds the GPU, or the largest one.
+    """
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model)
+    g = gpu if isinstance(gpu, GPU) else get_gpu(gpu)
+    if maximize not in _TARGET_FIELD:
+        raise InvalidArgumentError(f"--maximize {maximize}: expected one of {', '.join(_TARGET_FIELD)}")
+    if maximize == "lora-r" and not opts.uses_adapters:
+        raise InvalidArgumentError(f"--maximize lora-r does not apply to --method {opts.method} (no adapters)")
+    c = coeffs or load_coefficients()
+    budget = g.memory_bytes * (1 - headroom)
+    field = _TARGET_FIELD[maximize]
+    if maximize == "seq-len":
+        hi_cap = spec.arch.max_position_embeddings or 1 << 20
+    elif maximize == "lora-r":
+        hi_cap = min(min(gr.in_features, gr.out_features) for gr in inventory(spec.arch).linears
+                     if gr.kind in opts.lora_targets)
+    else:
+        hi_cap = 1 << 14
+
+    def at(v: int) -> FitPoint:
+        return _point(spec, opts.model_copy(update={field: v}), c, budget, v)
+
+    lo_pt = at(1)
+    if not lo_pt.fits:
+        alone = {k: v for k, v in lo_pt.breakdown.items() if v > budget}
+        comp, size = (next(iter(alone.items())) if alone else
+                      max(((k, v) for k, v in lo_pt.breakdown.items()), key=lambda kv: kv[1]))
+        what = "alone exceeds" if alone else "is the largest part of the total that exceeds"
+        raise DoesNotFitError(
+            f"{spec.id} {opts.method} does not fit on {g.gpu} even at {maximize} 1: {comp} "
+            f"({size / GIB:.1f} GiB) {what} the {budget / GIB:.1f} GiB usable "
+            f"(needs {lo_pt.device_used_bytes / GIB:.1f} GiB in all)"
+        )
+    # exponential search for a failing value, then bisection (the estimate is monotone in each target)
+    lo, hi = 1, 2
+    while hi <= hi_cap and at(hi).fits:
+        lo, hi = hi, hi * 2
+    if hi > hi_cap:
+        hi = hi_cap + 1
+        if at(hi_cap).fits:
+            lo = hi_cap
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if at(mid).fits:
+            lo = mid
+        else:
+            hi = mid
+    best = at(lo)
+    nxt = at(lo + 1) if lo < hi_cap else None
+    reason = (f"the model's limit ({hi_cap})" if nxt is None else
+              f"memory: {lo + 1} needs {nxt.device_used_bytes / GIB:.3f} GiB > {budget / GIB:.3f} GiB usable")
+    return MaxFit(model=spec.id, method=opts.method, gpu=g.gpu, gpu_memory_bytes=g.memory_bytes, headroom=headroom,
+                  target=maximize, best=best, next_step=nxt, limit_reason=reason)
+
+
+def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.05, max_gpus: int = 1,
+            coeffs: Coefficients | None = None) -> MinGPU:
+    """GPUs (smallest memory first) on which ``opts`` fits. With ``max_gpus`` > 1, data parallelism does
+    not reduce per-GPU memory (sharding is issue 7), so counts above 1 are listed only for the record."""
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model)
+    c = coeffs or load_coefficients()
+    e = estimate_memory(spec.arch, inventory(spec.arch), opts, c)
+    fit, no = [], []
+    for g in sorted(load_gpus().values(), key=lambda g: g.memory_bytes):
+        row = GPUFit(gpu=g.gpu, name=g.name, num_gpus=1, gpu_memory_bytes=g.memory_bytes,
+                     device_used_bytes=int(e.device_used_bytes),
+                     headroom_bytes=int(g.memory_bytes * (1 - headroom) - e.device_used_bytes))
+        (fit if row.headroom_bytes >= 0 else no).append(row)
+    return MinGPU(model=spec.id, method=opts.method, seq_len=opts.seq_len, batch_size=opts.batch_size,
+                  fitting=fit, not_fitting=no)
