@@ -101,9 +101,12 @@ def inventory(arch: Architecture) -> Inventory:
             LinearGroup("v_proj", h, kv, n, arch.qkv_bias),
         ]
     lin.append(LinearGroup("o_proj", q, h, n, arch.o_bias))
-    experts = 0
-    if arch.is_moe:  # Mixtral in transformers 5: router Linear + fused 3-D expert tensors
-        lin.append(LinearGroup("router", h, arch.num_experts, n, False))
+    experts = router = 0
+    if arch.is_moe:
+        # Mixtral in transformers 5: the router is a plain module holding an [experts, hidden] weight
+        # (MixtralTopKRouter, not nn.Linear) and the experts are fused 3-D tensors: neither is a Linear
+        # that bitsandbytes quantizes or LoRA targets
+        router = n * arch.num_experts * h
         experts = n * arch.num_experts * (h * 2 * i + i * h)
     elif arch.fused_gate_up:
         lin += [LinearGroup("gate_up_proj", h, 2 * i, n, arch.mlp_bias), LinearGroup("down_proj", i, h, n, arch.mlp_bias)]
@@ -118,6 +121,7 @@ def inventory(arch: Architecture) -> Inventory:
         by_kind[g.kind] += g.weight_params
         by_kind["bias"] += g.bias_params
     by_kind["experts"] = experts
+    by_kind["router"] = router
     by_kind["embed_tokens"] = arch.vocab_size * h
     by_kind["lm_head"] = 0 if arch.tie_word_embeddings else arch.vocab_size * h
     norms = n * arch.norms_per_layer * h + h  # per-layer norms + final norm

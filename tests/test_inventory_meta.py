@@ -28,13 +28,7 @@ IDS = [m.id for m in MODELS]
 
 # Disagreements between the analytic counter and transformers that are bugs in ftcalc/inventory.py, not in
 # the catalog. Each is a strict xfail: once inventory.py is fixed the test XPASSes, fails, and the entry must go.
-KNOWN_LINEAR_DISAGREEMENTS = {
-    "mixtral": (
-        "transformers 5.x builds the Mixtral router as MixtralTopKRouter (a plain nn.Module holding an "
-        "[num_experts, hidden] weight), not nn.Linear; inventory() still lists it as LinearGroup('router', ...), "
-        "so it counts 32 x 8 x 4096 router weights among the Linear layers that bitsandbytes would quantize"
-    ),
-}
+KNOWN_LINEAR_DISAGREEMENTS: dict[str, str] = {}  # none known (the Mixtral router entry was fixed)
 
 
 @pytest.fixture(scope="module")
