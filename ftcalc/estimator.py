@@ -106,12 +106,12 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     inv = inventory(arch)
     if opts.uses_adapters:
         kinds = {g.kind for g in inv.linears}
-        bad = [t for t in opts.lora_targets if t not in kinds]
+        bad = [t for t in opts.lora_targets if t not in kinds and t != "all-linear"]
         if bad:
             raise InvalidArgumentError(
                 f"--lora-targets {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
             )
-        width = min(min(g.in_features, g.out_features) for g in inv.linears if g.kind in opts.lora_targets)
+        width = min(min(g.in_features, g.out_features) for g in inv.linears if opts.is_target(g.kind))
         if opts.lora_r > width:
             raise InvalidArgumentError(f"--lora-r {opts.lora_r} exceeds the narrowest targeted layer width ({width})")
     c = coeffs or load_coefficients()

@@ -107,7 +107,7 @@ def max_fit(model: str | ModelSpec, opts: TrainingOptions, gpu: str | GPU, maxim
         hi_cap = spec.arch.max_position_embeddings or 1 << 20
     elif maximize == "lora-r":
         hi_cap = min(min(gr.in_features, gr.out_features) for gr in inventory(spec.arch).linears
-                     if gr.kind in opts.lora_targets)
+                     if opts.is_target(gr.kind))
     else:
         hi_cap = 1 << 14
 

@@ -165,7 +165,7 @@ def lora_params(inv: Inventory, opts: TrainingOptions) -> int:
         return 0
     total = 0
     for g in inv.linears:
-        if g.kind in opts.lora_targets:
+        if opts.is_target(g.kind):
             total += g.count * opts.lora_r * (g.in_features + g.out_features)
     return total
 
@@ -208,7 +208,7 @@ def _param_sizes(inv: Inventory, opts: TrainingOptions) -> list[tuple[int, int]]
     if opts.uses_adapters:
         out = []
         for g in inv.linears:
-            if g.kind in opts.lora_targets:
+            if opts.is_target(g.kind):
                 out += [(opts.lora_r * g.in_features, g.count), (opts.lora_r * g.out_features, g.count)]
         return out
     out = [(g.in_features * g.out_features, g.count) for g in inv.linears]
@@ -253,7 +253,7 @@ def optimizer_state_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, fl
     elif name == "adafactor":
         if opts.uses_adapters:  # lora_A (r x in) and lora_B (out x r): a row and a column vector each
             states = sum(2 * (opts.lora_r + g.in_features + g.out_features + opts.lora_r) * g.count
-                         for g in inv.linears if g.kind in opts.lora_targets) / 2 * p
+                         for g in inv.linears if opts.is_target(g.kind)) / 2 * p
         else:
             states = sum((g.in_features + g.out_features) * g.count for g in inv.linears)
             embed_rows = inv.params_by_kind.get("embed_tokens", 0)
@@ -375,7 +375,7 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
         per = _lora_saved_per_input(opts)
         lora = 0.0
         for g in inv.linears:
-            if g.kind in opts.lora_targets:
+            if opts.is_target(g.kind):
                 lora += (g.in_features * per + opts.lora_r * (2 if _autocast(opts) else 4)) * (g.count / arch.num_layers)
         terms["lora_inputs"] = lora
     # attention

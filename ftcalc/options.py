@@ -11,7 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ftcalc.errors import InvalidArgumentError
-from ftcalc.inventory import DEFAULT_LORA_TARGETS
 
 __all__ = ["TrainingOptions", "OPTIMIZERS", "PRECISIONS", "METHODS", "ATTENTIONS", "make_options"]
 
@@ -49,7 +48,7 @@ class TrainingOptions(BaseModel):
     lora_r: int = Field(16, gt=0)
     lora_alpha: float = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    lora_targets: tuple[str, ...] = ("all-linear",)  # every decoder Linear (peft's "all-linear")
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     loss: Literal["standard", "fused"] = "standard"
     quant_type: Literal["nf4", "fp4"] = "nf4"
@@ -60,7 +59,7 @@ class TrainingOptions(BaseModel):
     @classmethod
     def _split_targets(cls, v: object) -> object:
         if isinstance(v, str):
-            v = DEFAULT_LORA_TARGETS if v.strip() in ("all-linear", "all") else tuple(
+            v = ("all-linear",) if v.strip() in ("all-linear", "all") else tuple(
                 t.strip() for t in v.split(",") if t.strip()
             )
         if not v:
@@ -73,6 +72,10 @@ class TrainingOptions(BaseModel):
         if self.gradient_checkpointing is None:
             return self.method != "full"
         return self.gradient_checkpointing
+
+    def is_target(self, kind: str) -> bool:
+        """Whether LoRA adapts the decoder Linear kind ``kind`` ("all-linear": every decoder Linear)."""
+        return kind in self.lora_targets or ("all-linear" in self.lora_targets and kind != "router")
 
     @property
     def uses_adapters(self) -> bool:

@@ -196,7 +196,9 @@ def apply_training_setup(model: Any, opts: TrainingOptions) -> Any:
             )
         lcfg = LoraConfig(
             r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-            target_modules=list(opts.lora_targets), bias="none", task_type="CAUSAL_LM",
+            # "all-linear": every Linear but the output head (peft tuners_utils)
+            target_modules="all-linear" if "all-linear" in opts.lora_targets else list(opts.lora_targets),
+            bias="none", task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lcfg)  # adapters in fp32 (autocast_adapter_dtype=True)
     model.train()
@@ -211,7 +213,7 @@ def _linear_names(model: Any) -> set[str]:
 
 def _missing_targets(model: Any, targets: tuple[str, ...]) -> list[str]:
     names = _linear_names(model)
-    return [t for t in targets if t not in names]
+    return [t for t in targets if t not in names and t != "all-linear"]
 
 
 def _apply_fused_loss_patch(spec: ModelSpec) -> None:

@@ -133,7 +133,7 @@ def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: Throughpu
     traffic += n_train * per_param
     per_layer = tc.layer_overhead_s + tc.norm_overhead_s * (arch.norms_per_layer + (2 if arch.qk_norm else 0))
     if opts.uses_adapters:
-        per_layer += tc.lora_module_overhead_s * sum(g.count for g in inv.linears if g.kind in opts.lora_targets) / arch.num_layers
+        per_layer += tc.lora_module_overhead_s * sum(g.count for g in inv.linears if opts.is_target(g.kind)) / arch.num_layers
     if opts.method == "qlora":
         per_layer += tc.qlora_module_overhead_s * sum(g.count for g in inv.linears) / arch.num_layers
     # The GPU runs asynchronously behind the Python/autograd thread: a step takes the longer of the GPU

@@ -137,3 +137,12 @@ def test_memory_is_positive_and_monotone(model, method, ckpt, optimizer, precisi
     for kw in (dict(batch_size=batch + 1), dict(seq_len=seq + 64), dict(lora_r=rank + 8)):
         a1, d1 = used(**kw)
         assert a1 >= a0 and d1 >= d0 * (1 - 1e-9), kw
+
+
+def test_all_linear_targets_follow_the_model():
+    # regression: the default targets must be the model's own Linear names (Phi-3 fuses qkv and gate/up)
+    import ftcalc
+
+    est = ftcalc.estimate("phi-3.5-mini", method="lora", lora_r=16)
+    inv = inventory(resolve_model("phi-3.5-mini").arch)
+    assert est.trainable_params == sum(16 * (g.in_features + g.out_features) * g.count for g in inv.linears)
