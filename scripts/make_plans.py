@@ -108,6 +108,22 @@ PLANS = {
         c(L8, "full", 1024, 1, gradient_checkpointing=False, optimizer="adamw_torch_fused"),
         c(L8, "lora", 4096, 2, gradient_checkpointing=False),
     ],
+    # blind check: measured after data/coefficients.json was frozen (commit of 2026-11-22, 06:00 UTC);
+    # new models and settings, none refitted on
+    "d": [
+        c("Qwen/Qwen3-8B", "lora", 4096, 1, gradient_checkpointing=False),
+        c(Q7, "qlora", 8192, 1),
+        c(M7, "qlora", 2048, 8, lora_r=32),
+        c("meta-llama/Llama-3.2-3B", "lora", 4096, 4),
+        c("meta-llama/Llama-3.2-3B", "full", 2048, 2, optimizer="adamw_torch_fused"),
+        c("microsoft/Phi-3.5-mini-instruct", "lora", 2048, 4),
+        c("Qwen/Qwen2.5-1.5B", "full", 4096, 2),
+        c(L8, "qlora", 1024, 8, gradient_checkpointing=False, lora_targets="q_proj,k_proj,v_proj,o_proj"),
+        c(L8, "lora", 8192, 2, optimizer="adamw_8bit", lora_r=32),
+        c(L70, "qlora", 3072, 1, lora_r=32),
+        c("Qwen/Qwen3-4B", "full", 1024, 4, gradient_checkpointing=True, optimizer="adamw_8bit"),
+        c(L8, "lora", 3072, 6),
+    ],
 }
 
 if __name__ == "__main__":
