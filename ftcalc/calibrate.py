@@ -156,12 +156,14 @@ _BOUNDS = {
     "reserved_gap_nockpt_grads": (0.0, 2.0),
     "reserved_gap_eager_scores": (0.0, 4.0),
     "reserved_gap_cached_step_tmp": (0.0, 2.0),
+    "reserved_gap_tied_full_logits": (0.0, 5.0),
 }
 _ALLOC = ["activation_scale", "fixed_allocated_bytes", "backward_transient_per_token_i",
           "backward_transient_per_token_h", "logits_buffers_fp32"]
 _RESERVED = ["reserved_gap_fixed", "reserved_gap_per_logits_byte", "reserved_gap_per_layer_byte",
              "reserved_gap_fraction", "reserved_gap_optimizer_logits", "reserved_gap_nockpt_grads",
-             "reserved_gap_eager_scores", "reserved_gap_cached_step_tmp"]
+             "reserved_gap_eager_scores", "reserved_gap_cached_step_tmp",
+             "reserved_gap_tied_full_logits"]
 
 
 def _loss(recs: list[dict[str, Any]], key: str) -> float:

@@ -79,6 +79,7 @@ class Coefficients:
     reserved_gap_nockpt_grads: float = 0.8  # x min(saved activations, gradients): full FT without checkpointing
     reserved_gap_eager_scores: float = 1.0  # x one layer's fp32 attention scores (B*heads*T*T*4), eager attention
     reserved_gap_cached_step_tmp: float = 0.5  # x the optimizer step's temporary copy, cached when the loss peaks
+    reserved_gap_tied_full_logits: float = 0.0  # x the fp32 logits block: full FT, tied embeddings, checkpointing
     context_bytes: float = 0.78 * GIB  # CUDA context + library workspaces outside the allocator
     paged_resident_fraction: float = 1.0  # share of paged optimizer states resident on the GPU
     source: str = "defaults (not fitted)"
@@ -568,6 +569,10 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         block = n * arch.intermediate_size * _proj_out_bytes(opts)
         big = sum(numel * cnt for numel, cnt in _param_sizes(inv, opts) if numel * _trainable_bytes_per_param(opts) > block)
         gap += c.reserved_gap_nockpt_grads * min(all_act, big * _trainable_bytes_per_param(opts))
+    if opts.method == "full" and arch.tie_word_embeddings and opts.checkpointing:
+        # empirical (5 runs): full fine-tuning of tied-embedding models holds 1-4 extra fp32 logits blocks;
+        # the embedding's second gradient (embedding backward, accumulated into the head's) is the suspect
+        gap += c.reserved_gap_tied_full_logits * logits_fp32
     if peak_phase == "loss_backward" and step_tmp > 0:
         # the previous step's optimizer temporaries are cached blocks too small for the logits buffers
         gap += c.reserved_gap_cached_step_tmp * min(step_tmp, logits)

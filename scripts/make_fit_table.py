@@ -16,6 +16,7 @@ from ftcalc.catalog import resolve_model
 from ftcalc.errors import DoesNotFitError
 from ftcalc.fit import max_fit
 from ftcalc.hardware import get_gpu
+from ftcalc.inventory import inventory
 from ftcalc.options import make_options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,7 @@ def main() -> None:
     checks = []
     for alias in ("8b", "70b"):
         spec = resolve_model(alias)
+        kinds = [g.kind for g in inventory(spec.arch).linears]
         for method in ("full", "lora", "qlora"):
             for ckpt in (True, False):
                 cells = []
@@ -50,7 +52,8 @@ def main() -> None:
                         if (r["model"] == MODELS[alias] and r["method"] == method and r["gradient_checkpointing"] == ckpt
                                 and get_gpu(r["gpu_name"]).gpu == gpu.gpu and row_options(r).lora_r == 16
                                 and r["optimizer"] == "adamw_torch" and r["precision"] == "bf16-true"
-                                and row_options(r).lora_targets == opts.lora_targets and r.get("loss", "standard") == "standard"
+                                and {k for k in kinds if row_options(r).is_target(k)} == {k for k in kinds if opts.is_target(k)}
+                                and r.get("loss", "standard") == "standard"
                                 and r.get("attention", "auto") == "auto"):
                             pred = predict_row(r)["device_used_bytes"]
                             cap = r["gpu_total_bytes"]
