@@ -223,7 +223,28 @@ def _from_file(path: Path) -> ModelSpec:
     return ModelSpec(id=str(path), arch=arch, config=cfg, origin="file", source=str(path))
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint (HF_ENDPOINT or huggingface.co); HF_HUB_OFFLINE=1 means no."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def _from_hub(model_id: str) -> ModelSpec:
+    if not _hub_reachable():
+        raise UnknownModelError(
+            f"model '{model_id}' is not in the catalog and the Hugging Face hub is not reachable from here "
+            "(offline); pass a local config.json path or folder instead (see `ftcalc models` for the catalog)"
+        )
     try:
         from transformers import AutoConfig  # heavy: only for ids not in the catalog
     except ImportError:
@@ -232,6 +253,9 @@ def _from_hub(model_id: str) -> ModelSpec:
             "`pip install 'ftcalc[train]'` (or pass a local config.json path)"
         ) from None
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
         cfg = AutoConfig.from_pretrained(model_id).to_dict()
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for offline / missing repos
         raise UnknownModelError(

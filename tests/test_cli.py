@@ -103,3 +103,31 @@ def test_python_api_and_dataframe():
     assert {"component", "bytes", "GiB", "GB"} <= set(df.columns)
     assert est.hours and est.hours > 0 and est.tokens_per_second > 0
     assert "<table>" in est._repr_html_()
+
+
+def test_unknown_hub_id_offline_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(capsys, "estimate", "--model", "someorg/not-a-model-7b")
+    assert code == 2 and "not reachable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_profile_without_cuda_is_a_clear_error(capsys):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, _, err = run_cli(capsys, "profile", "--model", "tiny-llama", "--steps", "1")
+    assert code == 2 and "CUDA" in err
+
+
+@pytest.mark.gpu
+def test_profile_on_a_gpu_records_a_row(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    out = tmp_path / "rows.jsonl"
+    code, _, _ = run_cli(capsys, "profile", "--model", "tiny-llama", "--method", "lora", "--seq-len", "256",
+                         "--steps", "3", "--record", "--record-file", str(out))
+    row = json.loads(out.read_text().splitlines()[0])
+    assert code == 0 and row["outcome"] == "ok" and row["peak_allocated_bytes"] > 0 and row["tokens_per_second"] > 0
