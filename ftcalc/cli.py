@@ -110,10 +110,16 @@ def cmd_estimate(a: argparse.Namespace) -> int:
 
     est = estimate_options(resolve_model(a.model), _options_from_args(a), gpu=a.gpu,
                            dataset_tokens=a.dataset_tokens, epochs=a.epochs)
+    if a.plot:
+        from ftcalc.plots import plot_breakdown, save
+
+        save(plot_breakdown([est], gpus=[est.gpu] if est.gpu else None), a.plot)
     if a.json:
         print(json.dumps(est.to_dict(), indent=2))
     else:
         _print_estimate(est)
+        if a.plot:
+            print(f"plot written to {a.plot}")
     return 0
 
 
@@ -261,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset-tokens", type=_parse_tokens, help="tokens to train on (100M, 2.5B): adds hours")
     e.add_argument("--epochs", type=float, default=1.0)
     e.add_argument("--json", action="store_true", help="one JSON object")
+    e.add_argument("--plot", help="write the memory breakdown as a stacked bar chart (PNG or SVG; [plot] extra)")
     e.set_defaults(func=cmd_estimate)
 
     ft = sub.add_parser("fit", help="the most that fits on a GPU (--maximize), or the smallest GPU (--minimize gpu)")
