@@ -23,7 +23,7 @@ def __getattr__(name: str):  # lazy: `import ftcalc` stays cheap
     if name == "compare":
         import importlib
 
-        return importlib.import_module("ftcalc.compare").compare
+        return importlib.import_module("ftcalc.comparison").compare
     if name in ("max_fit", "min_gpu"):
         import importlib
 
