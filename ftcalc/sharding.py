@@ -1,0 +1,262 @@
+"""Memory per GPU and step time under data parallelism: single GPU, DDP, FSDP full-shard, FSDP + CPU offload.
+
+    ftcalc recommend --model 70b --method full --max-gpus 8      # the solver calls these, vectorized
+
+NOT YET VALIDATED ON MULTI-GPU HARDWARE. The single-GPU terms come from ftcalc.memory (fitted on 54
+measured runs); everything this module adds for 2+ GPUs (gradient buckets, NCCL buffers, sharded model
+states, gathered layers, communication time) is mechanism plus the assumptions in
+data/solver_assumptions.json, and has not been compared with a measured multi-GPU run of ftcalc's
+recipe. Issue 7 will measure DDP/FSDP runs and calibrate this module; until then treat multi-GPU plans
+as estimates with unknown error.
+
+Every function works elementwise on numpy arrays (one element per candidate) and on plain floats, so the
+solver evaluates 10^4-10^5 candidates at once and a test can check one candidate by hand.
+
+Memory per GPU starts from the single-GPU phases of ftcalc.memory.estimate_memory (loss/backward,
+layer backward, optimizer step) and replaces the model states in each phase:
+
+- single: as estimate_memory.
+- ddp (torch DistributedDataParallel, what accelerate and the HF Trainer use by default): a full replica
+  per GPU, plus the Reducer's gradient buckets, a flat copy of all gradients allocated at construction
+  (torch/nn/parallel/distributed.py, ``gradient_as_bucket_view``: "the saved memory size will be equal to
+  the total gradients size"), plus NCCL buffers outside the caching allocator (~0.5 GiB per communicator:
+  Fujii et al. 2024 tool notes, reference/memory.md section 4.3).
+- fsdp (FULL_SHARD / FSDP2 ``reshard_after_forward=True``): weights, adapters, gradients, optimizer
+  states and the optimizer's temporaries divided by N; plus the all-gathered units beyond the GPU's own
+  shard: the root unit (embeddings, LM head, final norm), which stays gathered from forward to backward
+  (FSDP2 docs: the root's reshard_after_forward is "specially set to False ... since its parameters would
+  typically be immediately all-gathered for backward", torch/distributed/fsdp/_fully_shard/_fully_shard.py),
+  and two decoder layers, the current one and the prefetched next one (FSDP1 ``BackwardPrefetch.BACKWARD_PRE``:
+  "holding the current set of parameters and the next set's", torch/distributed/fsdp/api.py); for full
+  fine-tuning also one layer's unsharded gradient before its reduce-scatter; plus NCCL buffers.
+  Gradients are reduce-scattered every micro-batch (accelerate ``GradientAccumulationPlugin(sync_each_batch=True)``);
+  FSDP's ``no_sync`` would keep unsharded gradients, the full G per GPU.
+- fsdp_offload (FSDP ``CPUOffload(offload_params=True)``): parameters, gradients and optimizer states live
+  in host memory and the optimizer steps on the CPU; the GPU holds the gathered units (in full, its own
+  shard is not resident) and the activations. The last resort: slow, and host RAM is not checked (the price
+  table has no host-memory column).
+
+Gradient accumulation (grad_accum > 1) keeps the gradients of earlier micro-batches alive into the next
+forward pass (zero_grad runs once per optimizer step), so the loss phase gains G (sharded: G/N), and
+without checkpointing the layer-backward phase holds activations and gradients together instead of the
+larger of the two. ftcalc.memory models one micro-batch per optimizer step; this term belongs there
+once TrainingOptions carries grad_accum.
+
+Step time per GPU (seconds per optimizer step):
+
+    grad_accum x (micro-batch time + exposed FSDP communication + offload copies)
+    + exposed DDP all-reduce + optimizer time (1/N of it under FSDP; on the CPU under offload)
+
+Communication volume per GPU (ring algorithms, NCCL): DDP all-reduces the gradients once per optimizer
+step, 2 (N-1)/N x gradient bytes; FSDP all-gathers the weights in forward and again in backward and
+reduce-scatters the gradients every micro-batch, (N-1)/N x (2 x weight bytes + gradient bytes), about
+3 x parameter bytes for full fine-tuning (reference/cost.md section 4.5, Lightning-AI/litgpt#607). It runs
+at the interconnect's one-direction bandwidth (gpus.csv ``interconnect_gbps`` / 2) times the achieved
+NCCL share (link_efficiency), inter-node at ``inter_node_gbps_per_gpu``; ``comm_overlap`` of one
+micro-batch's compute hides it and only the excess is exposed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftcalc._paths import data_dir
+from ftcalc.errors import DataFileError
+
+__all__ = [
+    "SHARDINGS", "SINGLE", "DDP", "FSDP", "FSDP_OFFLOAD",
+    "Assumptions", "load_assumptions", "ModelStates",
+    "device_used_per_gpu", "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
+    "startup_seconds", "checkpoint_seconds", "host_bytes_offload",
+]
+
+SHARDINGS = ("single", "ddp", "fsdp", "fsdp_offload")
+SINGLE, DDP, FSDP, FSDP_OFFLOAD = range(4)
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """data/solver_assumptions.json: each figure with its basis and source there."""
+
+    nccl_buffer_bytes: float
+    link_efficiency: dict[str, float]
+    no_p2p_factor: float
+    inter_node_gbps_per_gpu: float
+    comm_overlap: float
+    offload_host_gbps: float
+    cpu_optimizer_params_per_s: float
+    host_memory_bytes_per_gpu: float
+    provisioning_s: float
+    weights_download_gbps: float
+    weights_load_gbps: float
+    checkpoint_write_gbps: float
+    checkpoint_interval_s: float
+    source: str = ""
+
+
+def load_assumptions(path: str | Path | None = None) -> Assumptions:
+    """The solver's assumptions (default data/solver_assumptions.json), read once per path."""
+    return _load_assumptions(str(path or data_dir() / "solver_assumptions.json"))
+
+
+@lru_cache(maxsize=4)
+def _load_assumptions(path: str) -> Assumptions:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot read the solver assumptions ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    names = [f for f in Assumptions.__dataclass_fields__ if f != "source"]
+    missing = [n for n in names if not isinstance(raw.get(n), dict) or "value" not in raw[n]]
+    if missing:
+        raise DataFileError(f"{path}: missing {', '.join(missing)} (each an object with value, basis, source)")
+    return Assumptions(**{n: raw[n]["value"] for n in names}, source=f"{path} ({raw.get('date', 'undated')})")
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Per-configuration byte counts the sharding formulas need; each field an array over configurations.
+
+    Built by the solver from ftcalc.memory for each (method, micro-batch, checkpointing) at one seq_len.
+    """
+
+    weights: np.ndarray  # resident weights (estimate_memory breakdown "weights")
+    adapters: np.ndarray  # LoRA adapters (fp32)
+    opt_states: np.ndarray  # optimizer states in the caching allocator
+    opt_paged: np.ndarray  # paged optimizer states resident on the device (outside the allocator)
+    grads: np.ndarray  # one gradient per trainable parameter
+    step_tmp: np.ndarray  # optimizer.step() temporaries
+    phase_loss: np.ndarray  # estimate_memory phases, allocated bytes
+    phase_layer: np.ndarray
+    phase_opt: np.ndarray
+    peak: np.ndarray  # max of the three
+    gap: np.ndarray  # reserved - allocated at the peak (caching-allocator fragmentation, fitted)
+    context: np.ndarray  # CUDA context and workspaces outside the allocator
+    act_x: np.ndarray  # saved activations + autocast weight copies of all layers (no checkpointing)
+    ckpt: np.ndarray  # bool: gradient checkpointing on
+    full: np.ndarray  # bool: full fine-tuning (trainable base weights)
+    root_bytes: np.ndarray  # embeddings + LM head (+ final norm): FSDP's root unit, in storage bytes
+    layer_bytes: np.ndarray  # one decoder layer's weights + adapters, in storage bytes
+    layer_grad_bytes: np.ndarray  # one decoder layer's gradients (full fine-tuning; else 0)
+    trainable_params: np.ndarray
+    gap_fraction: float  # memory coefficient reserved_gap_fraction (gap share proportional to the peak)
+
+    def take(self, i: Any) -> ModelStates:
+        """The states of configuration(s) ``i`` (an index or an index array)."""
+        kw = {k: (v if k == "gap_fraction" else np.asarray(v)[i]) for k, v in self.__dict__.items()}
+        return ModelStates(**kw)
+
+
+def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any,
+                        nccl_buffer_bytes: float) -> Any:
+    """Device memory used per GPU (what nvidia-smi shows), unconstrained, for each candidate.
+
+    ``st`` holds one configuration per candidate (already indexed); ``sharding`` is SINGLE/DDP/FSDP/
+    FSDP_OFFLOAD. With ``sharding=SINGLE`` and ``grad_accum=1`` it returns estimate_memory's
+    device_used_bytes exactly. Formulas and sources: the module docstring.
+    """
+    n = np.asarray(num_gpus, dtype=float)
+    sh = np.asarray(sharding)
+    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
+    off = sh == FSDP_OFFLOAD
+    accum = np.asarray(grad_accum) > 1
+    # share of the model states resident on this GPU: all, 1/N (FSDP), none (offloaded to the host)
+    keep = np.where(off, 0.0, np.where(fsdp, 1.0 / n, 1.0))
+    states = st.weights + st.adapters + st.opt_states
+    states_g = states * keep
+    grads_g = st.grads * keep
+    # gathered units beyond the own shard (which is in states_g): the root unit + current and prefetched layer
+    beyond = np.where(off, 1.0, 1.0 - 1.0 / n)
+    gathered = np.where(fsdp, (st.root_bytes + 2.0 * st.layer_bytes) * beyond, 0.0)
+    unit_grad = np.where(fsdp & st.full, st.layer_grad_bytes, 0.0)
+    loss = st.phase_loss - states + states_g + np.where(accum, grads_g, 0.0) + gathered
+    layer_ckpt = st.phase_layer - states - st.grads + states_g + grads_g
+    x = st.act_x
+    layer_nockpt = (st.phase_layer - states - np.maximum(x, st.grads) + states_g
+                    + np.where(accum, x + grads_g, np.maximum(x, grads_g)))
+    layer = np.where(st.ckpt, layer_ckpt, layer_nockpt) + gathered + unit_grad
+    opt = st.phase_opt - states - st.grads - st.step_tmp + states_g + grads_g + st.step_tmp * keep
+    bucket = np.where(sh == DDP, st.grads, 0.0)
+    peak = np.maximum(np.maximum(loss, layer), opt) + bucket
+    # fragmentation: the fitted gap, with its share proportional to the peak following the new peak
+    gap = np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)
+    outside = st.context + st.opt_paged * keep + np.where(sh != SINGLE, nccl_buffer_bytes, 0.0)
+    out = peak + gap + outside
+    return out if np.ndim(out) else float(out)
+
+
+def host_bytes_offload(st: ModelStates) -> Any:
+    """Host RAM that FSDP CPU offload needs for the whole job: parameters, gradients, optimizer states and
+    the optimizer's temporaries of every rank (all ranks of a node share its RAM)."""
+    return st.weights + st.adapters + st.grads + st.opt_states + st.opt_paged + st.step_tmp
+
+
+def comm_bandwidth_bytes_per_s(interconnect_gbps: Any, link_efficiency: Any, p2p: Any, num_instances: Any,
+                               a: Assumptions) -> Any:
+    """Achieved per-GPU, one-direction collective bandwidth in bytes/s.
+
+    gpus.csv ``interconnect_gbps`` is bidirectional: half of it per direction, times the achieved NCCL
+    share; without P2P, ``no_p2p_factor`` of that; across nodes, capped at the inter-node link.
+    """
+    bw = np.asarray(interconnect_gbps, dtype=float) / 2.0 * np.asarray(link_efficiency, dtype=float)
+    bw = np.where(np.asarray(p2p, dtype=bool), bw, bw * a.no_p2p_factor)
+    inter = a.inter_node_gbps_per_gpu * a.link_efficiency.get("nvlink", 0.8)
+    bw = np.where(np.asarray(num_instances) > 1, np.minimum(bw, inter), bw)
+    out = bw * 1e9
+    return out if np.ndim(out) else float(out)
+
+
+def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, num_gpus: Any, grad_accum: Any,
+                          gather_bytes: Any, grad_bytes: Any, trainable_params: Any, num_instances: Any,
+                          bandwidth_bytes_per_s: Any, a: Assumptions) -> tuple[Any, Any]:
+    """Seconds per optimizer step on each GPU, and the compute-only part of it (for scaling efficiency).
+
+    Args:
+        micro_batch_s: one micro-batch's forward + backward on one GPU, without the optimizer update
+            (ftcalc.throughput with the optimizer traffic set to zero).
+        optimizer_s: the optimizer update's time on one GPU holding all states (ftcalc.throughput).
+        gather_bytes: weight + adapter bytes FSDP all-gathers (storage dtype).
+        grad_bytes: gradient bytes (all-reduced / reduce-scattered).
+        trainable_params: for the CPU optimizer under offload.
+    """
+    n = np.asarray(num_gpus, dtype=float)
+    sh = np.asarray(sharding)
+    ga = np.asarray(grad_accum, dtype=float)
+    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
+    off = sh == FSDP_OFFLOAD
+    ring = (n - 1.0) / n
+    hide = a.comm_overlap * micro_batch_s
+    ddp_exposed = np.maximum(2.0 * ring * grad_bytes / bandwidth_bytes_per_s - hide, 0.0)
+    fsdp_exposed = np.maximum(ring * (2.0 * gather_bytes + grad_bytes) / bandwidth_bytes_per_s - hide, 0.0)
+    # offload: the GPU's parameter shard copied in for each all-gather (2 per micro-batch), its gradient
+    # shard copied out, all over the host link, not overlapped
+    offload_copy = (2.0 * gather_bytes + grad_bytes) / n / (a.offload_host_gbps * 1e9)
+    cpu_step = trainable_params / np.asarray(num_instances, dtype=float) / a.cpu_optimizer_params_per_s
+    per_micro = micro_batch_s + np.where(fsdp, fsdp_exposed, 0.0) + np.where(off, offload_copy, 0.0)
+    opt = np.where(off, cpu_step, np.where(fsdp, optimizer_s / n, optimizer_s))
+    step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt
+    compute = ga * micro_batch_s + np.where(off, 0.0, np.where(fsdp, optimizer_s / n, optimizer_s))
+    if not np.ndim(step):
+        return float(step), float(compute)
+    return step, compute
+
+
+def startup_seconds(checkpoint_file_bytes: Any, a: Assumptions) -> Any:
+    """Provisioning, downloading the bf16 checkpoint, loading it onto the GPUs (each node in parallel)."""
+    return (a.provisioning_s + checkpoint_file_bytes / (a.weights_download_gbps * 1e9)
+            + checkpoint_file_bytes / (a.weights_load_gbps * 1e9))
+
+
+def checkpoint_seconds(train_s: Any, checkpoint_bytes: Any, num_instances: Any, a: Assumptions) -> Any:
+    """Saving what a resume needs (trainable weights + optimizer states) every ``checkpoint_interval_s``
+    and once at the end; each node writes its share."""
+    saves = np.floor(np.asarray(train_s, dtype=float) / a.checkpoint_interval_s) + 1.0
+    out = saves * checkpoint_bytes / (np.asarray(num_instances, dtype=float) * a.checkpoint_write_gbps * 1e9)
+    return out if np.ndim(out) else float(out)

@@ -1,0 +1,716 @@
+"""The plan solver: the cheapest (or fastest) way to fine-tune a model on a dataset, from real instance shapes.
+
+    ftcalc recommend --model 70b --method qlora --dataset-tokens 100M --deadline 48h --budget 200
+
+    import ftcalc.solver
+    rec = ftcalc.solver.recommend("70b", method="qlora", dataset_tokens=100_000_000)
+    rec.plans[0].instance_type, rec.plans[0].est_cost_usd, rec.to_dataframe()
+
+What it does:
+
+1. Configurations: method (full/lora/qlora, all three for ``method="auto"``) x micro-batch (1, 2, 4, 8,
+   16) x gradient checkpointing on/off: one ftcalc.memory.estimate_memory call each (unconstrained
+   reserved pool), and per GPU type one ftcalc.throughput call with and one without the optimizer
+   update (so the update is counted once per optimizer step, not once per micro-batch). A few dozen
+   memory calls, a few hundred throughput calls.
+2. Offers: for each GPU type and GPU count (powers of two up to ``max_gpus``, and ``max_gpus``), each
+   provider's cheapest real way to rent that many (ftcalc.pricing.cheapest_instances: AWS p5 sells 8
+   H100s or 1, so 2 GPUs pay for 8).
+3. Candidates = configurations x sharding (single GPU; DDP, FSDP full-shard, FSDP + CPU offload for
+   several) x offers, evaluated at once with numpy (ftcalc.sharding): memory per GPU, step time, hours,
+   billed cost. A candidate fits when its device memory per GPU <= GPU memory x (1 - headroom). CPU
+   offload is a last resort: it is dropped when anything fits without it.
+4. Gradient accumulation reaches the target global batch: ``global_batch_size`` sequences (default 16,
+   a common fine-tuning batch: seeds/003 uses 4 x 4), or ``global_batch_tokens`` / seq_len;
+   grad_accum = ceil(target / (micro-batch x GPUs)). A micro-batch larger than the target is skipped
+   (except 1 with many GPUs, whose global batch is then the GPU count).
+5. Time: optimizer steps = ceil(epochs x dataset tokens / (global batch x seq_len)) (packed sequences,
+   no padding); each step as in ftcalc.sharding.step_seconds_parallel; plus start-up (provisioning,
+   checkpoint download and load) and checkpoint saves (data/solver_assumptions.json). Cost: every rented
+   instance for the whole runtime, rounded up to the provider's billing granularity and minimum
+   (prices.csv), exactly as ftcalc.pricing.InstanceChoice.cost_usd.
+6. Keep what fits and meets ``deadline_hours`` / ``budget_usd``; per offer the best configuration; rank
+   by cost (then time) or time (then cost). ``rejected`` says why cheaper offers were left out.
+
+``method="auto"`` chooses by cost or time alone: it does not weigh the quality difference between full
+fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are not yet validated on hardware (see
+ftcalc/sharding.py; issue 7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ftcalc import sharding as sh
+from ftcalc.catalog import ModelSpec, resolve_model
+from ftcalc.errors import DoesNotFitError, InvalidArgumentError
+from ftcalc.hardware import GPU, get_gpu, load_gpus
+from ftcalc.inventory import inventory
+from ftcalc.memory import (
+    autocast_weight_copy_bytes,
+    estimate_memory,
+    gradient_bytes,
+    load_coefficients,
+    optimizer_state_bytes,
+    optimizer_step_transient_bytes,
+    weights_bytes,
+)
+from ftcalc.options import METHODS, TrainingOptions, make_options
+from ftcalc.pricing import PriceRow, cheapest_instances, load_prices
+
+__all__ = ["recommend", "Recommendation", "Plan", "Rejected", "UnknownProviderError", "MICRO_BATCH_SIZES"]
+
+GIB = 2**30
+GB = 1e9
+MICRO_BATCH_SIZES = (1, 2, 4, 8, 16)
+DEFAULT_GLOBAL_BATCH = 16  # sequences per optimizer step (module docstring, point 4)
+# Within an offer, a simpler sharding whose objective is at most this much worse is preferred: the time
+# model's error (data/calibration_report.md) is larger, and DDP/FSDP carry overheads it does not model.
+SIMPLER_WITHIN = 0.02
+MULTI_GPU_NOTE = "multi-GPU memory and time not yet validated on hardware (issue 7)"
+
+
+class UnknownProviderError(InvalidArgumentError):
+    """A provider name that is not in the price table."""
+
+
+class Plan(BaseModel):
+    """One ranked way to run the job. Bytes are per GPU; tokens_per_second is for all GPUs together."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rank: int
+    provider: str
+    instance_type: str
+    region: str
+    basis: str  # list | quote (a guide's price, not checked against the provider's list)
+    gpu: str
+    num_gpus: int  # GPUs the plan trains on
+    gpus_paid: int  # GPUs rented (whole instances)
+    num_instances: int
+    spot: bool
+    usd_per_hour: float  # everything rented
+    method: str
+    micro_batch_size: int
+    grad_accum: int
+    global_batch_size: int  # sequences per optimizer step
+    gradient_checkpointing: bool
+    sharding: str  # single | ddp | fsdp | fsdp_offload
+    device_used_bytes: int  # per GPU, what nvidia-smi would show
+    gpu_memory_bytes: int
+    usable_memory_bytes: int  # gpu_memory_bytes x (1 - headroom): the fit limit
+    tokens_per_second: float  # trained tokens per second, all GPUs
+    tokens_per_second_per_gpu: float
+    scaling_efficiency: float  # compute time / step time (1.0 on one GPU without offload)
+    optimizer_steps: int
+    startup_hours: float
+    checkpoint_hours: float
+    est_hours: float  # start-up + training + checkpoints
+    est_cost_usd: float  # billed
+    price_source: str
+    price_date: str
+    notes: list[str] = []
+
+
+class Rejected(BaseModel):
+    """A cheaper (or faster) option that was left out, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gpu: str
+    num_gpus: int
+    provider: str | None  # None when the reason holds for every provider (memory)
+    instance_type: str | None
+    reason: str
+    needed_bytes: int | None = None  # smallest device memory per GPU over the configurations tried
+    gpu_memory_bytes: int
+    est_hours: float | None = None  # the closest configuration's figures, had it been allowed
+    est_cost_usd: float | None = None
+
+
+class Recommendation(BaseModel):
+    """Ranked plans for one job (``plans``), with the best rejected alternatives (``rejected``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    method: str
+    dataset_tokens: int  # tokens per epoch (packed)
+    epochs: float
+    seq_len: int
+    global_batch_size: int
+    objective: str
+    spot: bool
+    max_gpus: int
+    deadline_hours: float | None
+    budget_usd: float | None
+    headroom: float
+    candidates_evaluated: int
+    plans: list[Plan]
+    rejected: list[Rejected]
+    coefficients: str
+    assumptions: str
+    notes: list[str] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def to_dataframe(self) -> Any:
+        """One row per plan, with GiB and GB columns beside the bytes."""
+        import pandas as pd
+
+        df = pd.DataFrame([p.model_dump() for p in self.plans])
+        if not df.empty:
+            df["device_used_gib"] = df["device_used_bytes"] / GIB
+            df["gpu_memory_gib"] = df["gpu_memory_bytes"] / GIB
+        return df
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    out = [s.strip() for item in items for s in str(item).split(",") if s.strip()]
+    return out or None
+
+
+def _dataset_tokens(dataset_tokens: int | None, examples: int | None, avg_tokens: float | None,
+                    seq_len: int, problems: list[str]) -> int:
+    if dataset_tokens is not None:
+        if examples is not None or avg_tokens is not None:
+            problems.append("give either dataset_tokens or examples with avg_tokens, not both")
+        if dataset_tokens <= 0:
+            problems.append(f"dataset_tokens={dataset_tokens}: must be > 0")
+        return int(dataset_tokens)
+    if examples is None or avg_tokens is None:
+        problems.append("the dataset size is missing: give --dataset-tokens (e.g. 100M), or --examples with --avg-tokens")
+        return 0
+    if examples <= 0 or avg_tokens <= 0:
+        problems.append(f"examples={examples}, avg_tokens={avg_tokens}: both must be > 0")
+        return 0
+    # packed into seq_len windows; an example longer than seq_len is truncated to it
+    return int(math.ceil(examples * min(float(avg_tokens), seq_len)))
+
+
+def _price_rows(prices: str | Path | Sequence[PriceRow] | None) -> tuple[PriceRow, ...]:
+    if prices is None:
+        return load_prices()
+    if isinstance(prices, (str, Path)):
+        return load_prices(prices)
+    return tuple(prices)
+
+
+def _gpu_counts(max_gpus: int) -> list[int]:
+    counts = {2**k for k in range(0, 31) if 2**k <= max_gpus}
+    counts.add(max_gpus)
+    return sorted(counts)
+
+
+# ----------------------------------------------------------------------------------------- the grid
+
+
+def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str], micro_batches: Sequence[int],
+                 target_seqs: int) -> tuple[list[TrainingOptions], sh.ModelStates]:
+    """Every (method, micro-batch, checkpointing) and the byte counts ftcalc.sharding needs for each."""
+    arch = spec.arch
+    inv = inventory(arch)
+    c = load_coefficients()
+    layers = arch.num_layers
+    root_params = inv.params_by_kind.get("embed_tokens", 0) + inv.params_by_kind.get("lm_head", 0)
+    opts_list: list[TrainingOptions] = []
+    cols: dict[str, list[float]] = {f: [] for f in sh.ModelStates.__dataclass_fields__ if f != "gap_fraction"}
+    for method in methods:
+        if method == "qlora" and base.precision == "32-true":
+            continue  # QLoRA computes in bf16 (estimate_memory refuses 32-true)
+        for mb in micro_batches:
+            if mb > max(target_seqs, 1) and mb != 1:
+                continue
+            for ckpt in (True, False):
+                opts = base.model_copy(update={"method": method, "batch_size": mb, "gradient_checkpointing": ckpt})
+                mem = estimate_memory(arch, inv, opts, c)  # unconstrained: the fit test uses device_used
+                w = weights_bytes(inv, opts)
+                states = optimizer_state_bytes(inv, opts)
+                grads = gradient_bytes(inv, opts)
+                paged = mem.breakdown.get("paged_optimizer_states", 0.0)
+                tokens = opts.tokens_per_step
+                act_all = c.activation_scale * sum(mem.activation_per_token_per_layer.values()) * tokens * layers
+                root_b = root_params * (4 if method == "qlora" or opts.precision != "bf16-true" else 2)
+                cols["weights"].append(w["weights"])
+                cols["adapters"].append(w["lora_adapters"])
+                cols["opt_states"].append(states["optimizer_states"])
+                cols["opt_paged"].append(paged)
+                cols["grads"].append(grads)
+                cols["step_tmp"].append(optimizer_step_transient_bytes(inv, opts))
+                cols["phase_loss"].append(mem.phases["loss_backward"])
+                cols["phase_layer"].append(mem.phases["layer_backward"])
+                cols["phase_opt"].append(mem.phases["optimizer_step"])
+                cols["peak"].append(mem.peak_allocated_bytes)
+                cols["gap"].append(mem.peak_reserved_bytes - mem.peak_allocated_bytes)
+                cols["context"].append(mem.outside_allocator_bytes - paged)
+                cols["act_x"].append(act_all + autocast_weight_copy_bytes(arch, inv, opts)["all_layers"])
+                cols["ckpt"].append(ckpt)
+                cols["full"].append(method == "full")
+                cols["root_bytes"].append(root_b)
+                cols["layer_bytes"].append((w["weights"] - root_b + w["lora_adapters"]) / layers)
+                cols["layer_grad_bytes"].append(
+                    grads * (1 - root_params / inv.total_params) / layers if method == "full" else 0.0)
+                cols["trainable_params"].append(mem.trainable_params)
+                opts_list.append(opts)
+    arrays = {k: np.asarray(v, dtype=bool if k in ("ckpt", "full") else float) for k, v in cols.items()}
+    return opts_list, sh.ModelStates(**arrays, gap_fraction=c.reserved_gap_fraction)
+
+
+def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: list[GPU]) -> tuple[np.ndarray, np.ndarray]:
+    """(micro-batch seconds without the optimizer update, optimizer-update seconds), each [config, gpu].
+
+    ftcalc.throughput's step covers one micro-batch and one update; the update's share is the
+    difference with the same model when every optimizer-traffic coefficient (``opt_*``) is zero.
+    """
+    from ftcalc.throughput import load_throughput, step_seconds
+
+    tc = load_throughput()
+    tc0 = replace(tc, **{f.name: 0.0 for f in fields(tc) if f.name.startswith("opt_")})
+    micro = np.empty((len(opts_list), len(gpus)))
+    opt = np.empty_like(micro)
+    for i, opts in enumerate(opts_list):
+        for j, g in enumerate(gpus):
+            full = step_seconds(spec, opts, g, tc)
+            bare = step_seconds(spec, opts, g, tc0)
+            micro[i, j] = bare
+            opt[i, j] = max(full - bare, 0.0)
+    return micro, opt
+
+
+class _Offers:
+    """Columns of the offers table: one row per (GPU type, GPU count, provider) with its instance choice."""
+
+    def __init__(self, gpus: list[GPU], counts: list[int], spot: bool, providers: list[str] | None,
+                 rows: tuple[PriceRow, ...], include_quotes: bool | None) -> None:
+        recs = []
+        for gi, g in enumerate(gpus):
+            for n in counts:
+                for ch in cheapest_instances(g.gpu, n, spot=spot, providers=providers, prices=rows,
+                                             include_quotes=include_quotes):
+                    recs.append((gi, n, ch))
+        self.choices = [r[2] for r in recs]
+        self.gpu_idx = np.array([r[0] for r in recs], dtype=int)
+        self.n = np.array([r[1] for r in recs], dtype=float)
+        self.instances = np.array([c.num_instances for c in self.choices], dtype=float)
+        self.paid = np.array([c.gpus_paid for c in self.choices], dtype=float)
+        self.usd_per_hour = np.array([c.usd_per_hour for c in self.choices], dtype=float)
+        self.granularity = np.array([c.billing_granularity_s or 0 for c in self.choices], dtype=float)
+        self.minimum = np.array([c.billing_minimum_s or 0 for c in self.choices], dtype=float)
+
+    def __len__(self) -> int:
+        return len(self.choices)
+
+
+def _billed_cost(usd_per_hour: np.ndarray, runtime_s: np.ndarray, granularity_s: np.ndarray,
+                 minimum_s: np.ndarray) -> np.ndarray:
+    """Vectorized ftcalc.pricing.billed_cost_usd (granularity 0 = continuous, minimum 0 = none); the
+    per-instance rounding is the same for every instance, so the total price per hour can be used."""
+    gran = np.where(granularity_s > 0, granularity_s, 1.0)
+    billed = np.where(granularity_s > 0, np.ceil(runtime_s / gran - 1e-9) * gran, runtime_s)
+    billed = np.maximum(billed, minimum_s)
+    return usd_per_hour * billed / 3600.0
+
+
+# ----------------------------------------------------------------------------------------- the search
+
+
+def recommend(model: str, method: str = "lora", dataset_tokens: int | None = None, examples: int | None = None,
+              avg_tokens: float | None = None, epochs: float = 1.0, seq_len: int = 2048,
+              gpu: str | Sequence[str] | None = None, provider: str | Sequence[str] | None = None,
+              max_gpus: int = 8, spot: bool = False, deadline_hours: float | None = None,
+              budget_usd: float | None = None, objective: str = "cost", top: int = 5, headroom: float = 0.05,
+              *, global_batch_size: int | None = None, global_batch_tokens: int | None = None,
+              micro_batch_sizes: Sequence[int] = MICRO_BATCH_SIZES, optimizer: str = "adamw_torch",
+              precision: str = "bf16-true", lora_r: int = 16,
+              prices: str | Path | Sequence[PriceRow] | None = None,
+              include_quotes: bool | None = None) -> Recommendation:
+    """Rank the ways to fine-tune ``model`` on a dataset by cost or time, over real instance shapes.
+
+    Args:
+        model: catalog id or alias (``70b``), a config.json path, or a hub id.
+        method: ``full``, ``lora``, ``qlora``, or ``auto`` (all three, ranked together by the objective).
+        dataset_tokens: tokens per epoch; or ``examples`` x ``avg_tokens`` (packed, truncated at seq_len).
+        epochs, seq_len: passes over the data; tokens per sequence.
+        gpu: one GPU name or a list (any spelling ``get_gpu`` accepts); default every GPU with a price.
+        provider: one provider or a list; default all.
+        max_gpus: most GPUs one plan may train on (counts tried: powers of two and this).
+        spot: use spot/interruptible prices (shapes without one are skipped).
+        deadline_hours, budget_usd: constraints on est_hours and est_cost_usd.
+        objective: ``cost`` (then time) or ``time`` (then cost).
+        top: plans to return (the same number of rejected alternatives at most).
+        headroom: share of GPU memory kept free: a plan fits when device memory <= memory x (1 - headroom).
+        global_batch_size / global_batch_tokens: the target global batch (default 16 sequences).
+        micro_batch_sizes: micro-batch sizes to try.
+        optimizer, precision, lora_r: as in ``ftcalc estimate``.
+        prices: a price file (ftcalc prices.csv format or a SkyPilot vms.csv) or rows; default data/prices.csv.
+        include_quotes: passed to cheapest_instances (None: guide quotes only where a provider has no list price).
+    Returns:
+        A :class:`Recommendation`; ``plans`` is never empty.
+    Raises:
+        InvalidArgumentError (bad values, all listed at once), UnknownModelError, UnknownGPUError,
+        UnknownProviderError, DataFileError (a bad --prices file), DoesNotFitError (nothing fits, or no
+        plan meets the deadline / budget: the message says which constraint binds and what would do).
+    Example:
+        >>> rec = recommend("70b", method="qlora", dataset_tokens=10_000_000, gpu="h100")
+        >>> rec.plans[0].num_gpus, rec.plans[0].method
+        (1, 'qlora')
+    """
+    problems: list[str] = []
+    if method not in (*METHODS, "auto"):
+        problems.append(f"method={method!r}: expected one of {', '.join(METHODS)}, auto")
+    if objective not in ("cost", "time"):
+        problems.append(f"objective={objective!r}: expected cost or time")
+    if not (isinstance(max_gpus, int) and max_gpus >= 1):
+        problems.append(f"max_gpus={max_gpus!r}: expected an integer >= 1")
+    if not epochs > 0:
+        problems.append(f"epochs={epochs}: must be > 0")
+    if not (isinstance(top, int) and top >= 1):
+        problems.append(f"top={top!r}: expected an integer >= 1")
+    if not 0 <= headroom < 1:
+        problems.append(f"headroom={headroom}: expected a share in [0, 1), e.g. 0.05")
+    if deadline_hours is not None and not deadline_hours > 0:
+        problems.append(f"deadline={deadline_hours} h: must be > 0")
+    if budget_usd is not None and not budget_usd > 0:
+        problems.append(f"budget=${budget_usd}: must be > 0")
+    if global_batch_size is not None and global_batch_tokens is not None:
+        problems.append("give global_batch_size (sequences) or global_batch_tokens, not both")
+    if not micro_batch_sizes or any(not (isinstance(b, int) and b >= 1) for b in micro_batch_sizes):
+        problems.append(f"micro_batch_sizes={tuple(micro_batch_sizes)}: expected integers >= 1")
+    if not (isinstance(seq_len, int) and seq_len > 0):
+        problems.append(f"seq_len={seq_len!r}: expected an integer > 0")
+        seq_len = 1
+    tokens_per_epoch = _dataset_tokens(dataset_tokens, examples, avg_tokens, seq_len, problems)
+    if problems:
+        raise InvalidArgumentError("; ".join(problems))
+    if global_batch_tokens is not None:
+        target = max(1, math.ceil(global_batch_tokens / seq_len))
+    else:
+        target = int(global_batch_size or DEFAULT_GLOBAL_BATCH)
+
+    spec = resolve_model(model)
+    ctx = spec.arch.max_position_embeddings
+    if ctx and seq_len > ctx:
+        raise InvalidArgumentError(f"--seq-len {seq_len} exceeds {spec.id}'s context of {ctx} tokens")
+    base = make_options(method="lora" if method == "auto" else method, seq_len=seq_len, optimizer=optimizer,
+                        precision=precision, lora_r=lora_r)
+    methods = METHODS if method == "auto" else (method,)
+
+    # prices, providers, GPUs
+    rows = _price_rows(prices)
+    known_providers = sorted({r.provider for r in rows})
+    providers = _as_list(provider)
+    if providers:
+        providers = [p.lower() for p in providers]
+        bad = [p for p in providers if p not in known_providers]
+        if bad:
+            raise UnknownProviderError(f"unknown provider {', '.join(repr(b) for b in bad)}; "
+                                       f"the price table has {', '.join(known_providers)}")
+    gpu_names = _as_list(gpu)
+    if gpu_names:
+        slugs = list(dict.fromkeys(get_gpu(g).gpu for g in gpu_names))
+    else:
+        slugs = sorted({r.gpu for r in rows})
+    priced = {r.gpu for r in rows if r.usd_per_hour(spot) is not None
+              and (providers is None or r.provider in providers)}
+    unpriced = [s for s in slugs if s not in priced]
+    slugs = [s for s in slugs if s in priced]
+    if not slugs:
+        where = f" at {', '.join(providers)}" if providers else ""
+        kind = "spot" if spot else "on-demand"
+        have = sorted(priced)
+        raise InvalidArgumentError(
+            f"no {kind} price for {', '.join(unpriced)}{where}; "
+            + (f"priced GPUs there: {', '.join(have)}" if have else "drop --provider or --spot")
+            + " (see `ftcalc prices`)")
+    table = load_gpus()
+    gpus = [table[s] for s in slugs]
+    offers = _Offers(gpus, _gpu_counts(max_gpus), spot, providers, rows, include_quotes)
+
+    if not len(offers):
+        raise InvalidArgumentError(
+            f"no instance in the price table rents {', '.join(slugs)} in counts up to {max_gpus}"
+            + (" (guide quotes excluded: include_quotes=False)" if include_quotes is False else ""))
+    opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target)
+    if not opts_list:
+        raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
+    micro_s, opt_s = _micro_batch_times(spec, opts_list, gpus)
+    a = sh.load_assumptions()
+    cand = _Candidates(spec, opts_list, states, micro_s, opt_s, gpus, offers, target, seq_len,
+                       tokens_per_epoch * epochs, headroom, a)
+    c = cand
+    in_time = np.ones_like(c.fits) if deadline_hours is None else c.hours <= deadline_hours
+    in_budget = np.ones_like(c.fits) if budget_usd is None else c.cost <= budget_usd
+    ok = c.fits & in_time & in_budget
+    primary, secondary = (c.cost, c.hours) if objective == "cost" else (c.hours, c.cost)
+    if not ok.any():
+        _raise_no_plan(c, spec.id, method, in_time, in_budget, deadline_hours, budget_usd, max_gpus, headroom)
+
+    # ---- the best configuration per offer, then the offers ranked
+    # per offer, the simplest sharding (single < DDP < FSDP < offload) within SIMPLER_WITHIN of its best
+    # objective, then the best objective, then the least memory; offers ranked by that choice
+    best_value = np.full(len(offers), np.inf)
+    np.minimum.at(best_value, c.ki[ok], primary[ok])
+    idx = np.flatnonzero(ok & (primary <= best_value[c.ki] * (1 + SIMPLER_WITHIN)))
+    idx = idx[np.lexsort((c.used[idx], secondary[idx], primary[idx], c.si[idx], c.ki[idx]))]
+    _, first = np.unique(c.ki[idx], return_index=True)
+    best = idx[first]
+    best = best[np.lexsort((c.used[best], c.si[best], secondary[best], primary[best]))][:top]
+    plans = [c.plan(rank, j, spot) for rank, j in enumerate(best, start=1)]
+    rejected = _rejected(c, in_time, in_budget, primary, deadline_hours, budget_usd, float(primary[best[0]]),
+                         top, headroom)
+    notes = []
+    if unpriced:
+        notes.append(f"no {'spot' if spot else 'on-demand'} price for {', '.join(unpriced)}: left out")
+    if method == "auto":
+        notes.append("method auto ranks full/LoRA/QLoRA by the objective only, not by model quality")
+    return Recommendation(
+        model=spec.id, method=method, dataset_tokens=tokens_per_epoch, epochs=epochs, seq_len=seq_len,
+        global_batch_size=target, objective=objective, spot=spot, max_gpus=max_gpus,
+        deadline_hours=deadline_hours, budget_usd=budget_usd, headroom=headroom,
+        candidates_evaluated=len(c.ci), plans=plans, rejected=rejected,
+        coefficients=load_coefficients().source, assumptions=a.source, notes=notes)
+
+
+class _Candidates:
+    """Every (configuration, sharding, offer) that makes sense, evaluated at once: one array element each.
+
+    Attributes are numpy arrays over candidates: ``ci``/``si``/``ki`` index the configuration, sharding
+    and offer; ``used`` is device memory per GPU, ``fits`` the memory test (and, for CPU offload, host
+    RAM; offload is dropped when anything else fits), ``hours`` and ``cost`` the estimates.
+    """
+
+    def __init__(self, spec: ModelSpec, opts_list: list[TrainingOptions], states: sh.ModelStates,
+                 micro_s: np.ndarray, opt_s: np.ndarray, gpus: list[GPU], offers: _Offers, target: int,
+                 seq_len: int, total_tokens: float, headroom: float, a: sh.Assumptions) -> None:
+        self.opts_list, self.states, self.gpus, self.offers, self.seq_len = opts_list, states, gpus, offers, seq_len
+        ci, si, ki = (x.ravel() for x in np.meshgrid(np.arange(len(opts_list)), np.arange(len(sh.SHARDINGS)),
+                                                     np.arange(len(offers)), indexing="ij"))
+        n = offers.n[ki]
+        mb = np.array([o.batch_size for o in opts_list], dtype=float)[ci]
+        # one GPU: no data parallelism (FSDP + offload still possible); several: DDP or FSDP
+        valid = np.where(n == 1, (si == sh.SINGLE) | (si == sh.FSDP_OFFLOAD), si != sh.SINGLE)
+        valid &= (mb * n <= target) | (mb == 1)  # the global batch stays at the target
+        self.ci, self.si, self.ki, self.n, mb = ci[valid], si[valid], ki[valid], n[valid], mb[valid]
+        ci, si, ki, n = self.ci, self.si, self.ki, self.n
+        self.gi = gi = offers.gpu_idx[ki]
+        self.ga = ga = np.maximum(1.0, np.ceil(target / (mb * n)))
+        self.global_seqs = mb * n * ga
+        st = states.take(ci)
+
+        self.mem_cap = np.array([g.memory_bytes for g in gpus], dtype=float)[gi]
+        self.usable = self.mem_cap * (1.0 - headroom)
+        self.used = sh.device_used_per_gpu(st, si, n, ga, a.nccl_buffer_bytes)
+        self.device_ok = device_ok = self.used <= self.usable
+        # CPU offload holds the model states in host RAM: 90 % of an assumed RAM per rented GPU
+        self.host_need = sh.host_bytes_offload(st)
+        self.host_have = 0.9 * a.host_memory_bytes_per_gpu * offers.paid[ki]
+        host_ok = self.host_need <= self.host_have
+        self.offload = offload = si == sh.FSDP_OFFLOAD
+        self.offload_fits = device_ok & offload & host_ok
+        fits = device_ok & (~offload | host_ok)
+        if (fits & ~offload).any():  # CPU offload is the last resort
+            fits &= ~offload
+            self.considered = ~offload
+        else:
+            self.considered = np.ones_like(fits)
+        self.fits = fits
+
+        link_eff = np.array([a.link_efficiency.get(g.interconnect, a.link_efficiency.get("none", 0.3))
+                             for g in gpus])[gi]
+        bw = sh.comm_bandwidth_bytes_per_s(np.array([g.interconnect_gbps for g in gpus])[gi], link_eff,
+                                           np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
+        self.step_s, self.compute_s = sh.step_seconds_parallel(
+            micro_s[ci, gi], opt_s[ci, gi], si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
+            offers.instances[ki], bw, a)
+        self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
+        train_s = self.steps * self.step_s
+        resume_bytes = np.where(st.full, st.weights, st.adapters) + st.opt_states + st.opt_paged
+        self.ckpt_s = sh.checkpoint_seconds(train_s, resume_bytes, offers.instances[ki], a)
+        self.start_s = sh.startup_seconds(2.0 * inventory(spec.arch).total_params, a)  # bf16 checkpoint files
+        runtime_s = self.start_s + train_s + self.ckpt_s
+        self.hours = runtime_s / 3600.0
+        self.cost = _billed_cost(offers.usd_per_hour[ki], runtime_s, offers.granularity[ki], offers.minimum[ki])
+
+    def where(self, j: int) -> str:
+        ch = self.offers.choices[self.ki[j]]
+        return f"{_label(self.gpus[self.gi[j]].gpu, self.n[j])} at {ch.provider} {ch.instance_type}"
+
+    def plan(self, rank: int, j: int, spot: bool) -> Plan:
+        ch = self.offers.choices[self.ki[j]]
+        opts = self.opts_list[self.ci[j]]
+        n, si = int(self.n[j]), int(self.si[j])
+        notes = []
+        if ch.basis == "quote":
+            notes.append("price is a guide's quote, not a checked list price")
+        if ch.gpus_paid > n:
+            notes.append(f"pays for {ch.gpus_paid} GPUs, trains on {n}")
+        if si != sh.SINGLE:
+            notes.append(MULTI_GPU_NOTE)
+        if si == sh.FSDP_OFFLOAD:
+            notes.append(f"CPU offload: needs about {self.host_need[j] / GB:.0f} GB of host RAM")
+        tokens_step = self.global_seqs[j] * self.seq_len
+        return Plan(
+            rank=rank, provider=ch.provider, instance_type=ch.instance_type, region=ch.region, basis=ch.basis,
+            gpu=ch.gpu, num_gpus=n, gpus_paid=ch.gpus_paid, num_instances=ch.num_instances, spot=spot,
+            usd_per_hour=round(ch.usd_per_hour, 4), method=opts.method, micro_batch_size=opts.batch_size,
+            grad_accum=int(self.ga[j]), global_batch_size=int(self.global_seqs[j]),
+            gradient_checkpointing=bool(opts.checkpointing), sharding=sh.SHARDINGS[si],
+            device_used_bytes=int(self.used[j]), gpu_memory_bytes=int(self.mem_cap[j]),
+            usable_memory_bytes=int(self.usable[j]),
+            tokens_per_second=float(tokens_step / self.step_s[j]),
+            tokens_per_second_per_gpu=float(tokens_step / self.step_s[j] / n),
+            scaling_efficiency=float(self.compute_s[j] / self.step_s[j]), optimizer_steps=int(self.steps[j]),
+            startup_hours=float(self.start_s / 3600.0), checkpoint_hours=float(self.ckpt_s[j] / 3600.0),
+            est_hours=float(self.hours[j]), est_cost_usd=round(float(self.cost[j]), 2),
+            price_source=ch.source, price_date=ch.date, notes=notes)
+
+
+def _label(gpu: str, n: float) -> str:
+    return f"{gpu} x{int(n)}"
+
+
+def _memory_reason(c: _Candidates, mine: np.ndarray, headroom: float) -> tuple[str, float]:
+    """Why none of the candidates ``mine`` (one GPU type and count) fits, and the device memory it needs."""
+    j = int(np.flatnonzero(mine)[0])
+    g, n = c.gpus[c.gi[j]], c.n[j]
+    plain = mine & ~c.offload
+    need = float(c.used[plain].min()) if plain.any() else float(c.used[mine].min())
+    tail = f" ({c.usable[j] / GB:.1f} GB usable with {headroom:.0%} headroom)" if headroom else ""
+    text = f"{_label(g.gpu, n)}: needs {need / GB:.1f} GB per GPU, has {g.memory_bytes / GB:.1f} GB{tail}"
+    if (c.offload_fits & mine).any():
+        text += "; fits only with CPU offload"
+    elif (c.offload & c.device_ok & mine).any():
+        k = np.flatnonzero(c.offload & c.device_ok & mine)
+        k = k[np.argmin(c.host_need[k])]
+        text += (f"; CPU offload would need {c.host_need[k] / GB:,.0f} GB of host RAM, over the "
+                 f"{c.host_have[k] / GB:,.0f} GB assumed for {int(c.offers.paid[c.ki[k]])} rented GPU(s)")
+    return text, need
+
+
+def _rejected(c: _Candidates, in_time, in_budget, primary, deadline_hours, budget_usd, best_value, top,
+              headroom) -> list[Rejected]:
+    """Offers without a plan whose best objective, ignoring the constraints, beats the winner's.
+
+    Memory reasons hold at every provider: one line per GPU type, for the most GPUs tried.
+    """
+    has_plan = np.zeros(len(c.offers), dtype=bool)
+    has_plan[c.ki[c.fits & in_time & in_budget]] = True
+    order = np.argsort(primary, kind="stable")
+    _, first = np.unique(c.ki[order], return_index=True)
+    out: list[tuple[float, Rejected]] = []
+    seen: set[tuple[int, float]] = set()
+    for j in order[first]:  # per offer, its best candidate ignoring every constraint
+        k = c.ki[j]
+        if has_plan[k] or primary[j] >= best_value:
+            continue
+        g = c.gpus[c.gi[j]]
+        ch = c.offers.choices[k]
+        mine = c.ki == k
+        fit_here = c.fits & mine
+        if not fit_here.any():
+            if (c.gi[j], c.n[j]) in seen:
+                continue
+            seen.add((c.gi[j], c.n[j]))
+            reason, need = _memory_reason(c, (c.gi == c.gi[j]) & (c.n == c.n[j]), headroom)
+            out.append((float(primary[j]), Rejected(
+                gpu=g.gpu, num_gpus=int(c.n[j]), provider=None, instance_type=None, reason=reason,
+                needed_bytes=int(need), gpu_memory_bytes=int(c.mem_cap[j]))))
+            continue
+        if deadline_hours is not None and not (fit_here & in_time).any():
+            h = float(c.hours[fit_here].min())
+            reason = f"{c.where(j)}: {h:.1f} h at best, over the {deadline_hours:g} h deadline"
+        else:
+            cheapest = float(c.cost[fit_here & in_time].min())
+            reason = f"{c.where(j)}: ${cheapest:,.2f} at best, over the ${budget_usd:,.2f} budget"
+        pick = np.flatnonzero(fit_here)[np.argmin(primary[fit_here])]
+        out.append((float(primary[j]), Rejected(
+            gpu=g.gpu, num_gpus=int(c.n[j]), provider=ch.provider, instance_type=ch.instance_type, reason=reason,
+            needed_bytes=int(c.used[pick]), gpu_memory_bytes=int(c.mem_cap[j]), est_hours=float(c.hours[pick]),
+            est_cost_usd=round(float(c.cost[pick]), 2))))
+    most: dict[str, int] = {}
+    for _, r in out:
+        if r.provider is None:
+            most[r.gpu] = max(most.get(r.gpu, 0), r.num_gpus)
+    out = [t for t in out if t[1].provider is not None or t[1].num_gpus == most[t[1].gpu]]
+    out.sort(key=lambda t: t[0])
+    return [r for _, r in out[:top]]
+
+
+def _fmt_hours(h: float) -> str:
+    return f"{h:.1f} h" if h < 48 else f"{h:.0f} h ({h / 24:.1f} days)"
+
+
+def _raise_no_plan(c: _Candidates, model_id: str, method: str, in_time, in_budget, deadline_hours, budget_usd,
+                   max_gpus: int, headroom: float) -> None:
+    """Raise the DoesNotFitError that names the binding constraint and what would satisfy it."""
+    fits = c.fits
+    if not fits.any():
+        # the GPU type and count that comes closest without offload
+        plain = ~c.offload
+        j = int(np.flatnonzero(plain)[np.argmin((c.used / c.usable)[plain])]) if plain.any() else 0
+        mine = (c.gi == c.gi[j]) & (c.n == c.n[j])
+        reason, _ = _memory_reason(c, mine, headroom)
+        msg = (f"{model_id} ({method}) fits no allowed GPU with up to {max_gpus} GPU(s), even sharded "
+               f"(FSDP, CPU offload); the closest: {reason}")
+        more = _gpus_to_fit(c, headroom)
+        hints = []
+        if more is not None and more[1] > max_gpus:
+            hints.append(f"about {more[1]}x {more[0]} would fit (--max-gpus {more[1]})")
+        if method in ("full", "lora"):
+            hints.append("--method qlora" if method == "lora" else "--method lora or qlora")
+        if more is None:
+            hints.append("a shorter --seq-len")
+        raise DoesNotFitError(msg + ("; options: " + "; ".join(hints) if hints else ""))
+    if deadline_hours is not None and not (fits & in_time).any():
+        j = int(np.flatnonzero(fits)[np.argmin(c.hours[fits])])
+        raise DoesNotFitError(
+            f"no plan finishes within the {deadline_hours:g} h deadline: the fastest that fits, {c.where(j)}, "
+            f"takes {_fmt_hours(c.hours[j])}; allow --deadline {math.ceil(c.hours[j])}h, raise --max-gpus "
+            f"(now {max_gpus}), or train on fewer tokens")
+    if budget_usd is not None and deadline_hours is not None and (fits & in_budget).any():
+        both = fits & in_time
+        j = int(np.flatnonzero(both)[np.argmin(c.cost[both])])
+        k = int(np.flatnonzero(fits & in_budget)[np.argmin(c.hours[fits & in_budget])])
+        raise DoesNotFitError(
+            f"no plan meets both the {deadline_hours:g} h deadline and the ${budget_usd:,.2f} budget: the cheapest "
+            f"within the deadline, {c.where(j)}, costs ${c.cost[j]:,.2f} (--budget {math.ceil(c.cost[j])}); the "
+            f"fastest within the budget, {c.where(k)}, takes {_fmt_hours(c.hours[k])} "
+            f"(--deadline {math.ceil(c.hours[k])}h)")
+    pool = fits & in_time
+    j = int(np.flatnonzero(pool)[np.argmin(c.cost[pool])])
+    raise DoesNotFitError(
+        f"no plan costs ${budget_usd:,.2f} or less: the cheapest that fits"
+        f"{' the deadline' if deadline_hours is not None else ''}, {c.where(j)}, costs ${c.cost[j]:,.2f}; "
+        f"allow --budget {math.ceil(c.cost[j])}, use --spot prices, or train on fewer tokens")
+
+
+def _gpus_to_fit(c: _Candidates, headroom: float) -> tuple[str, int] | None:
+    """The fewest GPUs (a power of two up to 4096) of the largest allowed GPU that would hold the smallest
+    configuration with FSDP, or FSDP + offload (host RAM included); None when even 4096 would not."""
+    a = sh.load_assumptions()
+    g = max(c.gpus, key=lambda x: x.memory_bytes)
+    cfg, counts = np.meshgrid(np.unique(c.ci), np.array([2.0**k for k in range(1, 13)]), indexing="ij")
+    cfg, counts = cfg.ravel(), counts.ravel()
+    st = c.states.take(cfg)
+    for shard in (sh.FSDP, sh.FSDP_OFFLOAD):
+        used = sh.device_used_per_gpu(st, shard, counts, 1, a.nccl_buffer_bytes)
+        ok = used <= g.memory_bytes * (1 - headroom)
+        if shard == sh.FSDP_OFFLOAD:
+            ok &= sh.host_bytes_offload(st) <= 0.9 * a.host_memory_bytes_per_gpu * counts
+        if ok.any():
+            return g.gpu, int(counts[ok].min())
+    return None

@@ -1,0 +1,193 @@
+"""``ftcalc recommend``: the command-line face of ftcalc.solver.recommend.
+
+    ftcalc recommend --model 70b --method qlora --dataset-tokens 100M
+    ftcalc recommend --model 8b --method auto --examples 20000 --avg-tokens 600 --deadline 8h --budget 50 --json
+    python -m ftcalc.solver_cli recommend ...      # the same, before the command is wired into ftcalc.cli
+
+``add_recommend_parser(subparsers)`` registers the subcommand (``func=cmd_recommend``); ftcalc.cli.main
+turns an FtcalcError into one line on stderr and exit code 2. Nothing heavy is imported until the
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from typing import Any
+
+from ftcalc.errors import FtcalcError
+
+__all__ = ["add_recommend_parser", "cmd_recommend", "format_recommendation", "main",
+           "parse_tokens", "parse_hours", "parse_usd"]
+
+GIB = 2**30
+WIDTH = 80
+
+
+def parse_tokens(text: str) -> int:
+    """'100M' -> 100_000_000; '2.5B', '50k', '1e8', plain integers."""
+    t = str(text).strip().lower().replace("_", "").replace(",", "")
+    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+    try:
+        val = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a token count (e.g. 100M, 2.5B, 50000)") from None
+    if not val > 0:
+        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
+    return int(val)
+
+
+def parse_hours(text: str) -> float:
+    """'8h', '90m', '2d', '1.5h', '45min', '8' (hours) -> hours."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(h|hr|hrs|hours?|m|min|mins|minutes?|d|days?)?\s*", str(text).lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (e.g. 8h, 90m, 2d)")
+    val = float(m.group(1))
+    unit = (m.group(2) or "h")[0]
+    hours = val / 60.0 if unit == "m" else val * 24.0 if unit == "d" else val
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
+    return hours
+
+
+def parse_usd(text: str) -> float:
+    """'100', '$100', '100usd', '1,500' -> US dollars."""
+    t = str(text).strip().lower().replace(",", "").lstrip("$").removesuffix("usd").strip()
+    try:
+        val = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an amount in US dollars (e.g. 100)") from None
+    if not val > 0:
+        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
+    return val
+
+
+def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``recommend`` on an ``add_subparsers()`` object; the parser's ``func`` is cmd_recommend."""
+    p = subparsers.add_parser(
+        "recommend", help="cheapest (or fastest) GPUs, instance and settings to fine-tune a model on a dataset",
+        description="Rank real instance shapes x method x micro-batch x grad-accum x checkpointing x sharding "
+                    "by cost or time. Memory per GPU in GiB (2^30 bytes); prices in USD, billed as the provider "
+                    "bills (granularity, minimum).")
+    p.add_argument("--model", required=True, help="catalog id or alias (see `ftcalc models`), a config.json, or a hub id")
+    p.add_argument("--method", choices=["full", "lora", "qlora", "auto"], default="lora",
+                   help="fine-tuning method; auto ranks all three by the objective alone (default lora)")
+    data = p.add_argument_group("dataset (tokens per epoch, packed)")
+    data.add_argument("--dataset-tokens", type=parse_tokens, help="tokens per epoch: 100M, 2.5B, 50000")
+    data.add_argument("--examples", type=int, help="number of examples (with --avg-tokens)")
+    data.add_argument("--avg-tokens", type=float, help="mean tokens per example (truncated at --seq-len)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default 1)")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
+    p.add_argument("--global-batch", type=int, default=None, dest="global_batch_size",
+                   help="sequences per optimizer step; grad-accum reaches it (default 16)")
+    c = p.add_argument_group("constraints")
+    c.add_argument("--gpu", action="append", help="GPU(s) to consider: h100, h200,a100 (repeat or comma list)")
+    c.add_argument("--provider", action="append", help="provider(s): runpod, lambda, aws, ... (repeat or comma list)")
+    c.add_argument("--max-gpus", type=int, default=8, help="most GPUs per plan (default 8)")
+    c.add_argument("--spot", action="store_true", help="spot / interruptible prices")
+    c.add_argument("--deadline", type=parse_hours, help="finish within: 8h, 90m, 2d")
+    c.add_argument("--budget", type=parse_usd, help="spend at most, USD: 100")
+    p.add_argument("--objective", choices=["cost", "time"], default="cost", help="rank by cost (default) or time")
+    p.add_argument("--top", type=int, default=5, help="plans to show (default 5)")
+    p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
+    p.add_argument("--optimizer", default="adamw_torch", help="as in `ftcalc estimate` (default adamw_torch)")
+    p.add_argument("--precision", default="bf16-true", help="as in `ftcalc estimate` (default bf16-true)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--prices", help="a price file replacing data/prices.csv (same columns, or a SkyPilot vms.csv)")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"plans": [...], "rejected": [...], ...}')
+    p.set_defaults(func=cmd_recommend)
+    return p
+
+
+def cmd_recommend(a: argparse.Namespace) -> int:
+    from ftcalc.solver import recommend
+
+    rec = recommend(
+        a.model, method=a.method, dataset_tokens=a.dataset_tokens, examples=a.examples, avg_tokens=a.avg_tokens,
+        epochs=a.epochs, seq_len=a.seq_len, gpu=a.gpu, provider=a.provider, max_gpus=a.max_gpus, spot=a.spot,
+        deadline_hours=a.deadline, budget_usd=a.budget, objective=a.objective, top=a.top, headroom=a.headroom,
+        global_batch_size=a.global_batch_size, optimizer=a.optimizer, precision=a.precision, lora_r=a.lora_r,
+        prices=a.prices)
+    if a.json:
+        print(json.dumps(rec.to_dict(), indent=2))
+    else:
+        print(format_recommendation(rec))
+    return 0
+
+
+def _tokens(n: float) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _wrap(text: str, indent: str = "    ") -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=" " * len(indent) + "  ")
+
+
+def format_recommendation(rec: Any) -> str:
+    """The plans as a table readable at 80 columns (two lines per plan), then the rejected and notes."""
+    prices = "spot" if rec.spot else "on-demand"
+    cons = []
+    if rec.deadline_hours is not None:
+        cons.append(f"deadline {rec.deadline_hours:g} h")
+    if rec.budget_usd is not None:
+        cons.append(f"budget ${rec.budget_usd:,.2f}")
+    lines = _wrap(f"{rec.model}, {rec.method}, {_tokens(rec.dataset_tokens)} tokens x {rec.epochs:g} epoch(s), "
+                  f"seq {rec.seq_len}, global batch {rec.global_batch_size} sequences; {prices} prices, ranked by "
+                  f"{rec.objective}" + (f"; {', '.join(cons)}" if cons else ""), indent="")
+    lines += [
+        "",
+        f"{'#':>2}  {'provider instance':<32} {'GPUs (of paid)':<21} {'hours':>7} {'cost USD':>11}",
+        f"{'':2}  {'method':<6} {'batch x accum':<13} {'ckpt':<4} {'sharding':<12} {'GiB/GPU used/total':>18}"
+        f" {'tokens/s':>9}",
+        "-" * 79,
+    ]
+    for p in rec.plans:
+        paid = f" of {p.gpus_paid}" if p.gpus_paid > p.num_gpus else ""
+        gpus = f"{p.num_gpus}{paid}x {p.gpu}"
+        where = f"{p.provider} {p.instance_type}"
+        lines.append(f"{p.rank:>2}  {where[:32]:<32} {gpus[:21]:<21} {p.est_hours:>7.1f} {p.est_cost_usd:>11,.2f}")
+        mem = f"{p.device_used_bytes / GIB:.1f} / {p.gpu_memory_bytes / GIB:.1f}"
+        lines.append(f"{'':2}  {p.method:<6} {f'{p.micro_batch_size} x {p.grad_accum}':<13} "
+                     f"{'on' if p.gradient_checkpointing else 'off':<4} {p.sharding:<12} {mem:>18} "
+                     f"{p.tokens_per_second:>9,.0f}")
+        for note in p.notes:
+            if "not yet validated" not in note:  # said once, in the footer
+                lines += _wrap(note, indent="      ")
+    if rec.rejected:
+        lines += ["", f"Left out, though {'cheaper' if rec.objective == 'cost' else 'faster'}:"]
+        for r in rec.rejected:
+            lines += _wrap(r.reason, indent="  - ")
+    lines += [""]
+    foot = ("GiB = 2^30 bytes, GB = 10^9 bytes; hours include start-up and checkpoint saves; cost is every "
+            "rented instance for that time, billed as the provider bills. Multi-GPU figures are not yet "
+            "validated on hardware.")
+    lines += textwrap.wrap(foot, WIDTH)
+    for note in rec.notes:
+        lines += textwrap.wrap("Note: " + note, WIDTH)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ftcalc.solver_cli recommend ...``: the same exit codes as ftcalc.cli.main."""
+    parser = argparse.ArgumentParser(prog="ftcalc")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_recommend_parser(sub)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return args.func(args)
+    except FtcalcError as e:
+        print(f"ftcalc: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

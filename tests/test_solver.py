@@ -1,0 +1,410 @@
+"""The plan solver (ftcalc/solver.py, ftcalc/sharding.py) and `ftcalc recommend` (ftcalc/solver_cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftcalc import sharding as sh
+from ftcalc import solver
+from ftcalc.catalog import resolve_model
+from ftcalc.errors import DataFileError, DoesNotFitError, FtcalcError, InvalidArgumentError, UnknownGPUError
+from ftcalc.hardware import get_gpu
+from ftcalc.inventory import inventory
+from ftcalc.memory import estimate_memory, load_coefficients
+from ftcalc.options import make_options
+from ftcalc.pricing import REQUIRED_COLUMNS, cheapest_instances, load_prices
+from ftcalc.solver import recommend
+from ftcalc.solver_cli import add_recommend_parser, main, parse_hours, parse_tokens, parse_usd
+
+ROOT = Path(__file__).resolve().parent.parent
+GIB = 2**30
+
+
+def _states(model: str, methods=("full", "lora", "qlora"), seq_len: int = 2048):
+    spec = resolve_model(model)
+    base = make_options(method="lora", seq_len=seq_len)
+    return spec, *solver._config_grid(spec, base, methods, solver.MICRO_BATCH_SIZES, 16)
+
+
+# ------------------------------------------------------------------------------------------ sharding
+
+
+def test_single_gpu_without_accumulation_is_estimate_memory():
+    spec, opts_list, states = _states("8b")
+    inv, c = inventory(spec.arch), load_coefficients()
+    for i, opts in enumerate(opts_list):
+        want = estimate_memory(spec.arch, inv, opts, c).device_used_bytes
+        got = sh.device_used_per_gpu(states.take(i), sh.SINGLE, 1, 1, 0.5 * GIB)
+        assert got == pytest.approx(want, rel=1e-9), (opts.method, opts.batch_size, opts.checkpointing)
+
+
+def test_ddp_adds_gradient_buckets_and_nccl_buffers():
+    _, opts_list, states = _states("8b", methods=("full",))
+    i = next(k for k, o in enumerate(opts_list) if o.batch_size == 1 and o.checkpointing)
+    st = states.take(i)
+    single = sh.device_used_per_gpu(st, sh.SINGLE, 1, 1, 0.5 * GIB)
+    ddp = sh.device_used_per_gpu(st, sh.DDP, 2, 1, 0.5 * GIB)
+    assert ddp - single == pytest.approx(st.grads + 0.5 * GIB, rel=0.02)
+
+
+def test_fsdp_shrinks_with_gpus_and_gathers_layers():
+    _, opts_list, states = _states("70b", methods=("full",))
+    i = next(k for k, o in enumerate(opts_list) if o.batch_size == 1 and o.checkpointing)
+    st = states.take(i)
+    used = [sh.device_used_per_gpu(st, sh.FSDP, n, 1, 0.5 * GIB) for n in (2, 4, 8, 16)]
+    assert used == sorted(used, reverse=True)
+    # model states (weights + grads + AdamW states + step temporaries, ~10 bytes/param) over N, plus more
+    model_states = st.weights + st.grads + st.opt_states + st.step_tmp
+    assert used[2] > model_states / 8 + 2 * st.layer_bytes * 7 / 8
+    # offload leaves only gathered units and activations on the GPU
+    off = sh.device_used_per_gpu(st, sh.FSDP_OFFLOAD, 8, 1, 0.5 * GIB)
+    assert off < used[3] < used[2]
+
+
+def test_gradient_accumulation_keeps_gradients_alive():
+    _, opts_list, states = _states("8b", methods=("full",))
+    i = next(k for k, o in enumerate(opts_list) if o.batch_size == 1 and not o.checkpointing)
+    st = states.take(i)
+    one = sh.device_used_per_gpu(st, sh.SINGLE, 1, 1, 0.5 * GIB)
+    four = sh.device_used_per_gpu(st, sh.SINGLE, 1, 4, 0.5 * GIB)
+    assert four > one
+
+
+def test_communication_exposes_only_what_compute_cannot_hide():
+    a = sh.load_assumptions()
+    bw = sh.comm_bandwidth_bytes_per_s(900, 0.8, True, 1, a)
+    assert bw == pytest.approx(360e9)
+    # LoRA gradients are tiny: DDP costs nothing visible; full FSDP of 70B on PCIe does
+    step, compute = sh.step_seconds_parallel(1.0, 0.1, sh.DDP, 8, 4, 141e9, 0.17e9, 42e6, 1, bw, a)
+    assert step == pytest.approx(compute)
+    pcie = sh.comm_bandwidth_bytes_per_s(64, 0.6, True, 1, a)
+    step, compute = sh.step_seconds_parallel(1.0, 0.1, sh.FSDP, 8, 4, 141e9, 141e9, 70e9, 1, pcie, a)
+    assert step > 2 * compute
+
+
+# ------------------------------------------------------------------------------------------ recommend
+
+
+def test_plans_are_ranked_by_the_objective():
+    by_cost = recommend("8b", method="lora", dataset_tokens=50_000_000, top=8)
+    costs = [p.est_cost_usd for p in by_cost.plans]
+    assert costs == sorted(costs) and len(by_cost.plans) == 8
+    by_time = recommend("8b", method="lora", dataset_tokens=50_000_000, top=8, objective="time")
+    hours = [p.est_hours for p in by_time.plans]
+    assert hours == sorted(hours)
+    assert by_time.plans[0].est_hours < by_cost.plans[0].est_hours
+    assert by_time.plans[0].est_cost_usd >= by_cost.plans[0].est_cost_usd
+    assert [p.rank for p in by_cost.plans] == list(range(1, 9))
+
+
+def test_70b_qlora_fits_one_h100_and_full_70b_does_not():
+    rec = recommend("70b", method="qlora", dataset_tokens=10_000_000, gpu="h100", max_gpus=1)
+    p = rec.plans[0]
+    assert (p.gpu, p.num_gpus, p.sharding, p.method) == ("h100-sxm", 1, "single", "qlora")
+    assert p.device_used_bytes <= 0.95 * get_gpu("h100").memory_bytes
+    # measured: runs a-024 and c-021 (70B QLoRA on an H100, batch 1, seq 1024-2048) used 51-55 GiB
+    assert 45 * GIB < p.device_used_bytes < 80 * GIB
+    with pytest.raises(DoesNotFitError, match=r"h100-sxm x1: needs \d+\.\d GB per GPU, has 85\.0 GB"):
+        recommend("70b", method="full", dataset_tokens=10_000_000, gpu="h100", max_gpus=1, provider="runpod")
+    # one H100 of a rented 8-GPU node: only with CPU offload into the node's host RAM
+    rec = recommend("70b", method="full", dataset_tokens=10_000_000, gpu="h100", max_gpus=1)
+    assert {(p.sharding, p.gpus_paid) for p in rec.plans} == {("fsdp_offload", 8)}
+
+
+def test_full_70b_on_h100s_is_rejected_with_its_memory_need():
+    rec = recommend("70b", method="full", dataset_tokens=10_000_000, gpu=["h100", "h200"])
+    assert all(p.gpu == "h200" and p.num_gpus == 8 for p in rec.plans)
+    reasons = " | ".join(r.reason for r in rec.rejected)
+    assert "h100-sxm x8: needs" in reasons
+
+
+def test_aws_p5_pays_for_8_gpus_when_2_are_needed():
+    rec = recommend("8b", method="full", dataset_tokens=10_000_000, gpu="h100", provider="aws", max_gpus=2)
+    p = rec.plans[0]
+    assert (p.instance_type, p.num_gpus, p.gpus_paid, p.num_instances) == ("p5.48xlarge", 2, 8, 1)
+    assert p.usd_per_hour == pytest.approx(55.04)
+    assert p.est_cost_usd == pytest.approx(55.04 * max(p.est_hours, 60 / 3600), abs=0.02)  # per second, 60 s min
+    assert "pays for 8 GPUs, trains on 2" in p.notes
+    assert any(r.gpu == "h100-sxm" and r.num_gpus == 1 for r in rec.rejected)  # 1x p5.4xlarge: too small
+
+
+def test_deadline_no_plan_meets_names_the_fastest_and_a_deadline_that_works():
+    with pytest.raises(DoesNotFitError, match=r"within the 1 h deadline.*takes .*--deadline (\d+)h") as e:
+        recommend("70b", method="qlora", dataset_tokens=200_000_000, deadline_hours=1)
+    suggested = int(str(e.value).split("--deadline ")[1].split("h")[0])
+    rec = recommend("70b", method="qlora", dataset_tokens=200_000_000, deadline_hours=suggested)
+    assert rec.plans[0].est_hours <= suggested
+
+
+def test_budget_too_small_names_the_cheapest_and_a_budget_that_works():
+    with pytest.raises(DoesNotFitError, match=r"no plan costs \$5\.00 or less.*--budget (\d+)") as e:
+        recommend("70b", method="qlora", dataset_tokens=100_000_000, budget_usd=5)
+    suggested = int(str(e.value).split("--budget ")[1].split(",")[0])
+    rec = recommend("70b", method="qlora", dataset_tokens=100_000_000, budget_usd=suggested)
+    assert rec.plans[0].est_cost_usd <= suggested
+
+
+def test_deadline_and_budget_together():
+    fast = recommend("70b", method="qlora", dataset_tokens=100_000_000, objective="time").plans[0]
+    cheap = recommend("70b", method="qlora", dataset_tokens=100_000_000).plans[0]
+    assert fast.est_hours < cheap.est_hours and fast.est_cost_usd > cheap.est_cost_usd
+    with pytest.raises(DoesNotFitError, match="deadline"):
+        recommend("70b", method="qlora", dataset_tokens=100_000_000, deadline_hours=fast.est_hours * 1.01,
+                  budget_usd=cheap.est_cost_usd * 1.001)
+    ok = recommend("70b", method="qlora", dataset_tokens=100_000_000, deadline_hours=cheap.est_hours * 1.01,
+                   budget_usd=cheap.est_cost_usd * 1.01)
+    assert ok.plans[0].est_cost_usd <= cheap.est_cost_usd * 1.01
+
+
+def test_model_no_gpu_holds_even_sharded():
+    with pytest.raises(DoesNotFitError, match=r"fits no allowed GPU.*--max-gpus \d+.*--method lora or qlora"):
+        recommend("405b", method="full", dataset_tokens=10_000_000)
+
+
+def test_cpu_offload_is_the_last_resort():
+    rec = recommend("70b", method="full", dataset_tokens=1_000_000, gpu="rtx-4090")
+    assert rec.plans and all(p.sharding == "fsdp_offload" for p in rec.plans)
+    assert any("host RAM" in n for n in rec.plans[0].notes)
+    rec = recommend("70b", method="full", dataset_tokens=1_000_000, top=20)
+    assert all(p.sharding != "fsdp_offload" for p in rec.plans)
+
+
+def test_bad_inputs_are_reported_together():
+    with pytest.raises(InvalidArgumentError) as e:
+        recommend("8b", method="qlra", dataset_tokens=-5, objective="speed", top=0)
+    msg = str(e.value)
+    for part in ("method='qlra'", "objective='speed'", "top=0", "dataset_tokens=-5"):
+        assert part in msg
+    with pytest.raises(InvalidArgumentError, match="--dataset-tokens"):
+        recommend("8b")
+    with pytest.raises(UnknownGPUError, match="h1000"):
+        recommend("8b", dataset_tokens=1_000_000, gpu="h1000")
+    with pytest.raises(solver.UnknownProviderError, match="awz.*aws"):
+        recommend("8b", dataset_tokens=1_000_000, provider="awz")
+    with pytest.raises(InvalidArgumentError, match="no on-demand price for l40s at aws"):
+        recommend("8b", dataset_tokens=1_000_000, provider="aws", gpu="l40s")
+
+
+def test_examples_times_average_tokens_packed_and_truncated():
+    rec = recommend("8b", examples=10_000, avg_tokens=512, top=1)
+    assert rec.dataset_tokens == 5_120_000
+    rec = recommend("8b", examples=1_000, avg_tokens=9_000, seq_len=2048, top=1)
+    assert rec.dataset_tokens == 2_048_000
+
+
+def test_global_batch_is_reached_with_gradient_accumulation():
+    rec = recommend("8b", method="lora", dataset_tokens=10_000_000, top=10)
+    for p in rec.plans:
+        assert p.micro_batch_size * p.num_gpus * p.grad_accum == p.global_batch_size == 16
+        assert p.optimizer_steps == math.ceil(10_000_000 / (16 * 2048))
+    rec = recommend("8b", method="lora", dataset_tokens=10_000_000, top=3, global_batch_tokens=65_536)
+    assert rec.global_batch_size == 32 and all(p.global_batch_size == 32 for p in rec.plans)
+
+
+def test_method_auto_considers_all_three():
+    rec = recommend("70b", method="auto", dataset_tokens=10_000_000, gpu="h100", max_gpus=1)
+    assert rec.plans[0].method == "qlora"  # the only one that fits one H100
+    assert any("objective only" in n for n in rec.notes)
+
+
+def test_prices_file_replaces_the_table(tmp_path):
+    path = tmp_path / "prices.csv"
+    header = ",".join(REQUIRED_COLUMNS)
+    row = "myco,box-1,h100,1,1.00,,1,,eu,test,2026-11-22,"
+    path.write_text(header + "\n" + row + "\n")
+    rec = recommend("8b", method="lora", dataset_tokens=10_000_000, prices=path)
+    assert {(p.provider, p.instance_type) for p in rec.plans} == {("myco", "box-1")}
+    bad = tmp_path / "bad.csv"
+    bad.write_text(header + "\nmyco,box-1,h100,1,cheap,,1,,eu,test,2026-11-22,\n")
+    with pytest.raises(DataFileError, match="on_demand_usd_per_hour"):
+        recommend("8b", method="lora", dataset_tokens=10_000_000, prices=bad)
+
+
+# ------------------------------------------------------------------------------------------ brute force
+
+
+def _brute_force(model, methods, gpus, providers, max_gpus, tokens, seq_len=2048, target=16, headroom=0.05):
+    """The search as a plain loop over every candidate, using pricing.cheapest_instances and
+    InstanceChoice.cost_usd for the money (the vectorized path has its own billing code)."""
+    from ftcalc.throughput import load_throughput, step_seconds
+
+    spec = resolve_model(model)
+    base = make_options(method="lora", seq_len=seq_len)
+    opts_list, states = solver._config_grid(spec, base, methods, solver.MICRO_BATCH_SIZES, target)
+    a = sh.load_assumptions()
+    tc = load_throughput()
+    tc0 = replace(tc, **{f.name: 0.0 for f in fields(tc) if f.name.startswith("opt_")})
+    start_s = sh.startup_seconds(2.0 * inventory(spec.arch).total_params, a)
+    cands = []
+    for name in gpus:
+        g = get_gpu(name)
+        for n in solver._gpu_counts(max_gpus):
+            for ch in cheapest_instances(g, n, providers=providers):
+                for i, opts in enumerate(opts_list):
+                    mb = opts.batch_size
+                    if mb * n > target and mb != 1:
+                        continue
+                    ga = max(1, math.ceil(target / (mb * n)))
+                    st = states.take(i)
+                    full_s, bare_s = step_seconds(spec, opts, g, tc), step_seconds(spec, opts, g, tc0)
+                    for s in ((sh.SINGLE, sh.FSDP_OFFLOAD) if n == 1 else (sh.DDP, sh.FSDP, sh.FSDP_OFFLOAD)):
+                        used = sh.device_used_per_gpu(st, s, n, ga, a.nccl_buffer_bytes)
+                        fits = used <= g.memory_bytes * (1 - headroom)
+                        if s == sh.FSDP_OFFLOAD:
+                            fits &= sh.host_bytes_offload(st) <= 0.9 * a.host_memory_bytes_per_gpu * ch.gpus_paid
+                        bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, a.link_efficiency[g.interconnect],
+                                                           g.p2p, ch.num_instances, a)
+                        step, _ = sh.step_seconds_parallel(bare_s, max(full_s - bare_s, 0.0), s, n, ga,
+                                                           st.weights + st.adapters, st.grads,
+                                                           st.trainable_params, ch.num_instances, bw, a)
+                        steps = math.ceil(tokens / (mb * n * ga * seq_len))
+                        train = steps * step
+                        resume = (st.weights if st.full else st.adapters) + st.opt_states + st.opt_paged
+                        runtime = start_s + train + sh.checkpoint_seconds(train, resume, ch.num_instances, a)
+                        cands.append(dict(offer=(ch.provider, ch.instance_type, n), method=opts.method, mb=mb,
+                                          ga=ga, ckpt=opts.checkpointing, sharding=sh.SHARDINGS[s], si=s,
+                                          used=float(used), fits=bool(fits), hours=runtime / 3600,
+                                          cost=ch.cost_usd(runtime)))
+    if any(c["fits"] and c["sharding"] != "fsdp_offload" for c in cands):
+        cands = [c for c in cands if c["sharding"] != "fsdp_offload"]
+    by_offer: dict = {}
+    for c in (c for c in cands if c["fits"]):
+        by_offer.setdefault(c["offer"], []).append(c)
+    chosen = []
+    for group in by_offer.values():
+        best = min(c["cost"] for c in group)
+        near = [c for c in group if c["cost"] <= best * (1 + solver.SIMPLER_WITHIN)]
+        chosen.append(min(near, key=lambda c: (c["si"], c["cost"], c["hours"], c["used"])))
+    return sorted(chosen, key=lambda c: (c["cost"], c["hours"], c["si"], c["used"]))
+
+
+def test_vectorized_search_equals_a_brute_force_loop():
+    kw = dict(model="8b", gpus=["h100", "a100-80gb-sxm"], providers=["runpod", "lambda", "aws"], max_gpus=4)
+    want = _brute_force(methods=("full", "lora", "qlora"), tokens=20_000_000, **kw)
+    rec = recommend(kw["model"], method="auto", dataset_tokens=20_000_000, gpu=kw["gpus"], provider=kw["providers"],
+                    max_gpus=kw["max_gpus"], top=100)
+    assert len(rec.plans) == len(want) > 10
+    for p, w in zip(rec.plans, want, strict=True):
+        assert ((p.provider, p.instance_type, p.num_gpus), p.method, p.micro_batch_size, p.grad_accum,
+                p.gradient_checkpointing, p.sharding) == (w["offer"], w["method"], w["mb"], w["ga"], w["ckpt"],
+                                                          w["sharding"])
+        assert p.est_cost_usd == pytest.approx(w["cost"], abs=0.006)
+        assert p.est_hours == pytest.approx(w["hours"], rel=1e-9)
+        assert p.device_used_bytes == pytest.approx(w["used"], abs=1)
+
+
+def test_vectorized_billing_equals_pricing():
+    from ftcalc.pricing import billed_cost_usd
+
+    runtime = np.array([0.0, 1.0, 59.0, 61.0, 3599.5, 7200.0])
+    for gran, minimum in ((1, 60), (60, 60), (3600, 0), (0, 0)):
+        got = solver._billed_cost(np.full(6, 4.29), runtime, np.full(6, float(gran)), np.full(6, float(minimum)))
+        want = [billed_cost_usd(4.29, r, gran or None, minimum or None) for r in runtime]
+        assert got == pytest.approx(want)
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+def _cli(capsys, *argv):
+    code = main(["recommend", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_contract(capsys):
+    code, out, _ = _cli(capsys, "--model", "70b", "--method", "qlora", "--dataset-tokens", "100M", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert set(d) >= {"plans", "rejected"}
+    assert d["plans"]
+    for p in d["plans"]:
+        for key in ("gpu", "num_gpus", "provider", "instance_type", "method", "micro_batch_size", "grad_accum",
+                    "gradient_checkpointing", "sharding", "device_used_bytes", "gpu_memory_bytes",
+                    "tokens_per_second", "est_hours", "est_cost_usd"):
+            assert key in p, key
+        assert isinstance(p["device_used_bytes"], int) and p["device_used_bytes"] < p["gpu_memory_bytes"]
+    for r in d["rejected"]:
+        assert r["reason"] and r["gpu"]
+
+
+def test_table_is_readable_at_80_columns(capsys):
+    code, out, _ = _cli(capsys, "--model", "8b", "--method", "auto", "--examples", "20000", "--avg-tokens", "600",
+                        "--gpu", "h100,a100", "--provider", "aws", "--provider", "lambda", "--top", "8")
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "GiB" in out and "GB" in out and "cost USD" in out and "hours" in out
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--model", "8b", "--dataset-tokens", "1M", "--gpu", "h1000"], "unknown GPU 'h1000'"),
+    (["--model", "8b", "--dataset-tokens", "1M", "--provider", "nope"], "unknown provider 'nope'"),
+    (["--model", "70b", "--method", "full", "--dataset-tokens", "1M", "--gpu", "h100", "--max-gpus", "1",
+      "--provider", "runpod"],
+     "h100-sxm x1: needs"),
+    (["--model", "70b", "--method", "qlora", "--dataset-tokens", "1B", "--deadline", "1h"], "deadline"),
+    (["--model", "70b", "--method", "qlora", "--dataset-tokens", "1B", "--budget", "1"], "budget"),
+    (["--model", "8b"], "dataset size is missing"),
+])
+def test_errors_exit_2_with_one_line(capsys, argv, text):
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2 and out == ""
+    assert text in err and err.startswith("ftcalc: error: ") and err.count("\n") == 1
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = _cli(capsys, "--model", "8b", "--dataset-tokens", "1M", "--deadline", "soon")
+    assert code == 2 and "not a duration" in err
+
+
+def test_prices_flag_with_a_bad_file_exits_2(capsys, tmp_path):
+    bad = tmp_path / "p.csv"
+    bad.write_text("provider,gpu\nx,h100\n")
+    code, _, err = _cli(capsys, "--model", "8b", "--dataset-tokens", "1M", "--prices", str(bad))
+    assert code == 2 and "missing column" in err
+
+
+def test_add_recommend_parser_sets_func():
+    parser = argparse.ArgumentParser()
+    add_recommend_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["recommend", "--model", "8b", "--dataset-tokens", "2.5B", "--deadline", "90m",
+                              "--budget", "$1,500"])
+    assert args.func.__name__ == "cmd_recommend"
+    assert (args.dataset_tokens, args.deadline, args.budget) == (2_500_000_000, 1.5, 1500.0)
+
+
+def test_unit_parsers():
+    assert parse_tokens("100M") == 100_000_000 and parse_tokens("50k") == 50_000
+    assert parse_hours("2d") == 48 and parse_hours("8") == 8 and parse_hours("45min") == 0.75
+    assert parse_usd("100usd") == 100
+    for fn, bad in ((parse_tokens, "lots"), (parse_hours, "-1h"), (parse_usd, "0")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fn(bad)
+
+
+def test_the_planner_never_imports_torch():
+    code = ("import sys; from ftcalc.solver_cli import main; "
+            "main(['recommend', '--model', '8b', '--dataset-tokens', '1M', '--json']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_shipped_prices_all_take_part():
+    # every priced GPU of the shipped table yields at least one offer for a small model
+    rec = recommend("meta-llama/Llama-3.2-1B", method="qlora", dataset_tokens=1_000_000, top=500)
+    priced = {r.gpu for r in load_prices() if r.on_demand_usd_per_hour is not None}
+    assert {p.gpu for p in rec.plans} == priced
+
+
+def test_errors_are_ftcalc_errors():
+    assert issubclass(solver.UnknownProviderError, FtcalcError)
