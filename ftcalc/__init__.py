@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ftcalc.errors import FtcalcError
 
-__all__ = ["estimate", "Estimate", "FtcalcError", "resolve_model", "list_models", "max_fit", "min_gpu", "compare", "__version__"]
+__all__ = ["estimate", "Estimate", "FtcalcError", "resolve_model", "list_models", "max_fit", "min_gpu", "compare", "recommend", "__version__"]
 __version__ = "0.1.0"
 
 
@@ -20,6 +20,10 @@ def __getattr__(name: str):  # lazy: `import ftcalc` stays cheap
         import importlib
 
         return getattr(importlib.import_module("ftcalc.estimator"), name)
+    if name in ("recommend", "Recommendation"):
+        import importlib
+
+        return getattr(importlib.import_module("ftcalc.solver"), name)
     if name == "compare":
         import importlib
 

@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--all", action="store_true", help="every usable run, fit runs included")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_validate)
+
+    from ftcalc.solver_cli import add_recommend_parser
+
+    add_recommend_parser(sub)
     return p
 
 
