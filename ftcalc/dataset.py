@@ -32,7 +32,7 @@ from typing import Any
 from ftcalc.errors import DataFileError
 
 __all__ = ["DatasetError", "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "read_rows", "render_and_tokenize",
-           "TokenizedData", "build_data", "load_tokenizer", "IGNORE_INDEX"]
+           "TokenizedData", "build_data", "load_tokenizer", "shipped_tokenizer", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100  # labels ignored by torch.nn.functional.cross_entropy (HF ForCausalLMLoss)
 
@@ -130,6 +130,17 @@ def read_rows(path: str | Path, fmt: str, on_bad_line: str = "error") -> tuple[l
 
 
 # --------------------------------------------------------------------------- tokenizing
+
+
+def shipped_tokenizer(model_id: str, aliases: tuple[str, ...] = ()) -> Path | None:
+    """The tokenizer folder shipped in data/tokenizers/ for a catalog model (tiny-llama), if any."""
+    from ftcalc._paths import data_dir
+
+    for name in (*aliases, model_id.split("/")[-1]):
+        folder = data_dir() / "tokenizers" / name
+        if (folder / "tokenizer_config.json").is_file():
+            return folder
+    return None
 
 
 def load_tokenizer(name_or_path: str) -> Any:
@@ -238,8 +249,13 @@ class TokenizedData:
         return self.collate([self.train[i] for i in idx])
 
     def val_batches(self, rank: int = 0) -> list[dict[str, Any]]:
-        """The validation set in order, this rank's share, in micro-batches (the last may be smaller)."""
-        mine = self.val[rank::self.world_size]
+        """The validation set in order, this rank's share, in micro-batches (the last may be smaller).
+
+        With several ranks the split is cut to a multiple of the world size so that every rank runs the
+        same number of forward passes (FSDP's all-gathers and the stop check are collectives).
+        """
+        usable = len(self.val) - len(self.val) % self.world_size
+        mine = self.val[:usable][rank::self.world_size]
         return [self.collate(mine[i:i + self.micro_batch_size]) for i in range(0, len(mine), self.micro_batch_size)]
 
 

@@ -73,7 +73,7 @@ class LoraSection(_Section):
 
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
     lora_targets: list[str] = Field(list(DEFAULT_LORA_TARGETS), description="decoder Linear names, or all-linear",
                                     validation_alias="lora_target_modules")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA 4-bit data type (bitsandbytes)")
@@ -155,7 +155,7 @@ class DistributionSection(_Section):
 class OutputSection(_Section):
     output_dir: str = Field("run", description="`ftcalc run --output-dir` overrides it")
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps; null: only on "
-                                                          "SIGTERM and at the end")
+                                                          "SIGTERM (final/ is written at the end either way)")
     save_total_limit: int = Field(2, ge=1, description="complete checkpoints kept (newest first); 2 or more is "
                                                        "safer (torchtitan's rule)")
     merge_adapter: bool = Field(False, description="also write the base model with the adapter merged in")
@@ -199,7 +199,7 @@ class TrainingSpec(_Section):
     sequence_len: int = Field(2048, gt=0, description="tokens per sequence; longer examples are truncated, "
                                                       "shorter ones right-padded")
     micro_batch_size: int = Field(1, gt=0, description="sequences per forward pass per GPU")
-    gradient_accumulation_steps: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
     data: DataSection
     training: TrainingSection = Field(default_factory=TrainingSection)
     hardware: HardwareSection = Field(default_factory=HardwareSection)
@@ -491,4 +491,12 @@ def emit_skypilot_task(spec: TrainingSpec, spec_name: str = "spec.yaml", setup: 
             f"#   sky launch -c ftcalc THIS_FILE        (or: sky jobs launch THIS_FILE for managed spot)\n"
             f"# The workdir (this folder, with {spec_name} and its data) is synced to every node. Keep\n"
             f"# '{out}' on a bucket mount (file_mounts, mode: MOUNT) so checkpoints outlive a preempted node.\n")
-    return head + yaml.safe_dump(task, sort_keys=False, width=110)
+    return head + yaml.dump(task, Dumper=_BlockDumper, sort_keys=False, width=110)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (setup, run) as YAML literal blocks, as SkyPilot's own examples write them."""
+
+
+_BlockDumper.add_representer(
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
