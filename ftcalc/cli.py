@@ -160,6 +160,19 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from ftcalc.report import write_report
+
+    paths = write_report(a.model, a.method, a.dataset_tokens, a.output, seq_len=a.seq_len, epochs=a.epochs,
+                         gpus=a.gpu, force=a.force, top=a.top)
+    if a.json:
+        print(json.dumps([str(p) for p in paths]))
+    else:
+        for p in paths:
+            print(f"wrote {p}")
+    return 0
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from ftcalc.catalog import list_models
     from ftcalc.inventory import inventory
@@ -278,6 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
     ft.add_argument("--json", action="store_true")
     ft.set_defaults(func=cmd_fit)
+
+    rp = sub.add_parser("report", help="write a capacity-planning report (Markdown + HTML + plots)")
+    rp.add_argument("--model", required=True)
+    rp.add_argument("--method", choices=["full", "lora", "qlora", "auto"], default="lora")
+    rp.add_argument("--dataset-tokens", type=_parse_tokens, required=True, help="tokens per epoch: 100M, 2.5B")
+    rp.add_argument("--epochs", type=float, default=1.0)
+    rp.add_argument("--seq-len", type=int, default=2048)
+    rp.add_argument("--gpu", action="append", help="GPUs for the one-GPU table (repeat); default a common set")
+    rp.add_argument("--top", type=int, default=5)
+    rp.add_argument("-o", "--output", required=True, help="report.md (report.html and report_files/ beside it)")
+    rp.add_argument("--force", action="store_true", help="overwrite an existing report")
+    rp.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    rp.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help="list the model catalog")
     m.add_argument("--filter", help="substring of id or alias")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["plot_breakdown", "plot_memory_sweep", "plot_predicted_vs_measured", "save"]
+__all__ = ["plot_breakdown", "plot_memory_sweep", "plot_predicted_vs_measured", "plot_pareto", "save"]
 
 GIB = 2**30
 _COLORS = {
@@ -121,3 +121,31 @@ def save(fig: Any, path: str) -> str:
     """Save as PNG or SVG (by extension)."""
     fig.savefig(path, dpi=120)
     return path
+
+
+def plot_pareto(rec: Any, title: str | None = None) -> Any:
+    """Cost vs time of every plan of a recommendation, the Pareto front (no plan both cheaper and faster) drawn."""
+    plt = _plt()
+    plans = list(rec.plans) + list(getattr(rec, "pareto_extra", []) or [])
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    gpus = sorted({p.gpu for p in plans})
+    cmap = plt.get_cmap("tab10")
+    for k, g in enumerate(gpus):
+        pts = [p for p in plans if p.gpu == g]
+        ax.scatter([p.est_hours for p in pts], [p.est_cost_usd for p in pts], color=cmap(k % 10), label=g, s=40)
+    front, best_cost = [], float("inf")
+    for p in sorted(plans, key=lambda p: (p.est_hours, p.est_cost_usd)):
+        if p.est_cost_usd < best_cost:
+            front.append(p)
+            best_cost = p.est_cost_usd
+    ax.step([p.est_hours for p in front], [p.est_cost_usd for p in front], where="post", color="k", lw=1,
+            label="Pareto front")
+    for p in front:
+        ax.annotate(f"{p.num_gpus}x {p.gpu} {p.provider}", (p.est_hours, p.est_cost_usd), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("estimated hours")
+    ax.set_ylabel("estimated cost (USD)")
+    ax.set_title(title or f"{rec.model.split('/')[-1]} {rec.method}: cost vs time of the plans")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -162,6 +162,10 @@ class Recommendation(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    def _repr_html_(self) -> str:
+        head = (f"<b>{self.model}</b> {self.method}: {len(self.plans)} plans ranked by {self.objective}")
+        return head + self.to_dataframe().to_html(max_rows=20)
+
     def to_dataframe(self) -> Any:
         """One row per plan, with GiB and GB columns beside the bytes."""
         import pandas as pd

@@ -98,6 +98,7 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--prices", help="a price file replacing data/prices.csv (same columns, or a SkyPilot vms.csv)")
     p.add_argument("--json", action="store_true", help='one JSON object: {"plans": [...], "rejected": [...], ...}')
+    p.add_argument("--plot", help="write the cost-vs-time Pareto plot of the plans (PNG or SVG; [plot] extra)")
     p.set_defaults(func=cmd_recommend)
     return p
 
@@ -111,10 +112,16 @@ def cmd_recommend(a: argparse.Namespace) -> int:
         deadline_hours=a.deadline, budget_usd=a.budget, objective=a.objective, top=a.top, headroom=a.headroom,
         global_batch_size=a.global_batch_size, optimizer=a.optimizer, precision=a.precision, lora_r=a.lora_r,
         prices=a.prices)
+    if getattr(a, "plot", None):
+        from ftcalc.plots import plot_pareto, save
+
+        save(plot_pareto(rec), a.plot)
     if a.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:
         print(format_recommendation(rec))
+        if getattr(a, "plot", None):
+            print(f"plot written to {a.plot}")
     return 0
 
 
