@@ -196,6 +196,9 @@ def inspect_output_dir(out: Path, spec: TrainingSpec, resume: bool,
             f"spec differs in {', '.join(diff[:5]) or 'its training settings'}; choose another folder"
         )
     latest = ckpt.latest_checkpoint(out)
+    if not resume and status == "completed":
+        raise OutputDirError(f"--output-dir {out}: holds this spec's completed run (final/ in it); choose another "
+                             "folder to train again")
     if not resume:
         where = f"newest checkpoint {latest[1].name}" if latest else "no complete checkpoint"
         raise OutputDirError(f"--output-dir {out}: holds a run of this spec (status {status}, {where}); pass --resume "

@@ -225,11 +225,16 @@ def test_output_dir_holding_another_run_is_left_alone(tmp_path):
         run(other, output_dir=out)
     with pytest.raises(OutputDirError, match="holds another run"):
         run(other, output_dir=out, resume=True)
-    with pytest.raises(OutputDirError, match="holds a run of this spec .*pass --resume"):
+    with pytest.raises(OutputDirError, match="holds this spec's completed run"):
         run(spec, output_dir=out)
     rep = run(spec, output_dir=out, resume=True)  # completed: nothing to do
     assert rep["status"] == "completed"
     assert _snapshot(out) == before
+    unfinished = tmp_path / "unfinished"
+    with pytest.raises(executor._SimulatedKill):
+        run(spec, output_dir=unfinished, _stop_after_step=1)
+    with pytest.raises(OutputDirError, match="holds a run of this spec .*pass --resume"):
+        run(spec, output_dir=unfinished)
 
 
 def test_output_dir_with_foreign_files(tmp_path):
