@@ -350,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     from ftcalc.solver_cli import add_recommend_parser
 
     add_recommend_parser(sub)
+
+    from ftcalc.executor_cli import add_plan_parser, add_run_parser, add_schema_parser
+
+    add_plan_parser(sub)
+    add_run_parser(sub)
+    add_schema_parser(sub)
     return p
 
 

@@ -23,10 +23,7 @@ _COLORS = {
 
 def _plt() -> Any:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # the backend is the environment's (inline in Jupyter, Agg headless)
     except ImportError:
         from ftcalc.errors import MissingDependencyError
 
@@ -46,7 +43,7 @@ def plot_breakdown(estimates: list[Any], gpus: list[str] | None = None, title: s
     for comp in comps:
         vals = [e.breakdown.get(comp, 0) / GIB for e in estimates]
         ax.bar(labels, vals, bottom=bottom, color=_COLORS[comp], label=comp.replace("_", " "))
-        bottom = [b + v for b, v in zip(bottom, vals)]
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     for name in gpus or sorted({e.gpu for e in estimates if e.gpu}):
         g = get_gpu(name)
         ax.axhline(g.memory_bytes / GIB, ls="--", lw=1, color="k")
