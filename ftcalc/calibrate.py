@@ -125,6 +125,7 @@ def validate_rows(rows: list[dict[str, Any]], coeffs: Coefficients | None = None
 
 
 def summarize(recs: list[dict[str, Any]], key: str = "err_device_used") -> dict[str, float]:
+    """n, median/mean/max of |relative error|, worst under- and over-estimate of one error column."""
     errs = [r[key] for r in recs if r.get(key) is not None and not math.isnan(r[key])]
     if not errs:
         return {"n": 0}

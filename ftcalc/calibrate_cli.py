@@ -102,6 +102,12 @@ def run_calibrate(a: argparse.Namespace) -> int:
         "## Fit runs\n\n" + _summary_lines(fit_recs) + "\n" + _table(fit_recs) +
         "\n## Validation runs (never fitted)\n\n" + _summary_lines(val_recs) + "\n" + _table(val_recs)
     )
+    if getattr(a, "json", False):
+        print(json.dumps({"coefficients_file": str(out), "report": str(report), **coefficients_to_json(c, tc),
+                          "fit": {k: summarize(fit_recs, k) for k in ("err_peak_allocated", "err_device_used", "err_tokens_per_second")},
+                          "validation": {k: summarize(val_recs, k) for k in ("err_peak_allocated", "err_device_used", "err_tokens_per_second")}},
+                         indent=2))
+        return 0
     print(f"wrote {out} and {report}")
     print("fit runs:\n" + _summary_lines(fit_recs) + "validation runs:\n" + _summary_lines(val_recs), end="")
     return 0

@@ -217,7 +217,9 @@ def cmd_inventory(a: argparse.Namespace) -> int:
 def cmd_gpus(a: argparse.Namespace) -> int:
     from ftcalc.hardware import load_gpus
 
-    gpus = list(load_gpus().values())
+    gpus = [g for g in load_gpus().values()
+            if (not a.filter or a.filter.lower() in f"{g.gpu} {g.name} {' '.join(g.aliases)}".lower())
+            and g.memory_bytes >= (a.min_memory_gib or 0) * GIB]
     if a.json:
         print(json.dumps([{k: getattr(g, k) for k in g.__dataclass_fields__} for g in gpus], indent=2, default=list))
         return 0
@@ -317,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inventory)
 
     g = sub.add_parser("gpus", help="list the GPU table")
+    g.add_argument("--filter", help="substring of slug, name or alias (h100, a100, nvidia)")
+    g.add_argument("--min-memory-gib", type=float, help="only GPUs with at least this much memory (GiB)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_gpus)
 
@@ -339,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--measurements", help="folder of *.jsonl rows (default data/measurements)")
     c.add_argument("--output", help="coefficients file to write (default data/coefficients.json)")
     c.add_argument("--report", help="fit report to write (default data/calibration_report.md)")
+    c.add_argument("--json", action="store_true", help="print the coefficients and error summaries as JSON")
     c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("validate", help="predicted vs measured on the held-out validation runs")
