@@ -47,8 +47,8 @@ def plot_breakdown(estimates: list[Any], gpus: list[str] | None = None, title: s
     for name in gpus or sorted({e.gpu for e in estimates if e.gpu}):
         g = get_gpu(name)
         ax.axhline(g.memory_bytes / GIB, ls="--", lw=1, color="k")
-        ax.text(len(estimates) - 0.5, g.memory_bytes / GIB, f" {g.gpu} {g.memory_bytes / GIB:.0f} GiB", va="bottom",
-                ha="right", fontsize=8)
+        ax.text(-0.45, g.memory_bytes / GIB, f"{g.gpu} {g.memory_bytes / GIB:.0f} GiB", va="bottom",
+                ha="left", fontsize=8)
     ax.set_ylabel("GiB (device used, by component)")
     ax.set_title(title or "Peak GPU memory by component")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
