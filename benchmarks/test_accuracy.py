@@ -33,7 +33,7 @@ def test_validation_time_and_adapter_goals(benchmark):
 
 
 @pytest.mark.xfail(strict=True, reason="full fine-tuning: allocator fragmentation mispredicted on some runs "
-                   "(a-015 +9%, b-007 -5%, b-015 -4%); see docs/validation.md")
+                   "(c-003 +7%, b-007 -5%, a-015 +5%); see docs/validation.md")
 def test_all_validation_rows_meet_the_goal():
     d, t = _goals(validate_rows(VAL))
     assert d["median_abs"] <= 0.03 and d["max_abs"] <= 0.06 and d["worst_under"] >= -0.03 and t["median_abs"] <= 0.10
@@ -44,5 +44,5 @@ def test_all_rows_regression_guard():
     d, t = _goals(recs)
     a = summarize(recs, "err_peak_allocated")
     assert a["max_abs"] <= 0.03, a  # the allocated peak is the mechanism model alone
-    assert d["median_abs"] <= 0.03 and d["max_abs"] <= 0.10 and d["worst_under"] >= -0.06, d
+    assert d["median_abs"] <= 0.03 and d["max_abs"] <= 0.08 and d["worst_under"] >= -0.06, d
     assert t["median_abs"] <= 0.12, t

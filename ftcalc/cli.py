@@ -144,19 +144,23 @@ def cmd_fit(a: argparse.Namespace) -> int:
             print(f"  {r.target} {r.next_step.value}: {r.next_step.device_used_bytes / GIB:.3f} GiB, does not fit")
         print(f"  limited by {r.limit_reason}")
         return 0
-    r = min_gpu(a.model, opts, headroom=a.headroom)
+    r = min_gpu(a.model, opts, headroom=a.headroom, max_gpus=a.max_gpus)
     if a.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
-    need = (r.fitting or r.not_fitting)[0].device_used_bytes
-    print(f"{r.model} {r.method} seq {r.seq_len} x batch {r.batch_size} needs {need / GIB:.2f} GiB per GPU")
+    need = r.single_gpu_device_used_bytes
+    print(f"{r.model} {r.method} seq {r.seq_len} x batch {r.batch_size} needs {need / GIB:.2f} GiB on one GPU")
     for g in r.fitting:
-        print(f"  fits  {g.gpu:16s} {g.gpu_memory_bytes / GIB:6.1f} GiB  headroom {g.headroom_bytes / GIB:+7.2f} GiB")
+        how = f"{g.num_gpus}x fsdp" if g.sharding == "fsdp" else "1x"
+        print(f"  fits  {how:8s} {g.gpu:16s} {g.gpu_memory_bytes / GIB:6.1f} GiB  "
+              f"{g.device_used_bytes / GIB:7.2f} GiB/GPU, headroom {g.headroom_bytes / GIB:+7.2f} GiB")
+    if any(g.sharding == "fsdp" for g in r.fitting):
+        print("  (multi-GPU figures: FSDP full-shard, not yet validated on multi-GPU hardware)")
     if not r.fitting:
         from ftcalc.errors import DoesNotFitError
 
-        raise DoesNotFitError(f"no single GPU in the table holds {need / GIB:.1f} GiB; the largest is "
-                              f"{r.not_fitting[-1].gpu} ({r.not_fitting[-1].gpu_memory_bytes / GIB:.0f} GiB)")
+        raise DoesNotFitError(f"no GPU in the table holds {need / GIB:.1f} GiB, even {a.max_gpus} of them with FSDP; "
+                              f"the largest is {r.not_fitting[-1].gpu} ({r.not_fitting[-1].gpu_memory_bytes / GIB:.0f} GiB)")
     return 0
 
 
@@ -291,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--maximize", choices=["seq-len", "batch-size", "lora-r"])
     ft.add_argument("--minimize", choices=["gpu"])
     ft.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
+    ft.add_argument("--max-gpus", type=int, default=8, help="--minimize gpu: most GPUs of one type, FSDP (default 8)")
     ft.add_argument("--json", action="store_true")
     ft.set_defaults(func=cmd_fit)
 

@@ -59,6 +59,7 @@ class GPUFit(BaseModel):
     gpu: str
     name: str
     num_gpus: int
+    sharding: str = "single"
     gpu_memory_bytes: int
     device_used_bytes: int
     headroom_bytes: int
@@ -69,11 +70,21 @@ class MinGPU(BaseModel):
     method: str
     seq_len: int
     batch_size: int
+    single_gpu_device_used_bytes: int
     fitting: list[GPUFit]
     not_fitting: list[GPUFit]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame([{**r.model_dump(), "fits": ok} for ok, rows in ((True, self.fitting), (False, self.not_fitting))
+                             for r in rows])
+
+    def _repr_html_(self) -> str:
+        return f"<b>{self.model}</b> {self.method}, seq {self.seq_len} x batch {self.batch_size}" + self.to_dataframe().to_html()
 
 
 def _point(spec: ModelSpec, opts: TrainingOptions, c: Coefficients, budget: float, value: int) -> FitPoint:
@@ -147,18 +158,40 @@ def max_fit(model: str | ModelSpec, opts: TrainingOptions, gpu: str | GPU, maxim
                   target=maximize, best=best, next_step=nxt, limit_reason=reason)
 
 
-def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.05, max_gpus: int = 1,
+def _fsdp_used(spec: ModelSpec, opts: TrainingOptions, counts: list[int]) -> dict[int, float]:
+    """Per-GPU device memory under FSDP full-shard for each GPU count (ftcalc.sharding; not yet validated
+    on multi-GPU hardware)."""
+    from ftcalc import sharding as sh
+    from ftcalc.solver import _config_grid
+
+    opts_list, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size)
+    i = next(k for k, o in enumerate(opts_list) if o.checkpointing == opts.checkpointing)
+    nccl = sh.load_assumptions().nccl_buffer_bytes
+    return {n: float(sh.device_used_per_gpu(st.take(i), sh.FSDP, n, 1, nccl)) for n in counts}
+
+
+def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.05, max_gpus: int = 8,
             coeffs: Coefficients | None = None) -> MinGPU:
-    """GPUs (smallest memory first) on which ``opts`` fits. With ``max_gpus`` > 1, data parallelism does
-    not reduce per-GPU memory (sharding is issue 7), so counts above 1 are listed only for the record."""
+    """GPUs (smallest memory first) on which ``opts`` fits: one GPU, or else the fewest GPUs of that type
+    (2, 4, 8, up to ``max_gpus`` and the node size) with FSDP full-shard. The multi-GPU figures come from
+    ftcalc/sharding.py, which is not yet validated on multi-GPU hardware (issue 7)."""
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     c = coeffs or load_coefficients()
     e = estimate_memory(spec.arch, inventory(spec.arch), opts, c)
+    counts = [n for n in (2, 4, 8) if n <= max_gpus]
+    sharded = _fsdp_used(spec, opts, counts) if counts and opts.method != "qlora" else {}
     fit, no = [], []
     for g in sorted(load_gpus().values(), key=lambda g: g.memory_bytes):
+        budget = g.memory_bytes * (1 - headroom)
         row = GPUFit(gpu=g.gpu, name=g.name, num_gpus=1, gpu_memory_bytes=g.memory_bytes,
-                     device_used_bytes=int(e.device_used_bytes),
-                     headroom_bytes=int(g.memory_bytes * (1 - headroom) - e.device_used_bytes))
+                     device_used_bytes=int(e.device_used_bytes), headroom_bytes=int(budget - e.device_used_bytes))
+        if row.headroom_bytes < 0:
+            for n, used in sharded.items():
+                if n <= g.max_gpus_per_node and used <= budget:
+                    row = GPUFit(gpu=g.gpu, name=g.name, num_gpus=n, sharding="fsdp", gpu_memory_bytes=g.memory_bytes,
+                                 device_used_bytes=int(used), headroom_bytes=int(budget - used))
+                    break
         (fit if row.headroom_bytes >= 0 else no).append(row)
+    fit.sort(key=lambda r: (r.num_gpus * r.gpu_memory_bytes, r.gpu_memory_bytes))
     return MinGPU(model=spec.id, method=opts.method, seq_len=opts.seq_len, batch_size=opts.batch_size,
-                  fitting=fit, not_fitting=no)
+                  single_gpu_device_used_bytes=int(e.device_used_bytes), fitting=fit, not_fitting=no)

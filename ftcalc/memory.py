@@ -559,26 +559,33 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     # segments): freed logits-sized blocks that later requests of other sizes cannot reuse, and in full
     # fine-tuning without checkpointing, gradients that cannot take the activations' freed blocks.
     logits_fp32 = 0.0 if opts.loss == "fused" else 4.0 * n * arch.vocab_size
-    gap = (c.reserved_gap_fixed + c.reserved_gap_per_logits_byte * logits_fp32
-           + c.reserved_gap_per_layer_byte * layer_act + c.reserved_gap_fraction * peak)
-    if peak_phase == "optimizer_step":
-        gap += c.reserved_gap_optimizer_logits * logits
+    gap = c.reserved_gap_fixed + c.reserved_gap_per_logits_byte * logits_fp32 + c.reserved_gap_per_layer_byte * layer_act
     if opts.method == "full" and not opts.checkpointing:
         # gradients allocated in backward as activations are freed can reuse a freed activation block
-        # only when they are not larger than it: count the gradient tensors larger than an MLP block
-        block = n * arch.intermediate_size * _proj_out_bytes(opts)
-        big = sum(numel * cnt for numel, cnt in _param_sizes(inv, opts) if numel * _trainable_bytes_per_param(opts) > block)
-        gap += c.reserved_gap_nockpt_grads * min(all_act, big * _trainable_bytes_per_param(opts))
+        # only when they are not larger than it. The share of gradient bytes in tensors larger than an MLP
+        # activation block of a reference 2048-token batch is a property of the model's shapes; taking it
+        # at a fixed reference (not at this batch) keeps the estimate monotone in batch and length.
+        p_bytes = _trainable_bytes_per_param(opts)
+        block = 2048 * arch.intermediate_size * _proj_out_bytes(opts)
+        big = sum(numel * cnt for numel, cnt in _param_sizes(inv, opts) if numel * p_bytes > block) * p_bytes
+        share = big / grads if grads else 0.0
+        gap += c.reserved_gap_nockpt_grads * share * min(all_act, grads)
     if opts.method == "full" and arch.tie_word_embeddings and opts.checkpointing:
         # empirical (5 runs): full fine-tuning of tied-embedding models holds 1-4 extra fp32 logits blocks;
         # the embedding's second gradient (embedding backward, accumulated into the head's) is the suspect
         gap += c.reserved_gap_tied_full_logits * logits_fp32
-    if peak_phase == "loss_backward" and step_tmp > 0:
-        # the previous step's optimizer temporaries are cached blocks too small for the logits buffers
-        gap += c.reserved_gap_cached_step_tmp * min(step_tmp, logits)
     if attn == "eager":
         gap += c.reserved_gap_eager_scores * 4.0 * opts.batch_size * arch.num_heads * opts.seq_len ** 2
-    reserved = peak + gap
+    # The pool peaks at some phase with that phase's fragmentation: at the optimizer step the logits
+    # blocks of the loss are still cached; at the loss the previous step's optimizer temporaries are
+    # cached blocks too small for the logits buffers. Reserved is the largest phase total (a max of
+    # terms that each grow with batch and length, so the estimate stays monotone).
+    phase_gap = {
+        "loss_backward": gap + c.reserved_gap_cached_step_tmp * min(step_tmp, logits),
+        "layer_backward": gap,
+        "optimizer_step": gap + c.reserved_gap_optimizer_logits * logits,
+    }
+    reserved = max(phases[k] * (1 + c.reserved_gap_fraction) + phase_gap[k] for k in phases)
     outside = c.context_bytes + c.paged_resident_fraction * st["optimizer_states_paged"]
     if gpu_memory_bytes is not None:
         reserved = max(peak, min(reserved, gpu_memory_bytes - outside))

@@ -55,3 +55,11 @@ def test_cli_json_and_errors(capsys):
     assert "does not apply" in capsys.readouterr().err
     assert main(["fit", "--model", "405b", "--method", "full", "--minimize", "gpu"]) == 2
     assert main(["fit", "--model", "8b", "--maximize", "seq-len"]) == 2  # no --gpu
+
+
+def test_min_gpu_shards_what_one_gpu_cannot_hold():
+    r = min_gpu("70b", make_options(method="full", gradient_checkpointing=True))
+    assert r.single_gpu_device_used_bytes > 200 * 2**30
+    assert r.fitting and all(g.sharding == "fsdp" and g.num_gpus > 1 for g in r.fitting)
+    assert all(g.device_used_bytes < g.gpu_memory_bytes for g in r.fitting)
+    assert set(r.to_dataframe()["fits"]) == {True, False}

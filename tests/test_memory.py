@@ -109,7 +109,7 @@ def test_reserved_is_capped_by_the_gpu_but_never_below_allocated():
 MODELS = ["llama-3-8b", "llama-3.2-1b", "qwen2.5-3b", "gemma-2-2b", "mistral-7b", "phi-3.5-mini", "qwen3-8b"]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=int(__import__("os").environ.get("FTCALC_HYPOTHESIS_EXAMPLES", "150")), deadline=None)
 @given(
     model=st.sampled_from(MODELS),
     method=st.sampled_from(["full", "lora", "qlora"]),
