@@ -23,19 +23,10 @@ GB = 1e9
 
 
 def _parse_tokens(text: str) -> int:
-    """'100M' -> 100_000_000; '2.5B', '50k', plain integers."""
-    t = str(text).strip().lower().replace("_", "").replace(",", "")
-    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-    try:
-        if t and t[-1] in mult:
-            val = float(t[:-1]) * mult[t[-1]]
-        else:
-            val = float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a token count (e.g. 100M, 2.5B, 50000)") from None
-    if val <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
-    return int(val)
+    """'100M' -> 100_000_000 (the solver's parser: ftcalc/solver_cli.py parse_tokens)."""
+    from ftcalc.solver_cli import parse_tokens
+
+    return parse_tokens(text)
 
 
 def _bool_flag(p: argparse.ArgumentParser, name: str, help_: str) -> None:
@@ -369,8 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run_with_errors(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse and run a command; a user error (FtcalcError) is one line on stderr and exit code 2.
+
+    Shared by ``ftcalc`` and the stand-alone entry points (``python -m ftcalc.solver_cli``, ...).
+    """
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: usage errors exit 2 with one line already printed
@@ -382,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_with_errors(build_parser(), argv)
 
 
 if __name__ == "__main__":

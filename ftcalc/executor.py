@@ -1080,17 +1080,12 @@ def _main(argv: list[str] | None = None) -> int:
     """``python -m ftcalc.executor SPEC ...``: the run command without the rest of the CLI (used by torchrun)."""
     import argparse
 
+    from ftcalc.cli import run_with_errors
     from ftcalc.executor_cli import add_run_parser
 
     parser = argparse.ArgumentParser(prog="python -m ftcalc.executor")
-    sub = parser.add_subparsers(dest="command")
-    add_run_parser(sub)
-    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except FtcalcError as e:
-        print(f"ftcalc: error: {e}", file=sys.stderr)
-        return 2
+    add_run_parser(parser.add_subparsers(dest="command"))
+    return run_with_errors(parser, ["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -209,22 +209,14 @@ def cmd_schema(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ftcalc.executor_cli plan|run|schema ...``: these commands alone, with the CLI's error rules."""
-    from ftcalc.errors import FtcalcError
+    from ftcalc.cli import run_with_errors
 
     parser = argparse.ArgumentParser(prog="ftcalc")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_plan_parser(sub)
     add_run_parser(sub)
     add_schema_parser(sub)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        return args.func(args)
-    except FtcalcError as e:
-        print(f"ftcalc: error: {e}", file=sys.stderr)
-        return 2
+    return run_with_errors(parser, argv)
 
 
 if __name__ == "__main__":

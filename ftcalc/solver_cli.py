@@ -18,8 +18,6 @@ import sys
 import textwrap
 from typing import Any
 
-from ftcalc.errors import FtcalcError
-
 __all__ = ["add_recommend_parser", "cmd_recommend", "format_recommendation", "main",
            "parse_tokens", "parse_hours", "parse_usd"]
 
@@ -182,18 +180,11 @@ def format_recommendation(rec: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ftcalc.solver_cli recommend ...``: the same exit codes as ftcalc.cli.main."""
+    from ftcalc.cli import run_with_errors
+
     parser = argparse.ArgumentParser(prog="ftcalc")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_recommend_parser(sub)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        return args.func(args)
-    except FtcalcError as e:
-        print(f"ftcalc: error: {e}", file=sys.stderr)
-        return 2
+    add_recommend_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return run_with_errors(parser, argv)
 
 
 if __name__ == "__main__":
