@@ -123,14 +123,16 @@ def run_validate(a: argparse.Namespace) -> int:
                           ("err_peak_allocated", "err_peak_reserved", "err_device_used", "err_tokens_per_second")},
                           "goals": goals, "coefficients": str(Coefficients.__name__)}, indent=2, default=str))
         return 0
-    print(f"{'run':7s} {'model':16s} {'method':6s} {'seq x bs':>10s} {'alloc':>7s} {'res':>7s} {'used':>7s} {'tok/s':>7s}   (relative error, + = over-estimate)")
+    print("relative errors, + = over-estimate")
+    print(f"{'run':6s} {'model':15s} {'method':6s} {'seq x bs':>10s} {'alloc':>7s} {'res':>7s} {'used':>7s} {'tok/s':>7s}")
     for r in recs:
         tp = r["err_tokens_per_second"]
-        print(f"{r['run_id']:7s} {r['model'].split('/')[-1][:16]:16s} {r['method']:6s} {r['seq_len']:>5d} x {r['batch_size']:<3d} "
+        print(f"{r['run_id']:6s} {r['model'].split('/')[-1][:15]:15s} {r['method']:6s} {r['seq_len']:>5d} x {r['batch_size']:<3d} "
               f"{r['err_peak_allocated'] * 100:+6.1f}% {r['err_peak_reserved'] * 100:+6.1f}% {r['err_device_used'] * 100:+6.1f}% "
               f"{(tp * 100 if not math.isnan(tp) else float('nan')):+6.1f}%")
     print()
-    print(_summary_lines(recs), end="")
+    for line in _summary_lines(recs).splitlines():
+        print(line.replace(", worst over-estimate", ",\n   worst over-estimate").replace(", max |err|", ",\n   max |err|"))
     for k, g in goals.items():
         print(f"goal {k}: {g['value'] * 100:+.1f}% vs {g['goal'] * 100:+.0f}% -> {'met' if g['met'] else 'NOT met'}")
     return 0

@@ -184,9 +184,10 @@ def cmd_models(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'id':40s} {'params':>8s} {'vocab':>7s} {'ctx':>7s}  aliases")
+    print(f"{'id':36s} {'params':>8s} {'vocab':>7s} {'ctx':>7s}  alias")
     for r in rows:
-        print(f"{r['id'][:40]:40s} {r['params'] / 1e9:7.2f}B {r['vocab']:7d} {r['context']:7d}  {', '.join(r['aliases'][:3])}")
+        alias = min(r["aliases"], key=len) if r["aliases"] else ""
+        print(f"{r['id'][:36]:36s} {r['params'] / 1e9:7.2f}B {r['vocab']:7d} {r['context']:7d}  {alias[:16]}")
     return 0
 
 
@@ -231,10 +232,14 @@ def cmd_prices(a: argparse.Namespace) -> int:
     if a.json:
         print(df.to_json(orient="records", indent=2))
     else:
-        cols = [c for c in ("provider", "instance_type", "gpu", "gpus_per_instance", "on_demand_usd_per_hour",
-                            "spot_usd_per_hour") if c in df.columns]
-        with __import__("pandas").option_context("display.width", 120, "display.max_rows", 500):
-            print(df[cols].to_string(index=False))
+        print(f"{'provider':12s} {'instance':26s} {'gpu':14s} {'GPUs':>4s} {'$/h':>8s} {'spot $/h':>9s}")
+        for _, r in df.iterrows():
+            spot = r.get("spot_usd_per_hour")
+            od = r.get("on_demand_usd_per_hour")
+            print(f"{str(r['provider'])[:12]:12s} {str(r['instance_type'])[:26]:26s} {str(r['gpu'])[:14]:14s} "
+                  f"{int(r['gpus_per_instance']):4d} {(f'{od:8.2f}' if od == od and od is not None else '       -')} "
+                  f"{(f'{spot:9.2f}' if spot == spot and spot is not None else '        -')}")
+        print("prices per instance per hour, USD; sources and dates: data/prices.csv")
     return 0
 
 
@@ -376,6 +381,11 @@ def run_with_errors(parser: argparse.ArgumentParser, argv: list[str] | None = No
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `ftcalc models | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,18 @@ class MaxFit(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    def to_dataframe(self) -> Any:
+        """Two rows (the best value and the next step up), memory components as columns (bytes)."""
+        import pandas as pd
+
+        pts = [p for p in (self.best, self.next_step) if p is not None]
+        return pd.DataFrame([{self.target: p.value, "fits": p.fits, "device_used_bytes": p.device_used_bytes,
+                              "dominant_component": p.dominant_component, **p.breakdown} for p in pts])
+
+    def _repr_html_(self) -> str:
+        return (f"<b>{self.model}</b> {self.method} on {self.gpu}: largest {self.target} {self.best.value} "
+                f"({self.limit_reason})" + self.to_dataframe().to_html(index=False))
+
 
 class GPUFit(BaseModel):
     gpu: str

@@ -131,3 +131,11 @@ def test_profile_on_a_gpu_records_a_row(tmp_path, capsys):
                          "--steps", "3", "--record", "--record-file", str(out))
     row = json.loads(out.read_text().splitlines()[0])
     assert code == 0 and row["outcome"] == "ok" and row["peak_allocated_bytes"] > 0 and row["tokens_per_second"] > 0
+
+
+@pytest.mark.parametrize("argv", [["models"], ["gpus"], ["prices", "--gpu", "h100"], ["validate"],
+                                  ["inventory", "--model", "8b"], ["recommend", "--model", "8b", "--dataset-tokens", "10M"],
+                                  ["fit", "--model", "8b", "--method", "qlora", "--gpu", "rtx-4090", "--maximize", "seq-len"]])
+def test_tables_fit_80_columns(capsys, argv):
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 80
