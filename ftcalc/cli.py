@@ -272,8 +272,15 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return run_validate(a)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ftcalc", description="GPU memory, time and cost planner for LLM fine-tuning")
+    p = _OneLineErrors(prog="ftcalc", description="GPU memory, time and cost planner for LLM fine-tuning")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("estimate", help="memory (and speed on a GPU) of one configuration")

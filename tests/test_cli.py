@@ -139,3 +139,8 @@ def test_profile_on_a_gpu_records_a_row(tmp_path, capsys):
 def test_tables_fit_80_columns(capsys, argv):
     code, out, _ = run_cli(capsys, *argv)
     assert code == 0 and max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_usage_errors_are_one_line(capsys):
+    code, _, err = run_cli(capsys, "estimate", "--model", "8b", "--precision", "fp8")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "fp8" in err
