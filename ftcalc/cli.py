@@ -40,6 +40,8 @@ def _add_training_options(p: argparse.ArgumentParser, model_required: bool = Tru
     p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora", help="fine-tuning method (default lora)")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
     p.add_argument("--batch-size", type=int, default=1, help="micro-batch size per GPU (default 1)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="micro-batches per optimizer step (default 1); gradients stay alive between them")
     _bool_flag(p, "gradient-checkpointing", "recompute activations in backward (default: on for lora/qlora, off for full)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw_torch", help="default adamw_torch (foreach)")
     p.add_argument("--precision", choices=PRECISIONS, default="bf16-true",
@@ -58,6 +60,7 @@ def _options_from_args(a: argparse.Namespace) -> Any:
     from ftcalc.options import make_options
 
     return make_options(method=a.method, seq_len=a.seq_len, batch_size=a.batch_size,
+                        gradient_accumulation_steps=a.gradient_accumulation_steps,
                         gradient_checkpointing=a.gradient_checkpointing, optimizer=a.optimizer,
                         precision=a.precision, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
                         lora_targets=a.lora_targets, attention=a.attention, loss=a.loss, num_gpus=a.num_gpus)

@@ -537,10 +537,16 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     loss_peak = logits if opts.loss == "fused" else max(logits, logits / 2 + head_grad)
     base = {"weights": w["weights"], "lora_adapters": w["lora_adapters"],
             "optimizer_states": st["optimizer_states"], "misc_allocated": c.fixed_allocated_bytes}
+    # Gradient accumulation: zero_grad runs once per optimizer step, so from the second micro-batch on the
+    # gradients of the earlier ones are alive through the forward pass and the loss.
+    accum_grads = grads if opts.gradient_accumulation_steps > 1 else 0.0
     if opts.checkpointing:
         # checkpoints stay while layer by layer is recomputed; gradients accumulate
         bwd_parts = {"activations": ckpt + layer_act, "gradients": grads, "backward_transient": bwd_tmp + deq,
                      "autocast_weight_copies": copies["head"] + copies["per_layer"]}
+    elif accum_grads:
+        bwd_parts = {"activations": all_act + copies["all_layers"], "gradients": grads,
+                     "backward_transient": bwd_tmp + deq, "autocast_weight_copies": copies["head"]}
     else:
         # saved activations are freed as gradients are allocated: the larger end dominates
         bwd_parts = ({"activations": all_act + copies["all_layers"]} if all_act + copies["all_layers"] >= grads
@@ -548,6 +554,7 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         bwd_parts.update({"backward_transient": bwd_tmp + deq, "autocast_weight_copies": copies["head"]})
     phase_parts = {
         "loss_backward": {**base, "activations": all_act + head_saved, "logits_and_loss": loss_peak,
+                          "gradients": accum_grads,
                           "autocast_weight_copies": copies["head"] + copies["all_layers"], "backward_transient": deq},
         "layer_backward": {**base, **bwd_parts},
         "optimizer_step": {**base, "gradients": grads, "optimizer_step_transient": step_tmp},

@@ -42,6 +42,7 @@ class TrainingOptions(BaseModel):
     method: Literal["full", "lora", "qlora"] = "lora"
     seq_len: int = Field(2048, gt=0, description="tokens per sequence")
     batch_size: int = Field(1, gt=0, description="micro-batch size (sequences per forward pass per GPU)")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
     gradient_checkpointing: bool | None = None  # None: on for lora/qlora, off for full
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
     precision: Literal["bf16-true", "bf16-mixed", "32-true"] = "bf16-true"

@@ -133,7 +133,11 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
             ids = recipe.random_batch(spec.arch.vocab_size, opts, device, generator=gen)
             torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            losses.append(recipe.train_step(model_obj, optimizer, ids, opts, device))
+            accum = opts.gradient_accumulation_steps
+            for k in range(accum):  # one optimizer step per `accum` micro-batches, as the executor does
+                loss_k = recipe.train_step(model_obj, optimizer, ids, opts, device, step_optimizer=k == accum - 1,
+                                           loss_scale=1.0 / accum)
+            losses.append(loss_k)
             torch.cuda.synchronize(dev)
             step_times.append(time.perf_counter() - t0)
         row["outcome"] = "ok"
@@ -166,7 +170,7 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
     if timed:
         med = statistics.median(timed)
         row["step_seconds_median"] = round(med, 5)
-        row["tokens_per_second"] = round(opts.tokens_per_step / med, 1)
+        row["tokens_per_second"] = round(opts.tokens_per_step * opts.gradient_accumulation_steps / med, 1)
     return row
 
 

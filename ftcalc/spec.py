@@ -235,6 +235,7 @@ class TrainingSpec(_Section):
             lora_dropout=self.lora.lora_dropout, lora_targets=tuple(self.lora.lora_targets),
             attention=self.attention, loss=self.loss, quant_type=self.lora.quant_type,
             double_quant=self.lora.double_quant, num_gpus=self.hardware.world_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
         )
 
     @property

@@ -104,7 +104,7 @@ def flops_per_token(spec: ModelSpec, opts: TrainingOptions) -> dict[str, float]:
 
 
 def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:
-    """Predicted seconds for one optimizer step of one micro-batch on one GPU."""
+    """Predicted seconds per micro-batch on one GPU, the optimizer update's share included."""
     tc = tc or load_throughput()
     arch = spec.arch
     f = flops_per_token(spec, opts)
@@ -130,7 +130,8 @@ def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: Throughpu
                  "paged_adamw_32bit": tc.opt_bytes_paged, "adafactor": tc.opt_bytes_adafactor,
                  "sgd": tc.opt_bytes_sgd}[opts.optimizer]
     n_train = inv.total_params if opts.method == "full" else lora_params(inv, opts)
-    traffic += n_train * per_param
+    # one optimizer update per gradient_accumulation_steps micro-batches: its share per micro-batch
+    traffic += n_train * per_param / opts.gradient_accumulation_steps
     per_layer = tc.layer_overhead_s + tc.norm_overhead_s * (arch.norms_per_layer + (2 if arch.qk_norm else 0))
     if opts.uses_adapters:
         per_layer += tc.lora_module_overhead_s * sum(g.count for g in inv.linears if opts.is_target(g.kind)) / arch.num_layers
@@ -138,7 +139,8 @@ def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: Throughpu
         per_layer += tc.qlora_module_overhead_s * sum(g.count for g in inv.linears) / arch.num_layers
     # The GPU runs asynchronously behind the Python/autograd thread: a step takes the longer of the GPU
     # work and the CPU time spent launching kernels (small batches are launch-bound).
-    gpu_time = compute + traffic / bw + (tc.opt_fixed_paged_s if opts.optimizer.startswith("paged") else 0.0)
+    paged = tc.opt_fixed_paged_s / opts.gradient_accumulation_steps if opts.optimizer.startswith("paged") else 0.0
+    gpu_time = compute + traffic / bw + paged
     cpu_time = arch.num_layers * passes * per_layer
     p = tc.overlap_power
     return (gpu_time**p + cpu_time**p) ** (1.0 / p)

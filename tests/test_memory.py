@@ -146,3 +146,12 @@ def test_all_linear_targets_follow_the_model():
     est = ftcalc.estimate("phi-3.5-mini", method="lora", lora_r=16)
     inv = inventory(resolve_model("phi-3.5-mini").arch)
     assert est.trainable_params == sum(16 * (g.in_features + g.out_features) * g.count for g in inv.linears)
+
+
+def test_gradient_accumulation_keeps_gradients_through_the_next_forward():
+    one = estimate_memory(L8.arch, INV8, make_options(method="full", seq_len=1024, gradient_checkpointing=True,
+                                                      optimizer="adamw_torch_fused"))
+    four = estimate_memory(L8.arch, INV8, make_options(method="full", seq_len=1024, gradient_checkpointing=True,
+                                                       optimizer="adamw_torch_fused", gradient_accumulation_steps=4))
+    assert four.phases["loss_backward"] - one.phases["loss_backward"] == pytest.approx(2 * INV8.total_params)
+    assert four.peak_allocated_bytes >= one.peak_allocated_bytes
