@@ -176,25 +176,30 @@ def _loss(recs: list[dict[str, Any]], key: str) -> float:
     return tot / max(1, len(recs))
 
 
-def _coordinate_descent(rows, coeffs: Coefficients, names: list[str], key: str, rounds: int = 6) -> Coefficients:
-    best = coeffs
-    best_loss = _loss(validate_rows(rows, best), key)
+def _coordinate_descent(start: Any, bounds: dict[str, tuple[float, float]], loss_fn: Any,
+                        steps: tuple[float, ...], rounds: int) -> Any:
+    """Minimize ``loss_fn(coefficients)`` one coefficient at a time, within ``bounds``, by shrinking steps
+    (a share of each coefficient's range); stops when a round improves nothing."""
+    best, best_loss = start, loss_fn(start)
     for _ in range(rounds):
         improved = False
-        for name in names:
-            lo, hi = _BOUNDS[name]
+        for name, (lo, hi) in bounds.items():
             cur = getattr(best, name)
-            span = (hi - lo)
-            for step in (0.25, 0.1, 0.03, 0.01):
-                for cand in (cur - step * span, cur + step * span):
+            for step in steps:
+                for cand in (cur - step * (hi - lo), cur + step * (hi - lo)):
                     cand = min(hi, max(lo, cand))
                     trial = replace(best, **{name: cand})
-                    loss = _loss(validate_rows(rows, trial), key)
+                    loss = loss_fn(trial)
                     if loss < best_loss - 1e-9:
                         best, best_loss, cur, improved = trial, loss, cand, True
         if not improved:
             break
     return best
+
+
+def _memory_descent(rows: list[dict[str, Any]], coeffs: Coefficients, names: list[str], key: str) -> Coefficients:
+    return _coordinate_descent(coeffs, {n: _BOUNDS[n] for n in names},
+                               lambda c: _loss(validate_rows(rows, c), key), (0.25, 0.1, 0.03, 0.01), rounds=6)
 
 
 def fit_memory(rows: list[dict[str, Any]], start: Coefficients | None = None) -> Coefficients:
@@ -207,8 +212,8 @@ def fit_memory(rows: list[dict[str, Any]], start: Coefficients | None = None) ->
                if r.get("non_allocator_bytes") is not None and not str(r.get("optimizer", "")).startswith("paged")]
     if outside:
         c = replace(c, context_bytes=float(statistics.median(outside)))
-    c = _coordinate_descent(fit_rows, c, _ALLOC, "err_peak_allocated")
-    c = _coordinate_descent(fit_rows, c, _RESERVED, "err_peak_reserved")
+    c = _memory_descent(fit_rows, c, _ALLOC, "err_peak_allocated")
+    c = _memory_descent(fit_rows, c, _RESERVED, "err_peak_reserved")
     return replace(c, source="fitted by ftcalc calibrate", fitted_on=len(fit_rows))
 
 
@@ -247,21 +252,8 @@ def fit_throughput(rows: list[dict[str, Any]], start: ThroughputCoefficients | N
     are dropped here."""
     fit_rows = [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name")
                 and not is_validation(r)]
-    best = start or ThroughputCoefficients()
-    best_loss = _tp_loss(fit_rows, best)
-    for _ in range(8):
-        improved = False
-        for name, (lo, hi) in _TP_BOUNDS.items():
-            cur = getattr(best, name)
-            for step in (0.2, 0.05, 0.01):
-                for cand in (cur - step * (hi - lo), cur + step * (hi - lo)):
-                    cand = min(hi, max(lo, cand))
-                    trial = replace(best, **{name: cand})
-                    loss = _tp_loss(fit_rows, trial)
-                    if loss < best_loss - 1e-9:
-                        best, best_loss, cur, improved = trial, loss, cand, True
-        if not improved:
-            break
+    best = _coordinate_descent(start or ThroughputCoefficients(), _TP_BOUNDS, lambda tc: _tp_loss(fit_rows, tc),
+                               (0.2, 0.05, 0.01), rounds=8)
     return replace(best, source=f"fitted by ftcalc calibrate on {len(fit_rows)} runs")
 
 
