@@ -175,7 +175,6 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
 
 
 def _child(cfg: dict[str, Any], out_path: str) -> None:
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "")
     try:
         model = cfg.pop("model")
         steps = int(cfg.pop("steps", 6))

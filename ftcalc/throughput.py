@@ -21,14 +21,14 @@ move to other GPUs through their datasheet bf16 rate and memory bandwidth (data/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ftcalc.catalog import ModelSpec
 from ftcalc.inventory import inventory
-from ftcalc.memory import _installed_transformers, lora_params, resolve_attention  # noqa: F401
+from ftcalc.memory import lora_params, resolve_attention
 from ftcalc.options import TrainingOptions
 
 __all__ = ["ThroughputCoefficients", "flops_per_token", "step_seconds", "tokens_per_second", "load_throughput"]
@@ -150,6 +150,3 @@ def tokens_per_second(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: Thro
     """Trained tokens per second per GPU (all tokens counted, no padding)."""
     return opts.tokens_per_step / step_seconds(spec, opts, gpu, tc)
 
-
-def with_values(tc: ThroughputCoefficients, **kw: float) -> ThroughputCoefficients:
-    return replace(tc, **kw)
