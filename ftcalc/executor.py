@@ -423,24 +423,14 @@ class _Runner:
     def _make_accelerator(self) -> None:
         if self.world == 1:
             return
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
-
-        from ftcalc.spec import DECODER_LAYER_CLASSES
+        from ftcalc import recipe
 
         dist = self.spec.distribution
-        kwargs: dict[str, Any] = {"mixed_precision": "no"}  # the recipe autocasts itself
-        if dist.strategy == "fsdp":
-            f = dist.fsdp
-            layer = DECODER_LAYER_CLASSES.get(self.model_spec.arch.model_type)
-            kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-                fsdp_version=2, reshard_after_forward=f.reshard_after_forward, cpu_offload=f.offload_params,
-                auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=[layer] if layer else None,
-                state_dict_type=f.state_dict_type, cpu_ram_efficient_loading=f.cpu_ram_efficient_loading,
-            )
-        else:
-            kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=False)]
-        self.accelerator = Accelerator(**kwargs)
+        f = dist.fsdp
+        self.accelerator = recipe.make_accelerator(
+            self.model_spec, dist.strategy, reshard_after_forward=f.reshard_after_forward,
+            offload_params=f.offload_params, state_dict_type=f.state_dict_type,
+            cpu_ram_efficient_loading=f.cpu_ram_efficient_loading)
 
     def execute(self) -> dict[str, Any]:
         from ftcalc.catalog import resolve_model
@@ -508,11 +498,18 @@ class _Runner:
         t0 = time.perf_counter()
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))
-        self.model = recipe.build_model(self.model_spec, self.opts, device=self.device, init=s.model.init,
-                                        model_path=self._model_path())
+        sharded = (self.accelerator is not None and s.distribution.strategy == "fsdp" and s.model.init == "random"
+                   and not s.distribution.fsdp.offload_params)
+        if sharded:  # built on meta, sharded, then each rank materializes its shards (a 70B never exists whole)
+            self.model = recipe.build_model_sharded(self.model_spec, self.opts, self.accelerator, self.device)
+        else:
+            self.model = recipe.build_model(self.model_spec, self.opts, device=self.device, init=s.model.init,
+                                            model_path=self._model_path())
         self.optimizer = recipe.build_optimizer(self.model, self.opts, lr=s.training.learning_rate,
                                                 weight_decay=s.training.weight_decay)
-        if self.accelerator is not None:
+        if sharded:
+            self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
+        elif self.accelerator is not None:
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.scheduler = get_scheduler(s.training.lr_scheduler, self.optimizer,
                                        num_warmup_steps=s.training.warmup_steps, num_training_steps=self.total_steps)

@@ -204,20 +204,52 @@ def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
     for i, cfg in enumerate(plans):
         cfg.setdefault("run_id", f"{Path(plan_path).stem}-{i:03d}")
         t0 = time.time()
-        p = ctx.Process(target=_child, args=(dict(cfg), out_path))
-        p.start()
-        p.join(timeout_s)
-        if p.is_alive():
-            p.kill()
-            p.join()
-            with open(out_path, "a") as f:
-                f.write(json.dumps({**cfg, "outcome": "timeout", "error": f"no result in {timeout_s}s"}) + "\n")
+        if int(cfg.get("num_gpus", 1)) > 1:
+            _run_distributed(cfg, out_path, timeout_s)
+        else:
+            p = ctx.Process(target=_child, args=(dict(cfg), out_path))
+            p.start()
+            p.join(timeout_s)
+            if p.is_alive():
+                p.kill()
+                p.join()
+                with open(out_path, "a") as f:
+                    f.write(json.dumps({**cfg, "outcome": "timeout", "error": f"no result in {timeout_s}s"}) + "\n")
         last = json.loads(Path(out_path).read_text().splitlines()[-1])
         print(f"[{i + 1}/{len(plans)}] {cfg['run_id']} {cfg.get('model')} {cfg.get('method')} "
               f"s={cfg.get('seq_len')} b={cfg.get('batch_size')} -> {last.get('outcome')} "
               f"alloc={last.get('peak_allocated_bytes', 0) / GIB:.2f} res={last.get('peak_reserved_bytes', 0) / GIB:.2f} "
               f"used={last.get('device_used_bytes', 0) / GIB:.2f} GiB tok/s={last.get('tokens_per_second')} "
               f"({time.time() - t0:.0f}s) {last.get('error') or ''}", flush=True)
+
+
+def _run_distributed(cfg: dict[str, Any], out_path: str, timeout_s: float) -> None:
+    """One multi-GPU configuration: torchrun, one process per GPU (ftcalc/profile_dist.py)."""
+    import signal
+
+    n = int(cfg["num_gpus"])
+    before = _count_lines(out_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           "-m", "ftcalc.profile_dist", "--config", json.dumps(cfg), "--out", out_path]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout_s)
+        error = None if _count_lines(out_path) > before else f"torchrun exited {rc} without a row"
+        outcome = "error"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        error, outcome = f"no result in {timeout_s}s", "timeout"
+    if error:
+        with open(out_path, "a") as f:
+            f.write(json.dumps({**cfg, "outcome": outcome, "error": error}) + "\n")
+
+
+def _count_lines(path: str) -> int:
+    try:
+        return len(Path(path).read_text().splitlines())
+    except OSError:
+        return 0
 
 
 if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out rows.jsonl

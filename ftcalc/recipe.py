@@ -30,7 +30,8 @@ from ftcalc.options import TrainingOptions
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["hf_config", "build_model", "build_optimizer", "autocast", "train_step", "random_batch", "weight_dtype"]
+__all__ = ["hf_config", "build_model", "build_model_sharded", "make_accelerator", "build_optimizer", "autocast",
+           "train_step", "random_batch", "weight_dtype"]
 
 
 def _require_train_stack() -> None:
@@ -172,6 +173,70 @@ def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", in
         raise InvalidArgumentError(f"init '{init}': expected random or pretrained")
     model.config.use_cache = False
     return apply_training_setup(model, opts)
+
+
+def make_accelerator(spec: ModelSpec, strategy: str, reshard_after_forward: bool = True,
+                     offload_params: bool = False, state_dict_type: str = "FULL_STATE_DICT",
+                     cpu_ram_efficient_loading: bool = False) -> Any:
+    """accelerate's Accelerator for ``ddp`` or ``fsdp`` (FSDP2, one unit per decoder layer), as
+    ``accelerate launch`` with the matching config file sets it up. ``mixed_precision="no"``: the recipe
+    autocasts itself (the same numerics on one GPU and many)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
+
+    from ftcalc.spec import DECODER_LAYER_CLASSES
+
+    kwargs: dict[str, Any] = {"mixed_precision": "no"}
+    if strategy == "fsdp":
+        layer = DECODER_LAYER_CLASSES.get(spec.arch.model_type)
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2, reshard_after_forward=reshard_after_forward, cpu_offload=offload_params,
+            auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=[layer] if layer else None,
+            state_dict_type=state_dict_type, cpu_ram_efficient_loading=cpu_ram_efficient_loading,
+        )
+    elif strategy == "ddp":
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    else:
+        raise InvalidArgumentError(f"strategy '{strategy}': expected ddp or fsdp")
+    return Accelerator(**kwargs)
+
+
+def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any, device: str) -> Any:
+    """FSDP2 with random weights: the model is built on the meta device, adapted (peft), sharded by
+    ``accelerator.prepare`` (which leaves meta parameters on meta), and only then materialized: each rank
+    allocates and initializes its own shards, so a model larger than one GPU never exists whole
+    (Llama-3-70B in bf16 on 2 GPUs). Buffers (rotary ``inv_freq``) are built for real and put back after
+    ``to_empty``. Full fine-tuning, LoRA; QLoRA is not sharded by this recipe. Build the optimizer after
+    this (``build_optimizer``), over the sharded parameters."""
+    _require_train_stack()
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    if opts.method == "qlora":
+        raise InvalidArgumentError("FSDP with qlora is not supported by this recipe; use ddp")
+    if opts.loss == "fused":
+        _apply_fused_loss_patch(spec)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers real (on the CPU)
+        model = AutoModelForCausalLM.from_config(hf_config(spec), dtype=weight_dtype(opts),
+                                                 attn_implementation=_attn_impl(opts))
+    model.config.use_cache = False
+    buffers = [(mod, name, buf.clone()) for mod in model.modules() for name, buf in mod._buffers.items()
+               if buf is not None]
+    model = apply_training_setup(model, opts)
+    # accelerate's own FSDP2 wrapping (what Accelerator.prepare runs), called directly: prepare() maps the
+    # optimizer's parameters by data pointer, which meta tensors do not have; the optimizer is built after
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    model = fsdp2_prepare_model(accelerator, model)
+    accelerator._models.append(model)  # as prepare() does (clip_grad_norm_, unwrap_model, no_sync use it)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            _init_(p.to_local() if hasattr(p, "to_local") else p, name)
+        for mod, name, buf in buffers:
+            mod._buffers[name] = buf.to(device)
+    return model
 
 
 def apply_training_setup(model: Any, opts: TrainingOptions) -> Any:

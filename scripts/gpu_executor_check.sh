@@ -1,49 +1,80 @@
 #!/usr/bin/env bash
-# GPU checks of `ftcalc run` (issue 5), tiny-llama with random weights: the CUDA test of
-# tests/test_executor.py, one single-GPU LoRA run, and with 2+ GPUs a DDP LoRA run (uninterrupted, then
-# SIGTERM + --resume, final losses compared) and an FSDP2 full fine-tune. Prints a summary per run.
-#   scripts/gpu_executor_check.sh [OUT_DIR]        (PYTHON=python3 by default)
+# Issue 5 on real GPUs (a 2-GPU machine: nvidia-h200-x2), everything with init: random, results under $OUT:
+#  1. single GPU, in parallel on GPU 0 and GPU 1: Llama-3-8B LoRA and QLoRA specs from `ftcalc plan`, run by
+#     `ftcalc run --record`, then the same spec by scripts/plain_loop.py (plain transformers + peft) on the
+#     same GPU: tokens/s of both; plus a pre-flight refusal (a spec predicted not to fit, exit 2);
+#  2. two GPUs: Llama-3-8B LoRA with DDP (`ftcalc run` relaunches itself under torchrun, --record), and
+#     tiny-llama: DDP uninterrupted vs SIGTERM + --resume (final losses compared), FSDP2 full fine-tuning.
+#   bash scripts/gpu_executor_check.sh COMMIT        (.site carried: bitsandbytes, liger-kernel, pydantic)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-/tmp/ftcalc-gpu-check}
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-F="$PY -m ftcalc.executor_cli"
+commit=${1:-unknown}
+OUT=${OUT:-/tmp/ftcalc-gpu-check}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FTCALC_GIT_COMMIT=$commit
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+F="python3 -m ftcalc.cli"
+TOK=data/tokenizers/tiny-llama
 DATA=data/samples/alpaca_sample.jsonl
-summary() {  # one line per report: status, step, loss, tokens/s, memory
-  $PY - "$@" <<'PY'
+REC=$OUT/executor_rows.jsonl
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+summary() {  # one line per report: status, step, loss, tokens/s, memory, relative errors
+  python3 - "$@" <<'PY'
 import json, sys
 for path in sys.argv[1:]:
-    r = json.load(open(path + "/run_report.json"))
+    try:
+        r = json.load(open(path + "/run_report.json"))
+    except OSError as e:
+        print(path, "no report", e); continue
     m = r.get("measured", {})
+    g = lambda k: round(m[k] / 2**30, 2) if m.get(k) else None
     print(f"{path}: {r['status']} step {m.get('final_step')} loss {m.get('train_loss')} val {m.get('val_loss')} "
-          f"tok/s/GPU {m.get('tokens_per_second')} used {m.get('device_used_bytes')} "
-          f"alloc {m.get('peak_allocated_bytes')} rel {r.get('relative_errors')}")
+          f"tok/s/GPU {m.get('tokens_per_second')} used {g('device_used_bytes')} alloc {g('peak_allocated_bytes')} "
+          f"res {g('peak_reserved_bytes')} GiB rel {r.get('relative_errors')}")
 PY
 }
-$PY -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'gpus', torch.cuda.device_count())"
-$PY -m pytest tests/test_executor.py -m gpu -q -p no:cacheprovider
+single() {  # GPU method
+  local gpu=$1 m=$2
+  $F plan --model llama-3-8b --method "$m" --init random --tokenizer $TOK --dataset $DATA --seq-len 2048 \
+    --batch-size 4 --packing --max-steps 20 --gpu h200 -o "$OUT/l8-$m.yaml"
+  CUDA_VISIBLE_DEVICES=$gpu $F run "$OUT/l8-$m.yaml" --output-dir "$OUT/l8-$m" --record --record-file "$REC"
+  CUDA_VISIBLE_DEVICES=$gpu python3 scripts/plain_loop.py "$OUT/l8-$m.yaml" --steps 20 --out "$OUT/plain-$m.json"
+  CUDA_VISIBLE_DEVICES=$gpu $F run "$OUT/l8-$m.yaml" --output-dir "$OUT/l8-$m-again"  # executor twice: the spread
+}
+t0=$(date +%s)
+single 0 lora > "$OUT/single-lora.log" 2>&1 &
+single 1 qlora > "$OUT/single-qlora.log" 2>&1 &
+wait
+echo "single-GPU phase: $(( $(date +%s) - t0 )) s"
+# pre-flight: full fine-tuning of 8B at 8x4096 without checkpointing does not fit one H200
+$F plan --model llama-3-8b --method full --init random --tokenizer $TOK --dataset $DATA --seq-len 4096 --batch-size 8 \
+  --packing --max-steps 4 --gpu h200 -o "$OUT/l8-toobig.yaml" > /dev/null
+CUDA_VISIBLE_DEVICES=0 $F run "$OUT/l8-toobig.yaml" --output-dir "$OUT/l8-toobig" > "$OUT/preflight.log" 2>&1
+echo "pre-flight refusal: exit $?: $(tail -1 "$OUT/preflight.log")"
+summary "$OUT/l8-lora" "$OUT/l8-lora-again" "$OUT/l8-qlora" "$OUT/l8-qlora-again"
+cat "$OUT"/plain-*.json | python3 -c "import json,sys; [print('plain', d['method'], d['tokens_per_second'], 'tok/s; alloc', round(d['peak_allocated_bytes']/2**30,2)) for d in json.loads('['+sys.stdin.read().replace('}\n{','},{')+']')]" 2>&1 | tail -2
+tail -3 "$OUT/single-lora.log" "$OUT/single-qlora.log"
 
-$F plan --model tiny-llama --method lora --dataset $DATA --max-steps 20 --seq-len 256 --batch-size 4 \
-  --save-steps 10 --val-set-size 16 --gpu h100 -o "$OUT/single.yaml" && $F run "$OUT/single.yaml" --output-dir "$OUT/single"
-summary "$OUT/single"
-
-if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-  $F plan --model tiny-llama --method lora --dataset $DATA --max-steps 400 --seq-len 256 --batch-size 2 \
-    --grad-accum 2 --save-steps 50 --val-set-size 16 --num-gpus 2 -o "$OUT/ddp.yaml"
-  $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-a"
-  $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-b" & pid=$!
-  until [ "$(wc -l < "$OUT/ddp-b/train_log.jsonl" 2>/dev/null || echo 0)" -ge 120 ]; do
+if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  t0=$(date +%s)
+  $F plan --model llama-3-8b --method lora --init random --tokenizer $TOK --dataset $DATA --seq-len 2048 --batch-size 4 \
+    --packing --max-steps 20 --gpu h200 --num-gpus 2 --distribution ddp -o "$OUT/l8-ddp.yaml" > /dev/null
+  $F run "$OUT/l8-ddp.yaml" --output-dir "$OUT/l8-ddp" --record --record-file "$REC" > "$OUT/l8-ddp.log" 2>&1
+  summary "$OUT/l8-ddp"; tail -2 "$OUT/l8-ddp.log"
+  $F plan --model tiny-llama --method lora --dataset $DATA --max-steps 200 --seq-len 256 --batch-size 2 \
+    --grad-accum 2 --save-steps 25 --val-set-size 16 --num-gpus 2 -o "$OUT/ddp.yaml" > /dev/null
+  $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-a" > "$OUT/ddp-a.log" 2>&1
+  $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-b" > "$OUT/ddp-b.log" 2>&1 & pid=$!
+  until [ "$(wc -l < "$OUT/ddp-b/train_log.jsonl" 2>/dev/null || echo 0)" -ge 60 ]; do
     kill -0 $pid 2>/dev/null || break; sleep 0.2
   done
   kill -TERM $pid; wait $pid; echo "ddp-b after SIGTERM: exit $?"
   summary "$OUT/ddp-b"
-  $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-b" --resume
+  $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-b" --resume >> "$OUT/ddp-b.log" 2>&1
   summary "$OUT/ddp-a" "$OUT/ddp-b"
   $F plan --model tiny-llama --method full --dataset $DATA --max-steps 20 --seq-len 256 --batch-size 4 \
-    --save-steps 10 --val-set-size 16 --num-gpus 2 -o "$OUT/fsdp.yaml"
-  $F run "$OUT/fsdp.yaml" --output-dir "$OUT/fsdp"
-  summary "$OUT/fsdp"
-  ls "$OUT/fsdp/final" "$OUT/fsdp/checkpoints"
+    --save-steps 10 --val-set-size 16 --num-gpus 2 --distribution fsdp -o "$OUT/fsdp.yaml" > /dev/null
+  $F run "$OUT/fsdp.yaml" --output-dir "$OUT/fsdp" > "$OUT/fsdp.log" 2>&1
+  summary "$OUT/fsdp"; tail -2 "$OUT/fsdp.log"
+  ls "$OUT/fsdp/final" "$OUT/fsdp/checkpoints" 2>&1 | head
+  echo "two-GPU phase: $(( $(date +%s) - t0 )) s"
 fi

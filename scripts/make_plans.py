@@ -124,6 +124,22 @@ PLANS = {
         c("Qwen/Qwen3-4B", "full", 1024, 4, gradient_checkpointing=True, optimizer="adamw_8bit"),
         c(L8, "lora", 3072, 6),
     ],
+    # issue 7, on nvidia-h200-x2 (2 GPUs, NCCL): DDP LoRA 8B, FSDP2 full 8B, FSDP2 LoRA 70B in bf16, each at two
+    # sequence lengths, FSDP LoRA 8B and DDP full 8B for the model's other terms, then 1-GPU baselines of the
+    # same configurations (scaling efficiency) where no H200 row exists yet. 8 steps, 3 warm-up.
+    "e": [
+        c(L8, "lora", 1024, 8, num_gpus=2, distribution="ddp", steps=8, warmup_steps=3),
+        c(L8, "lora", 4096, 4, num_gpus=2, distribution="ddp", steps=8, warmup_steps=3),
+        c(L8, "full", 1024, 2, gradient_checkpointing=True, num_gpus=2, distribution="fsdp", steps=8, warmup_steps=3),
+        c(L70, "lora", 1024, 2, num_gpus=2, distribution="fsdp", steps=6, warmup_steps=2),
+        c(L70, "lora", 4096, 1, num_gpus=2, distribution="fsdp", steps=6, warmup_steps=2),
+        c(L8, "full", 4096, 2, gradient_checkpointing=True, num_gpus=2, distribution="fsdp", steps=8, warmup_steps=3),
+        c(L8, "lora", 2048, 4, num_gpus=2, distribution="fsdp", steps=8, warmup_steps=3),
+        c(L8, "full", 1024, 1, gradient_checkpointing=True, optimizer="adamw_8bit", num_gpus=2, distribution="ddp",
+          steps=8, warmup_steps=3),
+        c(L8, "full", 4096, 2, gradient_checkpointing=True, steps=8, warmup_steps=3),
+        c(L8, "lora", 2048, 4, steps=8, warmup_steps=3),
+    ],
 }
 
 if __name__ == "__main__":
