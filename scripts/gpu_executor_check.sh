@@ -5,11 +5,15 @@
 #     same GPU: tokens/s of both; plus a pre-flight refusal (a spec predicted not to fit, exit 2);
 #  2. two GPUs: Llama-3-8B LoRA with DDP (`ftcalc run` relaunches itself under torchrun, --record), and
 #     tiny-llama: DDP uninterrupted vs SIGTERM + --resume (final losses compared), FSDP2 full fine-tuning.
-#   bash scripts/gpu_executor_check.sh COMMIT        (.site carried: bitsandbytes, liger-kernel, pydantic)
+#   bash scripts/gpu_executor_check.sh COMMIT [single] [two]   (.site carried: bitsandbytes, liger-kernel, pydantic)
+# Runs write under $WORK (checkpoints, final models: many files); the reports, logs and plain-loop results are
+# copied to $OUT at the end (the device tool brings back a limited number of files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-commit=${1:-unknown}
-OUT=${OUT:-/tmp/ftcalc-gpu-check}; mkdir -p "$OUT"
+commit=${1:-unknown}; shift
+PHASES=${*:-single two}
+RESULTS=${OUT:-/tmp/ftcalc-gpu-check}; mkdir -p "$RESULTS"
+OUT=${WORK:-/tmp/ftcalc-work}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FTCALC_GIT_COMMIT=$commit
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 F="python3 -m ftcalc.cli"
@@ -40,6 +44,7 @@ single() {  # GPU method
   CUDA_VISIBLE_DEVICES=$gpu python3 scripts/plain_loop.py "$OUT/l8-$m.yaml" --steps 20 --out "$OUT/plain-$m.json"
   CUDA_VISIBLE_DEVICES=$gpu $F run "$OUT/l8-$m.yaml" --output-dir "$OUT/l8-$m-again"  # executor twice: the spread
 }
+if [[ " $PHASES " == *" single "* ]]; then
 t0=$(date +%s)
 single 0 lora > "$OUT/single-lora.log" 2>&1 &
 single 1 qlora > "$OUT/single-qlora.log" 2>&1 &
@@ -53,8 +58,9 @@ echo "pre-flight refusal: exit $?: $(tail -1 "$OUT/preflight.log")"
 summary "$OUT/l8-lora" "$OUT/l8-lora-again" "$OUT/l8-qlora" "$OUT/l8-qlora-again"
 cat "$OUT"/plain-*.json | python3 -c "import json,sys; [print('plain', d['method'], d['tokens_per_second'], 'tok/s; alloc', round(d['peak_allocated_bytes']/2**30,2)) for d in json.loads('['+sys.stdin.read().replace('}\n{','},{')+']')]" 2>&1 | tail -2
 tail -3 "$OUT/single-lora.log" "$OUT/single-qlora.log"
+fi
 
-if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+if [[ " $PHASES " == *" two "* ]] && [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   t0=$(date +%s)
   $F plan --model llama-3-8b --method lora --init random --tokenizer $TOK --dataset $DATA --seq-len 2048 --batch-size 4 \
     --packing --max-steps 20 --gpu h200 --num-gpus 2 --distribution ddp -o "$OUT/l8-ddp.yaml" > /dev/null
@@ -64,7 +70,7 @@ if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; t
     --grad-accum 2 --save-steps 25 --val-set-size 16 --num-gpus 2 -o "$OUT/ddp.yaml" > /dev/null
   $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-a" > "$OUT/ddp-a.log" 2>&1
   $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-b" > "$OUT/ddp-b.log" 2>&1 & pid=$!
-  until [ "$(wc -l < "$OUT/ddp-b/train_log.jsonl" 2>/dev/null || echo 0)" -ge 60 ]; do
+  until [ "$({ wc -l < "$OUT/ddp-b/train_log.jsonl"; } 2>/dev/null || echo 0)" -ge 60 ]; do
     kill -0 $pid 2>/dev/null || break; sleep 0.2
   done
   kill -TERM $pid; wait $pid; echo "ddp-b after SIGTERM: exit $?"
@@ -78,3 +84,6 @@ if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; t
   ls "$OUT/fsdp/final" "$OUT/fsdp/checkpoints" 2>&1 | head
   echo "two-GPU phase: $(( $(date +%s) - t0 )) s"
 fi
+# what comes back: specs, logs, plain-loop results, recorded rows, and each run's report as NAME.run_report.json
+cp "$OUT"/*.yaml "$OUT"/*.log "$OUT"/*.json "$OUT"/*.jsonl "$OUT/env.txt" "$RESULTS"/ 2>/dev/null
+for d in "$OUT"/*/; do [ -f "$d/run_report.json" ] && cp "$d/run_report.json" "$RESULTS/$(basename "$d").run_report.json"; done
