@@ -687,16 +687,16 @@ class _Runner:
                 step_tokens = 0
                 aborted = False
                 for k in range(accum):
-                    batch = {key: v.to(dev, non_blocking=cuda) for key, v in
-                             self.data.micro_batch(step * accum + k, self.rank).items()}
+                    host = self.data.micro_batch(step * accum + k, self.rank)
+                    step_tokens += int(host["attention_mask"].sum())  # on the host: no device sync
+                    batch = {key: v.to(dev, non_blocking=cuda) for key, v in host.items()}
                     sync = (self.accelerator.no_sync(self.model) if self.accelerator is not None and k < accum - 1
                             else nullcontext())
-                    with sync:
+                    with sync:  # the loss stays on the device until the step is done (no sync mid-step)
                         micro_losses.append(recipe.train_step(
                             self.model, self.optimizer, batch["input_ids"], self.opts, self.device,
                             labels=batch["labels"], attention_mask=batch["attention_mask"],
-                            step_optimizer=False, loss_scale=1.0 / accum))
-                    step_tokens += int(batch["attention_mask"].sum())
+                            step_optimizer=False, loss_scale=1.0 / accum, as_tensor=True))
                     if k < accum - 1 and self.any_rank(stop.requested):
                         aborted = True  # drop the half-accumulated step; the checkpoint is of the last whole one
                         break
@@ -705,12 +705,11 @@ class _Runner:
                     self._set_rng_state(rng_at_start)
                     status = "interrupted"
                     break
-                grad_norm = None
+                norm = None
                 if s.training.max_grad_norm is not None:
                     clip = (self.accelerator.clip_grad_norm_ if self.accelerator is not None
                             else torch.nn.utils.clip_grad_norm_)
                     norm = clip(params, s.training.max_grad_norm)
-                    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: DTensor
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -718,7 +717,9 @@ class _Runner:
                     torch.cuda.synchronize(dev)
                 dt = time.perf_counter() - t0
                 step += 1
-                loss = self.sum_ranks([statistics.fmean(micro_losses)])[0] / self.world
+                # read back after the step: a .item() before optimizer.step() stalls the kernel queue
+                grad_norm = None if norm is None else float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                loss = self.sum_ranks([statistics.fmean(float(v) for v in micro_losses)])[0] / self.world
                 self.last_loss = loss
                 step_times.append(dt)
                 losses.append(loss)

@@ -346,17 +346,18 @@ def random_batch(vocab_size: int, opts: TrainingOptions, device: str, generator:
 
 def train_step(model: Any, optimizer: Any, input_ids: Any, opts: TrainingOptions, device: str,
                labels: Any = None, attention_mask: Any = None, step_optimizer: bool = True,
-               loss_scale: float = 1.0) -> float:
+               loss_scale: float = 1.0, as_tensor: bool = False) -> Any:
     """Forward (labels = input ids unless given), backward, and optionally the optimizer step.
 
     The model output is dropped before backward (as HF Trainer does), so the bf16 logits do not
-    outlive the forward pass.
+    outlive the forward pass. Returns the loss as a float, or with ``as_tensor`` as a detached device
+    tensor (no host sync: the caller reads it after the step).
     """
     with autocast(opts, device):
         loss = model(input_ids=input_ids, labels=input_ids if labels is None else labels,
                      attention_mask=attention_mask, use_cache=False).loss
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
-    value = float(loss.detach())
+    value = loss.detach() if as_tensor else float(loss.detach())
     if step_optimizer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -6,7 +6,8 @@ No ftcalc executor in the loop: the model comes from ``AutoModelForCausalLM.from
 weights, as ``init: random``), the adapters from ``peft.get_peft_model``, the optimizer is torch AdamW,
 and the loop is forward / backward / clip / step / schedule / zero_grad, the way the transformers and
 peft examples write it. The batches are the spec's own (ftcalc.dataset builds them before the clock
-starts, so both loops see the same token positions). QLoRA has no plain random-weight path in
+starts, so both loops see the same token positions; each step copies its batch to the GPU inside the
+timed region, as a loop over a DataLoader does). QLoRA has no plain random-weight path in
 transformers (``from_config`` does not quantize), so its 4-bit model is ftcalc's random NF4 build and
 everything after it is plain peft. Prints and writes tokens/s (all positions, median step after 2
 warm-up steps) and the CUDA peaks.
@@ -54,7 +55,7 @@ def main() -> None:
                       val_set_size=0, sample_packing=spec.data.sample_packing, micro_batch_size=spec.micro_batch_size,
                       gradient_accumulation_steps=1, world_size=1, on_bad_line="skip",
                       vocab_size=mspec.arch.vocab_size)
-    batches = [{k: v.to(dev) for k, v in data.micro_batch(m, 0).items()} for m in range(a.steps)]
+    batches = [data.micro_batch(m, 0) for m in range(a.steps)]  # host tensors, as a DataLoader yields them
 
     if spec.method == "qlora":
         opts = spec.to_options()
@@ -78,9 +79,10 @@ def main() -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     times, losses = [], []
-    for b in batches:
+    for host in batches:
         sync(dev)
         t0 = time.perf_counter()
+        b = {k: v.to(dev) for k, v in host.items()}
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
         loss.backward()
