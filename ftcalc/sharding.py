@@ -85,6 +85,7 @@ class Assumptions:
     """data/solver_assumptions.json: each figure with its basis and source there."""
 
     nccl_buffer_bytes: float
+    fsdp_collective_latency_s: float
     link_efficiency: dict[str, float]
     no_p2p_factor: float
     inter_node_gbps_per_gpu: float
@@ -145,6 +146,8 @@ class ModelStates:
     root_bytes: np.ndarray  # embeddings + LM head (+ final norm): FSDP's root unit, in storage bytes
     layer_bytes: np.ndarray  # one decoder layer's weights + adapters, in storage bytes
     layer_grad_bytes: np.ndarray  # one decoder layer's gradients (full fine-tuning; else 0)
+    unit_max_bytes: np.ndarray  # the largest FSDP unit in storage bytes (embedding, or LM head + final norm)
+    units: np.ndarray  # FSDP units: decoder layers + embedding + tail (+ the root's leftovers, not counted)
     trainable_params: np.ndarray
     gap_fraction: float  # memory coefficient reserved_gap_fraction (gap share proportional to the peak)
 
@@ -187,9 +190,36 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     peak = np.maximum(np.maximum(loss, layer), opt) + bucket
     # fragmentation: the fitted gap, with its share proportional to the peak following the new peak
     gap = np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)
-    outside = st.context + st.opt_paged * keep + np.where(sh != SINGLE, nccl_buffer_bytes, 0.0)
-    out = peak + gap + outside
+    out = peak + gap + collective_pool_bytes(st, sh) + outside_allocator_bytes(st, sh, keep, nccl_buffer_bytes)
     return out if np.ndim(out) else float(out)
+
+
+def collective_pool_bytes(st: ModelStates, sharding: Any) -> Any:
+    """FSDP2's buffers cached in the collective streams' own pools of the caching allocator.
+
+    FSDP2 all-gathers each unit into a flat buffer allocated on its all-gather streams (copy-in, then
+    all-gather; torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py) and reduce-scatters gradients from
+    a flat buffer on its reduce-scatter stream. The caching allocator keeps one pool per stream: blocks freed
+    there are not reused by the compute stream, so they stay reserved beyond what is allocated at the peak.
+    Counted: the all-gather buffers of three units in flight (the unit computing, the prefetched one, and a
+    root unit: 2 x the largest unit + 1 decoder layer) and, when the units have gradients to reduce
+    (full fine-tuning), one reduce-scatter buffer of the largest unit. The count is set from the 2xH200
+    runs e-002..e-006 (docs/multi-gpu.md), where it matches the reserved-minus-allocated excess of the
+    FSDP runs over the single-GPU model to within about 1 GiB.
+    """
+    sh = np.asarray(sharding)
+    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
+    pool = 2.0 * st.unit_max_bytes + st.layer_bytes + np.where(st.full, st.unit_max_bytes, 0.0)
+    return np.where(fsdp, pool, 0.0)
+
+
+def outside_allocator_bytes(st: ModelStates, sharding: Any, keep: Any, nccl_buffer_bytes: float) -> Any:
+    """CUDA context and workspaces, paged optimizer states on the device, and NCCL's own buffers."""
+    return st.context + st.opt_paged * keep + np.where(np.asarray(sharding) != SINGLE, nccl_buffer_bytes, 0.0)
+
+
+def st_units(units: Any) -> Any:
+    return np.asarray(units, dtype=float)
 
 
 def host_bytes_offload(st: ModelStates) -> Any:
@@ -215,7 +245,7 @@ def comm_bandwidth_bytes_per_s(interconnect_gbps: Any, link_efficiency: Any, p2p
 
 def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, num_gpus: Any, grad_accum: Any,
                           gather_bytes: Any, grad_bytes: Any, trainable_params: Any, num_instances: Any,
-                          bandwidth_bytes_per_s: Any, a: Assumptions) -> tuple[Any, Any]:
+                          bandwidth_bytes_per_s: Any, a: Assumptions, units: Any = 0.0) -> tuple[Any, Any]:
     """Seconds per optimizer step on each GPU, and the compute-only part of it (for scaling efficiency).
 
     Args:
@@ -225,6 +255,7 @@ def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, n
         gather_bytes: weight + adapter bytes FSDP all-gathers (storage dtype).
         grad_bytes: gradient bytes (all-reduced / reduce-scattered).
         trainable_params: for the CPU optimizer under offload.
+        units: FSDP units (ModelStates.units), for the fixed cost per collective.
     """
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
@@ -239,7 +270,10 @@ def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, n
     # shard copied out, all over the host link, not overlapped
     offload_copy = (2.0 * gather_bytes + grad_bytes) / n / (a.offload_host_gbps * 1e9)
     cpu_step = trainable_params / np.asarray(num_instances, dtype=float) / a.cpu_optimizer_params_per_s
-    per_micro = micro_batch_s + np.where(fsdp, fsdp_exposed, 0.0) + np.where(off, offload_copy, 0.0)
+    # FSDP's fixed cost per unit and collective (all-gather in forward, again in backward, reduce-scatter):
+    # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
+    latency = 3.0 * st_units(units) * a.fsdp_collective_latency_s
+    per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + latency, 0.0) + np.where(off, offload_copy, 0.0))
     opt = np.where(off, cpu_step, np.where(fsdp, optimizer_s / n, optimizer_s))
     step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt
     compute = ga * micro_batch_s + np.where(off, 0.0, np.where(fsdp, optimizer_s / n, optimizer_s))

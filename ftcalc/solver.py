@@ -268,6 +268,12 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["layer_bytes"].append((w["weights"] - root_b + w["lora_adapters"]) / layers)
                 cols["layer_grad_bytes"].append(
                     grads * (1 - root_params / inv.total_params) / layers if method == "full" else 0.0)
+                per_param = 4 if method == "qlora" or opts.precision != "bf16-true" else 2
+                head = inv.params_by_kind.get("lm_head", 0) + arch.hidden_size
+                embed = inv.params_by_kind.get("embed_tokens", 0)
+                cols["unit_max_bytes"].append(per_param * (embed + head if arch.tie_word_embeddings and not
+                                                           inv.params_by_kind.get("lm_head", 0) else max(embed, head)))
+                cols["units"].append(layers + 2)
                 cols["trainable_params"].append(mem.trainable_params)
                 opts_list.append(opts)
     arrays = {k: np.asarray(v, dtype=bool if k in ("ckpt", "full") else float) for k, v in cols.items()}
@@ -539,7 +545,7 @@ class _Candidates:
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
         self.step_s, self.compute_s = sh.step_seconds_parallel(
             micro_s[ci, gi], opt_s[ci, gi], si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
-            offers.instances[ki], bw, a)
+            offers.instances[ki], bw, a, units=st.units)
         self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
         train_s = self.steps * self.step_s
         resume_bytes = np.where(st.full, st.weights, st.adapters) + st.opt_states + st.opt_paged

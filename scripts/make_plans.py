@@ -140,6 +140,19 @@ PLANS = {
         c(L8, "full", 4096, 2, gradient_checkpointing=True, steps=8, warmup_steps=3),
         c(L8, "lora", 2048, 4, steps=8, warmup_steps=3),
     ],
+    # blind check of the multi-GPU model (2xH200): measured after ftcalc/sharding.py and
+    # data/solver_assumptions.json were set from plan e and committed; new models, precisions and methods
+    "f": [
+        c(M7, "full", 2048, 2, gradient_checkpointing=True, num_gpus=2, distribution="fsdp", steps=8, warmup_steps=3),
+        c(Q7, "lora", 4096, 2, num_gpus=2, distribution="fsdp", steps=8, warmup_steps=3),
+        c(L70, "lora", 2048, 2, num_gpus=2, distribution="fsdp", steps=6, warmup_steps=2),
+        c(L8, "qlora", 2048, 4, num_gpus=2, distribution="ddp", steps=8, warmup_steps=3),
+        c("meta-llama/Llama-3.2-3B", "full", 2048, 4, gradient_checkpointing=True, num_gpus=2, distribution="ddp",
+          steps=8, warmup_steps=3),
+        c(L8, "full", 2048, 2, gradient_checkpointing=True, precision="bf16-mixed", num_gpus=2, distribution="fsdp",
+          steps=8, warmup_steps=3),
+        c(L8, "lora", 8192, 1, num_gpus=2, distribution="ddp", steps=8, warmup_steps=3),
+    ],
 }
 
 if __name__ == "__main__":

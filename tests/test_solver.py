@@ -171,7 +171,9 @@ def test_model_no_gpu_holds_even_sharded():
 
 
 def test_cpu_offload_is_the_last_resort():
-    rec = recommend("70b", method="full", dataset_tokens=1_000_000, gpu="rtx-4090")
+    # 70B full fine-tuning on 24 GB cards: only with CPU offload (at 1024 tokens; at 2048 the gathered units,
+    # FSDP's collective buffers and the activations exceed 24 GB even then)
+    rec = recommend("70b", method="full", dataset_tokens=1_000_000, gpu="rtx-4090", seq_len=1024)
     assert rec.plans and all(p.sharding == "fsdp_offload" for p in rec.plans)
     assert any("host RAM" in n for n in rec.plans[0].notes)
     rec = recommend("70b", method="full", dataset_tokens=1_000_000, top=20)

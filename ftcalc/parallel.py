@@ -1,0 +1,79 @@
+"""One multi-GPU configuration, estimated: memory per GPU and tokens/s under DDP or FSDP on N GPUs of a node.
+
+    >>> from ftcalc.parallel import estimate_parallel
+    >>> e = estimate_parallel("llama-3-70b", make_options(method="lora", seq_len=4096), "h200", "fsdp", 2)
+    >>> e.device_used_bytes / 2**30, e.tokens_per_second
+
+The same formulas the solver evaluates for every multi-GPU candidate (ftcalc/sharding.py), for one
+configuration, so that a measured multi-GPU run (data/measurements, rows with ``num_gpus`` > 1) can be
+compared with its prediction (``ftcalc validate --multi-gpu``, docs/multi-gpu.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ftcalc.catalog import ModelSpec, resolve_model
+from ftcalc.errors import InvalidArgumentError
+from ftcalc.hardware import get_gpu
+from ftcalc.options import TrainingOptions
+
+__all__ = ["ParallelEstimate", "estimate_parallel", "STRATEGIES"]
+
+STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload")
+
+
+@dataclass(frozen=True)
+class ParallelEstimate:
+    """Per-GPU memory and whole-job speed of one configuration on ``num_gpus`` GPUs."""
+
+    model: str
+    gpu: str
+    strategy: str
+    num_gpus: int
+    device_used_bytes: float  # per GPU (the fullest rank), what nvidia-smi shows at the peak
+    step_seconds: float  # one optimizer step (all micro-batches of the accumulation)
+    compute_seconds: float  # the part of it that is not exposed communication
+    tokens_per_second: float  # all GPUs together
+    tokens_per_second_per_gpu: float
+    scaling_efficiency: float  # compute_seconds / step_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, strategy: str, num_gpus: int,
+                      num_instances: int = 1) -> ParallelEstimate:
+    """Memory per GPU and tokens/s of ``opts`` (its micro-batch and gradient accumulation per GPU) on
+    ``num_gpus`` GPUs with ``strategy`` (``ddp``, ``fsdp`` full-shard, ``fsdp_offload``, or ``single``)."""
+    import numpy as np
+
+    from ftcalc import sharding as sh
+    from ftcalc.solver import _config_grid, _micro_batch_times
+
+    if strategy not in STRATEGIES:
+        raise InvalidArgumentError(f"strategy '{strategy}': expected one of {', '.join(STRATEGIES)}")
+    if strategy == "single" and num_gpus != 1:
+        raise InvalidArgumentError("strategy single runs on one GPU; use ddp or fsdp for several")
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model)
+    g = get_gpu(gpu)
+    a = sh.load_assumptions()
+    opts_list, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size)
+    i = next(k for k, o in enumerate(opts_list) if o.checkpointing == opts.checkpointing)
+    one = st.take(np.array([i]))
+    code = STRATEGIES.index(strategy)
+    ga = opts.gradient_accumulation_steps
+    used = sh.device_used_per_gpu(one, np.array([code]), np.array([float(num_gpus)]), np.array([ga]),
+                                  a.nccl_buffer_bytes)
+    micro, opt = _micro_batch_times(spec, [opts_list[i]], [g])
+    link = a.link_efficiency.get(g.interconnect, a.link_efficiency.get("none", 0.3))
+    bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, link, g.p2p, num_instances, a)
+    step, compute = sh.step_seconds_parallel(
+        micro[0, 0], opt[0, 0], code, num_gpus, ga, float(one.weights[0] + one.adapters[0]), float(one.grads[0]),
+        float(one.trainable_params[0]), num_instances, bw, a, units=float(one.units[0]))
+    per_gpu = opts.tokens_per_step * ga / step
+    return ParallelEstimate(model=spec.id, gpu=g.gpu, strategy=strategy, num_gpus=num_gpus,
+                            device_used_bytes=float(np.asarray(used).ravel()[0]), step_seconds=float(step),
+                            compute_seconds=float(compute), tokens_per_second=per_gpu * num_gpus,
+                            tokens_per_second_per_gpu=per_gpu, scaling_efficiency=float(compute / step))
