@@ -34,8 +34,10 @@ __all__ = ["load_measurements", "is_validation", "predict_row", "fit_memory", "f
 _OPTION_FIELDS = set(TrainingOptions.model_fields)
 
 
-def load_measurements(folder: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every row of every ``*.jsonl`` file in the measurement folder, with ``file`` and ``line`` added."""
+def load_measurements(folder: str | Path | None = None, multi_gpu: bool = False) -> list[dict[str, Any]]:
+    """The rows of every ``*.jsonl`` file in the measurement folder, with ``file`` and ``line`` added:
+    one-GPU runs (what the memory and time models are fitted and validated on), or with ``multi_gpu``
+    the runs on several GPUs (``num_gpus`` > 1: ftcalc.parallel, docs/multi-gpu.md)."""
     folder = Path(folder or data_dir() / "measurements")
     rows: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*.jsonl")):
@@ -47,7 +49,8 @@ def load_measurements(folder: str | Path | None = None) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise DataFileError(f"{path}:{n}: not a JSON object ({e.msg})") from None
             row["file"], row["line"] = path.name, n
-            rows.append(row)
+            if (int(row.get("num_gpus") or 1) > 1) == multi_gpu:
+                rows.append(row)
     return rows
 
 
