@@ -28,7 +28,7 @@ from ftcalc.memory import Coefficients, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
 from ftcalc.throughput import ThroughputCoefficients, tokens_per_second
 
-__all__ = ["load_measurements", "is_validation", "predict_row", "fit_memory", "fit_throughput", "validate_rows",
+__all__ = ["load_measurements", "is_validation", "is_multi_gpu_validation", "validate_multi_gpu_rows", "predict_row", "fit_memory", "fit_throughput", "validate_rows",
            "summarize", "coefficients_to_json"]
 
 _OPTION_FIELDS = set(TrainingOptions.model_fields)
@@ -66,6 +66,39 @@ def is_validation(row: dict[str, Any], rule: dict[str, Any] | None = None) -> bo
     rule = rule or _split_rule()
     m = re.search(r"(\d+)$", str(row.get("run_id") or ""))
     return bool(m) and int(m.group(1)) % rule["modulus"] == rule["validation_remainder"]
+
+
+def is_multi_gpu_validation(row: dict[str, Any], rule: dict[str, Any] | None = None) -> bool:
+    """Multi-GPU runs: validation when the run's plan (run_id prefix) was measured after the multi-GPU model
+    was frozen (split.json ``multi_gpu_validation_plans``)."""
+    rule = rule or _split_rule()
+    return str(row.get("run_id") or "").split("-")[0] in rule.get("multi_gpu_validation_plans", [])
+
+
+def validate_multi_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predicted (ftcalc.parallel.estimate_parallel, on the GPU the run used) vs measured per-GPU memory of
+    the fullest rank and tokens/s of all GPUs, for each usable multi-GPU row; positive = over-estimate."""
+    from ftcalc.hardware import get_gpu
+    from ftcalc.parallel import estimate_parallel
+
+    out = []
+    for row in rows:
+        if not usable(row) or int(row.get("num_gpus") or 1) < 2:
+            continue
+        e = estimate_parallel(row["model"], row_options(row), get_gpu(row["gpu_name"]).gpu,
+                              row.get("distribution") or "ddp", int(row["num_gpus"]))
+        rec = {"run_id": row["run_id"], "gpu": row.get("gpu_name"), "num_gpus": row["num_gpus"],
+               "distribution": row.get("distribution"), "model": row["model"], "method": row["method"],
+               "seq_len": row["seq_len"], "batch_size": row["batch_size"],
+               "gradient_checkpointing": row["gradient_checkpointing"], "optimizer": row["optimizer"],
+               "precision": row["precision"], "validation": is_multi_gpu_validation(row)}
+        for key, pred in (("peak_allocated_bytes", e.peak_allocated_bytes), ("device_used_bytes", e.device_used_bytes),
+                          ("tokens_per_second", e.tokens_per_second)):
+            rec[f"pred_{key}"], rec[f"meas_{key}"] = pred, row.get(key)
+            rec[f"err_{key.replace('_bytes', '')}"] = _rel(pred, row[key]) if row.get(key) else float("nan")
+        rec["pred_scaling_efficiency"] = e.scaling_efficiency
+        out.append(rec)
+    return out
 
 
 def row_options(row: dict[str, Any]) -> TrainingOptions:

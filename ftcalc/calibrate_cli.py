@@ -14,10 +14,12 @@ from ftcalc.calibrate import (
     coefficients_to_json,
     fit_memory,
     fit_throughput,
+    is_multi_gpu_validation,
     is_validation,
     load_measurements,
     summarize,
     usable,
+    validate_multi_gpu_rows,
     validate_rows,
 )
 from ftcalc.errors import DataFileError
@@ -27,10 +29,12 @@ from ftcalc.throughput import ThroughputCoefficients
 GIB = 2**30
 GOALS = {"device_used_median_abs": 0.03, "device_used_max_abs": 0.06, "device_used_worst_under": -0.03,
          "tokens_per_second_median_abs": 0.10}
+# issue 7: per-GPU device memory within 6 % on every multi-GPU run, tokens/s within 15 %
+MULTI_GPU_GOALS = {"device_used_max_abs": 0.06, "tokens_per_second_max_abs": 0.15}
 
 
-def _load(a: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = load_measurements(a.measurements)
+def _load(a: argparse.Namespace, multi_gpu: bool = False) -> list[dict[str, Any]]:
+    rows = load_measurements(a.measurements, multi_gpu=multi_gpu)
     if not any(usable(r) for r in rows):
         raise DataFileError(f"no usable measurement rows in {a.measurements or data_dir() / 'measurements'}")
     return rows
@@ -113,7 +117,44 @@ def run_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def multi_gpu_goal_check(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    d = summarize(recs, "err_device_used")
+    t = summarize(recs, "err_tokens_per_second")
+    checks = {"device_used_max_abs": d.get("max_abs", 1), "tokens_per_second_max_abs": t.get("max_abs", 1)}
+    return {k: {"value": v, "goal": MULTI_GPU_GOALS[k], "met": v <= MULTI_GPU_GOALS[k]} for k, v in checks.items()}
+
+
+def _run_validate_multi_gpu(a: argparse.Namespace) -> int:
+    rows = _load(a, multi_gpu=True)
+    chosen = rows if a.all else [r for r in rows if is_multi_gpu_validation(r)]
+    recs = validate_multi_gpu_rows(chosen)
+    goals = multi_gpu_goal_check(recs)
+    keys = ("err_peak_allocated", "err_device_used", "err_tokens_per_second")
+    if a.json:
+        print(json.dumps({"rows": recs, "summary": {k: summarize(recs, k) for k in keys}, "goals": goals},
+                         indent=2, default=str))
+        return 0
+    print("per GPU (the fullest rank); tokens/s of all GPUs; relative errors, + = over-estimate")
+    print(f"{'run':6s} {'model':15s} {'method':6s} {'how':8s} {'seq x bs':>10s} {'alloc':>7s} {'used':>7s} {'tok/s':>7s}")
+    for r in recs:
+        tp = r["err_tokens_per_second"]
+        print(f"{r['run_id']:6s} {r['model'].split('/')[-1][:15]:15s} {r['method']:6s} "
+              f"{str(r['num_gpus']) + 'x ' + str(r['distribution']):8s} {r['seq_len']:>5d} x {r['batch_size']:<3d} "
+              f"{r['err_peak_allocated'] * 100:+6.1f}% {r['err_device_used'] * 100:+6.1f}% {tp * 100:+6.1f}%")
+    print()
+    for key, label in zip(keys, ("peak allocated", "device used", "tokens/s")):
+        s = summarize(recs, key)
+        if s.get("n"):
+            print(f"- {label}: n={s['n']}, median |err| {s['median_abs'] * 100:.1f}%, max |err| {s['max_abs'] * 100:.1f}%, "
+                  f"worst under {s['worst_under'] * 100:+.1f}%, worst over {s['worst_over'] * 100:+.1f}%")
+    for k, g in goals.items():
+        print(f"goal {k}: {g['value'] * 100:.1f}% vs {g['goal'] * 100:.0f}% -> {'met' if g['met'] else 'NOT met'}")
+    return 0
+
+
 def run_validate(a: argparse.Namespace) -> int:
+    if getattr(a, "multi_gpu", False):
+        return _run_validate_multi_gpu(a)
     rows = _load(a)
     chosen = rows if a.all else [r for r in rows if is_validation(r)]
     recs = validate_rows(chosen)
@@ -138,4 +179,5 @@ def run_validate(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_calibrate", "run_validate", "goal_check", "GOALS", "ThroughputCoefficients"]
+__all__ = ["run_calibrate", "run_validate", "goal_check", "multi_gpu_goal_check", "GOALS", "MULTI_GPU_GOALS",
+           "ThroughputCoefficients"]

@@ -360,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="predicted vs measured on the held-out validation runs")
     v.add_argument("--measurements", help="folder of *.jsonl rows (default data/measurements)")
     v.add_argument("--all", action="store_true", help="every usable run, fit runs included")
+    v.add_argument("--multi-gpu", action="store_true",
+                   help="the runs on several GPUs (DDP, FSDP): per-GPU memory and tokens/s (docs/multi-gpu.md)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_validate)
 

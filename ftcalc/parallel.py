@@ -33,6 +33,7 @@ class ParallelEstimate:
     strategy: str
     num_gpus: int
     device_used_bytes: float  # per GPU (the fullest rank), what nvidia-smi shows at the peak
+    peak_allocated_bytes: float  # per GPU, torch.cuda.max_memory_allocated
     step_seconds: float  # one optimizer step (all micro-batches of the accumulation)
     compute_seconds: float  # the part of it that is not exposed communication
     tokens_per_second: float  # all GPUs together
@@ -66,6 +67,7 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
     ga = opts.gradient_accumulation_steps
     used = sh.device_used_per_gpu(one, np.array([code]), np.array([float(num_gpus)]), np.array([ga]),
                                   a.nccl_buffer_bytes)
+    alloc = sh.allocated_per_gpu(one, np.array([code]), np.array([float(num_gpus)]), np.array([ga]))
     micro, opt = _micro_batch_times(spec, [opts_list[i]], [g])
     link = a.link_efficiency.get(g.interconnect, a.link_efficiency.get("none", 0.3))
     bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, link, g.p2p, num_instances, a)
@@ -74,6 +76,7 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
         float(one.trainable_params[0]), num_instances, bw, a, units=float(one.units[0]))
     per_gpu = opts.tokens_per_step * ga / step
     return ParallelEstimate(model=spec.id, gpu=g.gpu, strategy=strategy, num_gpus=num_gpus,
-                            device_used_bytes=float(np.asarray(used).ravel()[0]), step_seconds=float(step),
+                            device_used_bytes=float(np.asarray(used).ravel()[0]),
+                            peak_allocated_bytes=float(np.asarray(alloc).ravel()[0]), step_seconds=float(step),
                             compute_seconds=float(compute), tokens_per_second=per_gpu * num_gpus,
                             tokens_per_second_per_gpu=per_gpu, scaling_efficiency=float(compute / step))

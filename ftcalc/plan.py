@@ -240,6 +240,17 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
             c = choices[0]
             pred.update(usd_per_hour=c.usd_per_hour, cost_usd=round(c.usd_per_hour * pred["hours"], 4),
                         provider=c.provider, instance_type=c.instance_type)
+    if world > 1 and gpu and est.tokens_per_second and num_nodes == 1:
+        # several GPUs of one node: per-GPU memory and speed under DDP / FSDP (ftcalc.parallel, docs/multi-gpu.md)
+        from ftcalc.parallel import estimate_parallel
+
+        par = estimate_parallel(mspec, opts, est.gpu, "fsdp_offload" if offload else distribution, num_gpus)
+        pred.update(device_used_bytes=int(par.device_used_bytes), peak_allocated_bytes=int(par.peak_allocated_bytes),
+                    tokens_per_second=round(par.tokens_per_second_per_gpu, 1))
+        pred.pop("peak_reserved_bytes", None)  # the multi-GPU model predicts allocated and device used
+        pred["hours"] = total_tokens / par.tokens_per_second / 3600
+        if pred.get("usd_per_hour"):
+            pred["cost_usd"] = round(pred["usd_per_hour"] * pred["hours"], 4)
     if rec is not None:  # the solver models sharding, multi-GPU time, start-up and billing: its figures win
         pred.update(device_used_bytes=int(rec.device_used_bytes), tokens_per_second=round(rec.tokens_per_second_per_gpu, 1),
                     hours=rec.est_hours, cost_usd=round(rec.est_cost_usd, 4), usd_per_hour=rec.usd_per_hour,

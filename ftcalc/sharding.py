@@ -72,7 +72,7 @@ from ftcalc.errors import DataFileError
 __all__ = [
     "SHARDINGS", "SINGLE", "DDP", "FSDP", "FSDP_OFFLOAD",
     "Assumptions", "load_assumptions", "ModelStates",
-    "device_used_per_gpu", "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
+    "device_used_per_gpu", "allocated_per_gpu", "collective_pool_bytes", "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
     "startup_seconds", "checkpoint_seconds", "host_bytes_offload",
 ]
 
@@ -157,21 +157,18 @@ class ModelStates:
         return ModelStates(**kw)
 
 
-def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any,
-                        nccl_buffer_bytes: float) -> Any:
-    """Device memory used per GPU (what nvidia-smi shows), unconstrained, for each candidate.
+def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> Any:
+    """Peak allocated bytes per GPU (what ``torch.cuda.max_memory_allocated`` reports on each rank).
 
-    ``st`` holds one configuration per candidate (already indexed); ``sharding`` is SINGLE/DDP/FSDP/
-    FSDP_OFFLOAD. With ``sharding=SINGLE`` and ``grad_accum=1`` it returns estimate_memory's
-    device_used_bytes exactly. Formulas and sources: the module docstring.
+    The single-GPU phases of ftcalc.memory with the model states replaced as the module docstring says:
+    sharded 1/N under FSDP, the gathered units beyond the own shard, DDP's gradient buckets.
     """
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
     fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
     off = sh == FSDP_OFFLOAD
     accum = np.asarray(grad_accum) > 1
-    # share of the model states resident on this GPU: all, 1/N (FSDP), none (offloaded to the host)
-    keep = np.where(off, 0.0, np.where(fsdp, 1.0 / n, 1.0))
+    keep = _keep(sh, n)
     states = st.weights + st.adapters + st.opt_states
     states_g = states * keep
     grads_g = st.grads * keep
@@ -187,7 +184,28 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     layer = np.where(st.ckpt, layer_ckpt, layer_nockpt) + gathered + unit_grad
     opt = st.phase_opt - states - st.grads - st.step_tmp + states_g + grads_g + st.step_tmp * keep
     bucket = np.where(sh == DDP, st.grads, 0.0)
-    peak = np.maximum(np.maximum(loss, layer), opt) + bucket
+    out = np.maximum(np.maximum(loss, layer), opt) + bucket
+    return out if np.ndim(out) else float(out)
+
+
+def _keep(sh: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Share of the model states resident on this GPU: all, 1/N (FSDP), none (offloaded to the host)."""
+    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
+    return np.where(sh == FSDP_OFFLOAD, 0.0, np.where(fsdp, 1.0 / n, 1.0))
+
+
+def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any,
+                        nccl_buffer_bytes: float) -> Any:
+    """Device memory used per GPU (what nvidia-smi shows), unconstrained, for each candidate.
+
+    ``st`` holds one configuration per candidate (already indexed); ``sharding`` is SINGLE/DDP/FSDP/
+    FSDP_OFFLOAD. With ``sharding=SINGLE`` and ``grad_accum=1`` it returns estimate_memory's
+    device_used_bytes exactly. Peak allocated (``allocated_per_gpu``) + the fragmentation of the
+    single-GPU model + FSDP's collective pools + what lives outside the allocator (context, NCCL).
+    """
+    sh = np.asarray(sharding)
+    peak = np.asarray(allocated_per_gpu(st, sh, num_gpus, grad_accum))
+    keep = _keep(sh, np.asarray(num_gpus, dtype=float))
     # fragmentation: the fitted gap, with its share proportional to the peak following the new peak
     gap = np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)
     out = peak + gap + collective_pool_bytes(st, sh) + outside_allocator_bytes(st, sh, keep, nccl_buffer_bytes)

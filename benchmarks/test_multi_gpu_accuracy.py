@@ -1,0 +1,51 @@
+"""Multi-GPU accuracy (issue 7) on the 2xH200 runs, and the time one multi-GPU estimate takes.
+
+Goal: per-GPU device memory within 6 % of measured on every multi-GPU run, tokens/s within 15 %. Met for
+the per-GPU allocated peak (the sharding mechanism) on every run; not yet for device memory (the
+single-GPU fragmentation model: run f-004, +12.6 %) nor for tokens/s (the single-GPU time model: f-000
+-16.6 %, e-007 +43.9 %), so the full goal is a strict xfail and a regression guard holds today's errors
+(docs/multi-gpu.md has the tables).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ftcalc.calibrate import is_multi_gpu_validation, load_measurements, summarize, validate_multi_gpu_rows
+from ftcalc.options import make_options
+from ftcalc.parallel import estimate_parallel
+
+ROWS = load_measurements(multi_gpu=True)
+VAL = [r for r in ROWS if is_multi_gpu_validation(r)]
+
+
+def test_one_parallel_estimate_time(benchmark):
+    opts = make_options(method="lora", seq_len=4096, batch_size=1)
+    e = benchmark(estimate_parallel, "llama-3-70b", opts, "h200", "fsdp", 2)
+    assert e.device_used_bytes < 141e9
+
+
+def test_allocated_per_gpu_on_every_multi_gpu_run():
+    recs = validate_multi_gpu_rows(ROWS)
+    assert len(recs) >= 15
+    a = summarize(recs, "err_peak_allocated")
+    assert a["max_abs"] <= 0.03, a  # the sharding mechanism alone: no fitted term
+
+
+def test_regression_guard():
+    for recs in (validate_multi_gpu_rows(ROWS), validate_multi_gpu_rows(VAL)):
+        d = summarize(recs, "err_device_used")
+        t = summarize(recs, "err_tokens_per_second")
+        assert d["median_abs"] <= 0.03 and d["max_abs"] <= 0.14 and d["worst_under"] >= -0.06, d
+        assert t["median_abs"] <= 0.10, t
+    t_val = summarize(validate_multi_gpu_rows(VAL), "err_tokens_per_second")
+    assert t_val["max_abs"] <= 0.18, t_val
+
+
+@pytest.mark.xfail(strict=True, reason="device memory: f-004 +12.6 % (single-GPU fragmentation of tied-embedding "
+                   "full fine-tuning); tokens/s: f-000 -16.6 %, e-007 +43.9 % (single-GPU time model); "
+                   "docs/multi-gpu.md")
+def test_issue_7_goal_on_every_multi_gpu_run():
+    recs = validate_multi_gpu_rows(ROWS)
+    assert summarize(recs, "err_device_used")["max_abs"] <= 0.06
+    assert summarize(recs, "err_tokens_per_second")["max_abs"] <= 0.15

@@ -1,0 +1,404 @@
+"""A pure-Python model of PyTorch's CUDA caching allocator (one device, one stream).
+
+Mirrors ``DeviceCachingAllocator`` in ``c10/cuda/CUDACachingAllocator.cpp`` (torch 2.x, default
+settings: no ``max_split_size_mb``, no ``expandable_segments``, no ``roundup_power2_divisions``, no
+garbage-collection threshold) so that the *reserved* bytes (sum of the ``cudaMalloc``'d segments) of a
+sequence of tensor allocations and frees can be predicted without a GPU. The rules, with the names of
+the C++ source:
+
+- ``round_size``: a request is rounded up to a multiple of ``kMinBlockSize`` (512 B); below 512 B it
+  becomes 512 B.
+- ``get_pool``: rounded sizes ``<= kSmallSize`` (1 MiB) go to the *small* pool, larger ones to the
+  *large* pool. The pools never share segments.
+- ``get_allocation_size`` (size of a new segment when no cached block fits): small requests get a
+  ``kSmallBuffer`` (2 MiB) segment; large requests below ``kMinLargeAlloc`` (10 MiB) get a
+  ``kLargeBuffer`` (20 MiB) segment; larger ones get exactly their size rounded up to ``kRoundLarge``
+  (2 MiB).
+- ``get_free_block``: best fit, ``pool.blocks.lower_bound(search_key)`` on a set ordered by
+  (stream, size, address): the smallest free block whose size is ``>=`` the request, ties to the lowest
+  address. With the default ``max_split_size`` (SIZE_MAX) the two "oversize" checks never fire, so any
+  cached block, however large, may serve a request (and is then split).
+- ``should_split``: after taking a block of ``block.size`` for a request of ``size``, the remainder
+  becomes a new free block when ``remaining >= kMinBlockSize`` (small pool) or
+  ``remaining > kSmallSize`` (large pool, with default ``max_split_size``). Otherwise the whole block
+  is handed out (a large-pool request can hold up to 1 MiB more than it asked for). The allocated part
+  is the *low* address end; the remainder keeps the high end (``alloc_found_block``).
+- ``free_block`` / ``try_merge_blocks``: a freed block is merged with its ``prev`` and ``next``
+  neighbours when these are free. Neighbours are blocks split from the same segment, so merging never
+  crosses a segment boundary (two adjacent ``cudaMalloc`` regions stay two blocks).
+- Segments are returned to the driver (``release_cached_blocks``: every free, unsplit segment) only
+  when a ``cudaMalloc`` fails. With ``capacity`` set, the simulator applies the same sequence as
+  ``malloc``: best fit, else ``cudaMalloc``, else release all free whole segments and retry, else OOM.
+  Without ``capacity`` (the default) ``cudaMalloc`` never fails and reserved memory only grows.
+
+Addresses of new segments matter only for ties in best fit (equal-sized free blocks). The CUDA driver,
+as seen in the recorded traces, places successive large ``cudaMalloc`` regions at decreasing
+addresses; ``CachingAllocator`` does the same by default (``address_order="down"``). A replay can also
+pass the recorded segment addresses.
+
+Entry points: :class:`CachingAllocator` (``malloc`` / ``free`` / ``reserved`` / ``peak_reserved``),
+:func:`simulate` (a whole request sequence) and :func:`replay_trace` (a recorded
+``torch.cuda.memory._record_memory_history`` device trace, as written by ``scripts/alloc_trace.py``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+__all__ = [
+    "K_MIN_BLOCK_SIZE", "K_SMALL_SIZE", "K_SMALL_BUFFER", "K_LARGE_BUFFER", "K_MIN_LARGE_ALLOC",
+    "K_ROUND_LARGE", "round_size", "allocation_size", "is_small", "Block", "CachingAllocator",
+    "OutOfMemory", "SimResult", "simulate", "replay_trace", "ReplayResult",
+]
+
+K_MIN_BLOCK_SIZE = 512  # all sizes are rounded to at least 512 bytes
+K_SMALL_SIZE = 1 << 20  # largest "small" allocation is 1 MiB
+K_SMALL_BUFFER = 2 << 20  # "small" allocations are packed in 2 MiB blocks
+K_LARGE_BUFFER = 20 << 20  # allocations between 1 and 10 MiB may use kLargeBuffer
+K_MIN_LARGE_ALLOC = 10 << 20  # allocations between 1 and 10 MiB may use kLargeBuffer
+K_ROUND_LARGE = 2 << 20  # round up large allocations to 2 MiB
+
+
+def round_size(size: int) -> int:
+    """``round_size``: the block size of a request of ``size`` bytes (multiple of 512, at least 512)."""
+    if size < K_MIN_BLOCK_SIZE:
+        return K_MIN_BLOCK_SIZE
+    return K_MIN_BLOCK_SIZE * ((size + K_MIN_BLOCK_SIZE - 1) // K_MIN_BLOCK_SIZE)
+
+
+def is_small(rounded: int) -> bool:
+    """``get_pool``: True when a rounded request belongs to the small pool (``<= kSmallSize``)."""
+    return rounded <= K_SMALL_SIZE
+
+
+def allocation_size(rounded: int) -> int:
+    """``get_allocation_size``: the size of the segment ``cudaMalloc``'d for a rounded request."""
+    if rounded <= K_SMALL_SIZE:
+        return K_SMALL_BUFFER
+    if rounded < K_MIN_LARGE_ALLOC:
+        return K_LARGE_BUFFER
+    return K_ROUND_LARGE * ((rounded + K_ROUND_LARGE - 1) // K_ROUND_LARGE)
+
+
+def _should_split(small: bool, block_size: int, size: int) -> bool:
+    """``should_split`` with the default ``max_split_size`` (SIZE_MAX)."""
+    remaining = block_size - size
+    return remaining >= K_MIN_BLOCK_SIZE if small else remaining > K_SMALL_SIZE
+
+
+class OutOfMemory(RuntimeError):
+    """Raised when ``capacity`` is set and a segment cannot be allocated even after releasing the cache."""
+
+
+@dataclass(eq=False)
+class Block:
+    """A block of a segment: ``[addr, addr + size)``; ``prev``/``next`` are its neighbours in the segment."""
+
+    addr: int
+    size: int
+    small: bool
+    seg: int  # address of the segment's first byte (identifies the segment)
+    allocated: bool = False
+    requested: int = 0
+    prev: Block | None = field(default=None, repr=False)
+    next: Block | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The order of ``BlockComparatorSize`` within one stream: size, then address."""
+        return (self.size, self.addr)
+
+
+class _Pool:
+    """A ``BlockPool``: free blocks ordered by (size, address), with best-fit lookup."""
+
+    def __init__(self, small: bool) -> None:
+        self.small = small
+        self.keys: list[tuple[int, int]] = []
+        self.blocks: dict[tuple[int, int], Block] = {}
+
+    def insert(self, b: Block) -> None:
+        k = b.key
+        bisect.insort(self.keys, k)
+        self.blocks[k] = b
+
+    def erase(self, b: Block) -> None:
+        k = b.key
+        i = bisect.bisect_left(self.keys, k)
+        assert self.keys[i] == k
+        del self.keys[i]
+        del self.blocks[k]
+
+    def best_fit(self, size: int) -> Block | None:
+        """``get_free_block``: the smallest free block of at least ``size`` bytes (lowest address on ties)."""
+        i = bisect.bisect_left(self.keys, (size, -1))
+        if i == len(self.keys):
+            return None
+        return self.blocks[self.keys[i]]
+
+
+class CachingAllocator:
+    """The caching allocator of one device and one stream.
+
+    ``malloc(size)`` returns a handle (the block's address) and ``free(handle)`` returns the block to the
+    cache. ``reserved`` is the sum of the segment sizes, ``allocated`` the sum of the allocated block
+    sizes (as ``torch.cuda.memory_reserved`` / ``memory_allocated`` count them); ``peak_reserved`` and
+    ``peak_allocated`` their maxima since construction or :meth:`reset_peaks`.
+
+    ``capacity`` (bytes of device memory ``cudaMalloc`` may hand out, None = unlimited) enables the
+    allocator's retry path: on failure, all free unsplit segments are released (``release_cached_blocks``)
+    and the ``cudaMalloc`` retried. ``address_order`` ("down" or "up") places new segments below or above
+    the previous ones (only matters for best-fit ties).
+    """
+
+    def __init__(self, capacity: int | None = None, address_order: str = "down",
+                 base: int = 1 << 47) -> None:
+        if address_order not in ("down", "up"):
+            raise ValueError("address_order must be 'down' or 'up'")
+        self.capacity = capacity
+        self.address_order = address_order
+        self._next_addr = base
+        self.pools = {True: _Pool(True), False: _Pool(False)}
+        self.segments: dict[int, int] = {}  # segment address -> size
+        self.active: dict[int, Block] = {}  # allocated block address -> block
+        self.reserved = 0
+        self.allocated = 0
+        self.requested = 0
+        self.peak_reserved = 0
+        self.peak_allocated = 0
+        self.num_segment_allocs = 0
+        self.num_segment_frees = 0
+        self.segment_log: list[tuple[int, int]] = []  # (address, size) of every cudaMalloc, in order
+
+    # -- segments -------------------------------------------------------------------------------
+    def _new_address(self, size: int) -> int:
+        if self.address_order == "down":
+            self._next_addr -= size
+            return self._next_addr
+        addr = self._next_addr
+        self._next_addr += size
+        return addr
+
+    def _alloc_segment(self, size: int, small: bool, addr: int | None = None) -> Block | None:
+        """``alloc_block``: ``cudaMalloc`` a new segment of ``size`` bytes (None when over ``capacity``)."""
+        if self.capacity is not None and self.reserved + size > self.capacity:
+            return None
+        if addr is None:
+            addr = self._new_address(size)
+        self.segments[addr] = size
+        self.segment_log.append((addr, size))
+        self.reserved += size
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        self.num_segment_allocs += 1
+        return Block(addr, size, small, addr)
+
+    def release_cached_blocks(self) -> int:
+        """``release_cached_blocks``: ``cudaFree`` every free segment that is not split; returns bytes freed."""
+        freed = 0
+        for pool in self.pools.values():
+            for b in [b for b in pool.blocks.values() if b.prev is None and b.next is None]:
+                pool.erase(b)
+                del self.segments[b.seg]
+                self.reserved -= b.size
+                self.num_segment_frees += 1
+                freed += b.size
+        return freed
+
+    # -- malloc / free ------------------------------------------------------------------------------
+    def malloc(self, nbytes: int, *, segment_addr: int | None = None) -> int:
+        """Allocate ``nbytes`` (the tensor's byte size, before rounding); returns the block's address.
+
+        Follows ``DeviceCachingAllocator::malloc``: round, pick the pool, best fit, else a new segment of
+        ``allocation_size`` bytes (at ``segment_addr`` if given), else release the cache and retry, then
+        ``alloc_found_block`` (split when ``should_split``).
+        """
+        size = round_size(nbytes)
+        small = is_small(size)
+        pool = self.pools[small]
+        block = pool.best_fit(size)
+        if block is not None:
+            pool.erase(block)
+        else:
+            seg_size = allocation_size(size)
+            block = self._alloc_segment(seg_size, small, segment_addr)
+            if block is None:
+                self.release_cached_blocks()
+                block = self._alloc_segment(seg_size, small, segment_addr)
+            if block is None:
+                raise OutOfMemory(f"cannot allocate {nbytes} B: reserved {self.reserved} B, "
+                                  f"capacity {self.capacity} B")
+        if _should_split(small, block.size, size):
+            rest = Block(block.addr + size, block.size - size, small, block.seg, prev=block, next=block.next)
+            if block.next is not None:
+                block.next.prev = rest
+            block.next = rest
+            block.size = size
+            pool.insert(rest)
+        block.allocated = True
+        block.requested = nbytes
+        self.active[block.addr] = block
+        self.allocated += block.size
+        self.requested += nbytes
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        return block.addr
+
+    def free(self, addr: int) -> None:
+        """``free_block``: return the block at ``addr`` to its pool, merged with free neighbours."""
+        block = self.active.pop(addr)
+        block.allocated = False
+        self.allocated -= block.size
+        self.requested -= block.requested
+        pool = self.pools[block.small]
+        prev, nxt = block.prev, block.next
+        if prev is not None and not prev.allocated:  # try_merge_blocks(block, prev)
+            pool.erase(prev)
+            block.addr = prev.addr
+            block.size += prev.size
+            block.prev = prev.prev
+            if block.prev is not None:
+                block.prev.next = block
+        if nxt is not None and not nxt.allocated:  # try_merge_blocks(block, next)
+            pool.erase(nxt)
+            block.size += nxt.size
+            block.next = nxt.next
+            if block.next is not None:
+                block.next.prev = block
+        pool.insert(block)
+
+    def reset_peaks(self) -> None:
+        """``torch.cuda.reset_peak_memory_stats``: the peaks restart from the current values."""
+        self.peak_reserved = self.reserved
+        self.peak_allocated = self.allocated
+
+    def fragmentation(self) -> int:
+        """Reserved minus allocated bytes now (cached free blocks + rounding)."""
+        return self.reserved - self.allocated
+
+    def largest_free(self, small: bool = False) -> int:
+        """Size of the largest cached free block of a pool (0 when none)."""
+        keys = self.pools[small].keys
+        return keys[-1][0] if keys else 0
+
+
+@dataclass
+class SimResult:
+    """Outcome of :func:`simulate`: peaks over the whole sequence and per-request reserved/allocated."""
+
+    peak_reserved: int
+    peak_allocated: int
+    reserved: list[int]
+    allocated: list[int]
+    allocator: CachingAllocator
+
+    @property
+    def gap_at_peaks(self) -> int:
+        """Peak reserved minus peak allocated (the quantity ``torch.cuda.max_memory_*`` report)."""
+        return self.peak_reserved - self.peak_allocated
+
+
+def simulate(requests: Sequence[tuple[str, int, int]] | Iterable[tuple[str, int, int]],
+             allocator: CachingAllocator | None = None, reset_at: int | None = None) -> SimResult:
+    """Run a request sequence through the allocator.
+
+    ``requests``: ``("alloc", id, nbytes)`` or ``("free", id, 0)`` tuples (or ``("reset", 0, 0)`` to reset
+    the peaks, as ``torch.cuda.reset_peak_memory_stats``); ``id`` is any hashable naming the tensor.
+    ``reset_at``: index of the request before which the peaks are reset (alternative to "reset").
+    Returns the peaks and the reserved / allocated bytes after every request.
+    """
+    a = allocator or CachingAllocator()
+    handles: dict = {}
+    reserved: list[int] = []
+    allocated: list[int] = []
+    for i, (op, tid, nbytes) in enumerate(requests):
+        if i == reset_at:
+            a.reset_peaks()
+        if op == "alloc":
+            handles[tid] = a.malloc(nbytes)
+        elif op == "free":
+            a.free(handles.pop(tid))
+        elif op == "reset":
+            a.reset_peaks()
+        else:
+            raise ValueError(f"unknown request {op!r}")
+        reserved.append(a.reserved)
+        allocated.append(a.allocated)
+    return SimResult(a.peak_reserved, a.peak_allocated, reserved, allocated, a)
+
+
+@dataclass
+class ReplayResult:
+    """Outcome of :func:`replay_trace` against the recorded numbers."""
+
+    run_id: str
+    peak_reserved: int  # simulated, since the "built" mark (as the recorder reset the peaks there)
+    peak_allocated: int
+    recorded_peak_reserved: int
+    recorded_peak_allocated: int
+    segment_allocs: int  # simulated
+    recorded_segment_allocs: int
+    segment_size_mismatches: int  # recorded segment_alloc events whose size the simulation did not produce
+    reserved_at_marks: list[tuple[str, int, int]]  # (mark, simulated, recorded)
+    address_mismatches: int  # allocations placed elsewhere than on the device (meaningful with recorded addresses)
+
+    @property
+    def reserved_error(self) -> float:
+        """Relative error of the simulated peak reserved."""
+        return self.peak_reserved / self.recorded_peak_reserved - 1.0
+
+
+def replay_trace(trace: dict, *, use_recorded_addresses: bool = False,
+                 address_order: str = "down") -> ReplayResult:
+    """Replay a recorded device trace (``scripts/alloc_trace.py`` JSON) through the simulator.
+
+    The ``alloc`` events carry the requested byte size (torch records ``orig_size``; the simulator
+    rounds it) and the ``free_completed`` events are matched to their allocation by address. The recorder
+    ran ``torch.empty(1)`` before recording, which left one free 2 MiB small-pool segment; it is
+    recreated first. Peaks are reset at the "built" mark as the recorder did. Segment allocations of the
+    simulation are compared in order with the recorded ``segment_alloc`` events (sizes).
+    ``use_recorded_addresses``: give each new simulated segment the address of the corresponding recorded
+    one (best-fit ties then break exactly as on the device).
+    """
+    events = trace["trace"]
+    a = CachingAllocator(address_order=address_order)
+    rec_segs = [e for e in events if e["action"] == "segment_alloc"]
+    # the small segment left by torch.empty(1) before recording: placed at the first small alloc
+    first_small = next((e for e in events if e["action"] == "alloc" and is_small(round_size(e["size"]))), None)
+    pre_addr = first_small["addr"] if first_small is not None else None
+    pre_seg = a._alloc_segment(K_SMALL_BUFFER, True, pre_addr)
+    a.pools[True].insert(pre_seg)
+    marks = {m["event_index"]: m for m in trace.get("marks", [])}
+    built = next((m["event_index"] for m in trace.get("marks", []) if m["name"] == "built"), 0)
+    handles: dict[int, int] = {}
+    rec_iter = iter(rec_segs)
+    at_marks: list[tuple[str, int, int]] = []
+    sim_seg_sizes: list[int] = []
+    addr_mism = 0
+    for i, e in enumerate(events):
+        if i == built:
+            a.reset_peaks()
+        if i in marks:
+            at_marks.append((marks[i]["name"], a.reserved, marks[i]["reserved"]))
+        act = e["action"]
+        if act == "alloc":
+            n_before = a.num_segment_allocs
+            addr = None
+            if use_recorded_addresses:
+                size = round_size(e["size"])
+                if a.pools[is_small(size)].best_fit(size) is None:
+                    nxt = next(rec_iter, None)
+                    addr = nxt["addr"] if nxt is not None else None
+            handles[e["addr"]] = got = a.malloc(e["size"], segment_addr=addr)
+            addr_mism += got != e["addr"]
+            if a.num_segment_allocs > n_before:
+                sim_seg_sizes.append(a.segment_log[-1][1])
+        elif act == "free_completed":
+            a.free(handles.pop(e["addr"]))
+    rec_sizes = [e["size"] for e in rec_segs]
+    mism = sum(1 for x, y in zip(sim_seg_sizes, rec_sizes) if x != y) + abs(len(sim_seg_sizes) - len(rec_sizes))
+    return ReplayResult(
+        run_id=trace.get("run_id", "?"), peak_reserved=a.peak_reserved, peak_allocated=a.peak_allocated,
+        recorded_peak_reserved=trace["peak_reserved_bytes"], recorded_peak_allocated=trace["peak_allocated_bytes"],
+        segment_allocs=a.num_segment_allocs - 1, recorded_segment_allocs=len(rec_segs),
+        segment_size_mismatches=mism, reserved_at_marks=at_marks, address_mismatches=addr_mism)
