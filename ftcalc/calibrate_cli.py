@@ -142,7 +142,7 @@ def _run_validate_multi_gpu(a: argparse.Namespace) -> int:
               f"{str(r['num_gpus']) + 'x ' + str(r['distribution']):8s} {r['seq_len']:>5d} x {r['batch_size']:<3d} "
               f"{r['err_peak_allocated'] * 100:+6.1f}% {r['err_device_used'] * 100:+6.1f}% {tp * 100:+6.1f}%")
     print()
-    for key, label in zip(keys, ("peak allocated", "device used", "tokens/s")):
+    for key, label in zip(keys, ("peak allocated", "device used", "tokens/s"), strict=True):
         s = summarize(recs, key)
         if s.get("n"):
             print(f"- {label}: n={s['n']}, median |err| {s['median_abs'] * 100:.1f}%, max |err| {s['max_abs'] * 100:.1f}%, "

@@ -152,7 +152,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
             row[key] = max(vals)  # per GPU: the fullest rank
     row["load_seconds"] = max(r.get("load_seconds", 0.0) for r in gathered)
     # a step ends when the slowest rank ends (they synchronize in every collective)
-    per_step = [max(ts) for ts in zip(*[r["step_seconds"] for r in gathered])] if all(
+    per_step = [max(ts) for ts in zip(*[r["step_seconds"] for r in gathered], strict=False)] if all(
         r["step_seconds"] for r in gathered) else []
     row["step_seconds"] = per_step
     row["losses"] = gathered[0]["losses"]

@@ -228,6 +228,10 @@ def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any
     # optimizer's parameters by data pointer, which meta tensors do not have; the optimizer is built after
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
+    if getattr(accelerator.state, "fsdp_plugin", None) is None:
+        raise InvalidArgumentError(
+            f"FSDP is not set up (accelerate's distributed type is {accelerator.distributed_type}): FSDP runs "
+            "under torchrun or accelerate launch on CUDA GPUs")
     model = fsdp2_prepare_model(accelerator, model)
     accelerator._models.append(model)  # as prepare() does (clip_grad_norm_, unwrap_model, no_sync use it)
     model.to_empty(device=device)

@@ -1,0 +1,45 @@
+"""Worker for tests/test_sharded_build.py: run under torchrun with 2 CPU processes (gloo).
+
+recipe.build_model_sharded through accelerate's own FSDP2 wrapping (fsdp2_prepare_model; accelerate sets
+FSDP up only on GPUs, so a stand-in carries its plugin), then three training steps. Prints one JSON line
+per rank with what the test checks.
+"""
+
+import json
+import sys
+import types
+
+import torch
+import torch.distributed as dist
+from accelerate.utils import FullyShardedDataParallelPlugin
+
+from ftcalc import recipe
+from ftcalc.catalog import resolve_model
+from ftcalc.options import make_options
+
+dist.init_process_group("gloo")
+method = sys.argv[1]
+spec = resolve_model("tiny-llama")
+opts = make_options(method=method, seq_len=32, batch_size=2,
+                    precision="bf16-mixed" if method == "full" else "bf16-true")
+plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
+                                        auto_wrap_policy="transformer_based_wrap",
+                                        transformer_cls_names_to_wrap=["LlamaDecoderLayer"])
+acc = types.SimpleNamespace(state=types.SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no",
+                            torch_device_mesh=None, is_main_process=dist.get_rank() == 0,
+                            device=torch.device("cpu"), parallelism_config=None, _models=[],
+                            distributed_type="FSDP")
+model = recipe.build_model_sharded(spec, opts, acc, "cpu")
+local = sum(p.to_local().numel() for p in model.parameters())
+full = sum(p.numel() for p in model.parameters())
+meta_left = [n for n, p in model.named_parameters() if p.to_local().is_meta]
+inv_freq = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
+opt = recipe.build_optimizer(model, opts)
+losses = []
+for _ in range(3):
+    ids = recipe.random_batch(spec.arch.vocab_size, opts, "cpu")
+    losses.append(recipe.train_step(model, opt, ids, opts, "cpu"))
+print(json.dumps({"rank": dist.get_rank(), "local": local, "full": full, "meta_left": meta_left,
+                  "inv_freq_ok": bool(inv_freq) and all(torch.isfinite(b).all() and (b > 0).all() for b in inv_freq),
+                  "losses": losses, "fsdp_modules": sum(type(m).__name__.startswith("FSDP") for m in model.modules())}))
+dist.destroy_process_group()
