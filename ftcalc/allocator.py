@@ -44,8 +44,8 @@ Entry points: :class:`CachingAllocator` (``malloc`` / ``free`` / ``reserved`` / 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 __all__ = [
     "K_MIN_BLOCK_SIZE", "K_SMALL_SIZE", "K_SMALL_BUFFER", "K_LARGE_BUFFER", "K_MIN_LARGE_ALLOC",
@@ -396,7 +396,8 @@ def replay_trace(trace: dict, *, use_recorded_addresses: bool = False,
         elif act == "free_completed":
             a.free(handles.pop(e["addr"]))
     rec_sizes = [e["size"] for e in rec_segs]
-    mism = sum(1 for x, y in zip(sim_seg_sizes, rec_sizes) if x != y) + abs(len(sim_seg_sizes) - len(rec_sizes))
+    mism = sum(1 for x, y in zip(sim_seg_sizes, rec_sizes, strict=False) if x != y)
+    mism += abs(len(sim_seg_sizes) - len(rec_sizes))
     return ReplayResult(
         run_id=trace.get("run_id", "?"), peak_reserved=a.peak_reserved, peak_allocated=a.peak_allocated,
         recorded_peak_reserved=trace["peak_reserved_bytes"], recorded_peak_allocated=trace["peak_allocated_bytes"],

@@ -1,0 +1,404 @@
+"""The tensor allocation / free sequence of full fine-tuning steps, generated from the model config.
+
+A mechanism model of what ``ftcalc.recipe.train_step`` asks of the CUDA caching allocator (transformers
+Llama-style decoder, bf16 autocast, the model's own causal-LM loss with fp32 logits, HF per-layer
+non-reentrant gradient checkpointing when on, ``torch.optim`` optimizers, ``zero_grad(set_to_none=True)``),
+to be fed to :mod:`ftcalc.allocator`. The order and sizes were read off recorded device traces
+(``data/traces``, fit-side runs t-c004, t-a014, t-d006, t-a012; see docs/notes/allocator.md):
+
+- build: the weights in module order (embedding, per layer q k v o gate up down + norms, final norm,
+  lm_head when untied).
+- forward, per decoder layer (N = batch*seq tokens): RMSNorm (fp32 upcast saved, fp32 square/product
+  transients, bf16 normalized saved, output saved as the projections' input); q/k/v projections; rotary
+  (q*cos, cat(-x2, x1), *sin, add: 4 transients, the rotated q/k saved, q/k freed); SDPA (output and
+  fp32 logsumexp saved); o_proj; residual add (the attention residual lives until the MLP residual
+  add); RMSNorm; gate, silu, up, product (all saved); down; residual add.
+- loss: bf16 logits (N x V), fp32 upcast, fp32 log-softmax (saved), the fp32 upcast freed, the bf16
+  logits dropped before backward; backward: two fp32 N x V gradients, the bf16 logits gradient, the
+  lm_head weight gradient.
+- backward, per layer in reverse: for each Linear the weight gradient (kept until zero_grad) then the
+  input gradient; elementwise backward transients (N x I for the MLP, N x h for attention and norms);
+  the flash-attention backward workspace; saved activations freed as their node finishes. With
+  checkpointing the layer's forward is recomputed first (up to the last saved tensor).
+- optimizer: AdamW states (exp_avg, exp_avg_sq, param dtype) allocated lazily at the first step, in
+  parameter order; foreach AdamW allocates one temporary per parameter (``_foreach_sqrt`` of exp_avg_sq)
+  and frees them in reverse; fused AdamW none; bitsandbytes 8-bit states (uint8, paged ones outside the
+  caching allocator); Adafactor fp32 per-parameter transients; SGD nothing.
+- zero_grad(set_to_none=True): every gradient freed, in parameter order.
+
+Tensors of the small pool (<= 1 MiB) are included only where they matter little; the small pool's
+reservation (a few MiB) is not modelled. Entry points: :func:`step_sequence` (the requests) and
+:func:`simulate_training` (peaks and gap).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ftcalc.allocator import CachingAllocator, simulate
+
+__all__ = ["Dims", "dims_for", "step_sequence", "simulate_training", "TrainingSim"]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes the sequence depends on."""
+
+    n: int  # tokens per micro-batch (batch * seq)
+    b: int
+    t: int
+    h: int
+    inter: int
+    heads: int
+    kv_dim: int
+    q_dim: int
+    vocab: int
+    layers: int
+    tied: bool
+    qkv_bias: bool
+    wbytes: int  # weight / gradient / optimizer-state bytes per element
+    abytes: int  # residual-stream bytes per element (bf16-true: 2; bf16-mixed: 4)
+    mixed: bool  # autocast casts fp32 weights to bf16 copies
+    checkpointing: bool
+    optimizer: str
+    norms_per_layer: int
+
+
+def dims_for(spec, opts) -> Dims:
+    """:class:`Dims` of a catalog model spec and training options."""
+    a = spec.arch
+    hd = a.head_dim or a.hidden_size // a.num_heads
+    w = 2 if opts.precision == "bf16-true" else 4
+    return Dims(n=opts.batch_size * opts.seq_len, b=opts.batch_size, t=opts.seq_len, h=a.hidden_size,
+                inter=a.intermediate_size, heads=a.num_heads, kv_dim=a.num_kv_heads * hd, q_dim=a.num_heads * hd,
+                vocab=a.vocab_size, layers=a.num_layers, tied=a.tie_word_embeddings, qkv_bias=a.qkv_bias,
+                wbytes=w, abytes=w, mixed=opts.precision != "bf16-true",
+                checkpointing=bool(opts.checkpointing), optimizer=opts.optimizer,
+                norms_per_layer=a.norms_per_layer)
+
+
+class _Seq:
+    """Builds the request list: ``a(nbytes) -> id`` and ``f(id)``."""
+
+    def __init__(self) -> None:
+        self.req: list[tuple[str, int, int]] = []
+        self._ids = itertools.count()
+
+    def a(self, nbytes: int) -> int:
+        i = next(self._ids)
+        self.req.append(("alloc", i, int(nbytes)))
+        return i
+
+    def f(self, *ids: int | None) -> None:
+        for i in ids:
+            if i is not None:
+                self.req.append(("free", i, 0))
+
+
+def _params(d: Dims) -> list[tuple[str, int]]:
+    """(name, numel) of every parameter in module order."""
+    ps = [("embed", d.vocab * d.h)]
+    for li in range(d.layers):
+        ps += [(f"{li}.q", d.q_dim * d.h), (f"{li}.k", d.kv_dim * d.h), (f"{li}.v", d.kv_dim * d.h)]
+        if d.qkv_bias:
+            ps += [(f"{li}.qb", d.q_dim), (f"{li}.kb", d.kv_dim), (f"{li}.vb", d.kv_dim)]
+        ps += [(f"{li}.o", d.h * d.q_dim), (f"{li}.gate", d.inter * d.h), (f"{li}.up", d.inter * d.h),
+               (f"{li}.down", d.h * d.inter)]
+        ps += [(f"{li}.norm{j}", d.h) for j in range(d.norms_per_layer)]
+    ps.append(("norm", d.h))
+    if not d.tied:
+        ps.append(("lm_head", d.vocab * d.h))
+    return ps
+
+
+def _norm_fwd(s: _Seq, d: Dims, keep: bool) -> tuple[int, list[int]]:
+    """RMSNorm forward; returns (output, saved tensors). ``keep``: saved tensors stay allocated."""
+    n, h = d.n, d.h
+    x32 = s.a(n * h * 4) if not d.mixed else None  # hidden.to(float32) (no-op on an fp32 stream)
+    p = s.a(n * h * 4)
+    var = s.a(n * 4)
+    s.f(p)
+    e = s.a(n * 4)
+    r = s.a(n * 4)
+    s.f(e)
+    m = s.a(n * h * 4)
+    xb = s.a(n * h * 2) if not d.mixed else None  # .to(input dtype)
+    y = s.a(n * h * d.abytes)  # weight * normalized
+    saved = [x for x in (x32, r, xb) if x is not None]
+    if d.mixed:
+        saved.append(m)
+    else:
+        s.f(m)
+    s.f(var)
+    if not keep:
+        s.f(*saved)
+        saved = []
+    return y, saved
+
+
+def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
+               free_input: bool = False) -> tuple[int | None, dict]:
+    """One decoder layer forward from input ``x``; returns (output, saved dict). ``free_input``: the
+    input dies after the attention residual add (it is not saved by any node)."""
+    n, h, c = d.n, d.h, 2
+    sv: dict = {}
+    y, sv["n1"] = _norm_fwd(s, d, keep)
+    wc = {}
+    if d.mixed:  # autocast bf16 copies of the fp32 weights, saved by the matmuls
+        for k, sz in (("q", d.q_dim * h), ("k", d.kv_dim * h), ("v", d.kv_dim * h)):
+            wc[k] = s.a(sz * 2)
+    q = s.a(n * d.q_dim * c)
+    k = s.a(n * d.kv_dim * c)
+    v = s.a(n * d.kv_dim * c)
+    rot = []
+    for dim in (d.q_dim, d.kv_dim):
+        t1 = s.a(n * dim * c)
+        ng = s.a(n * dim * c // 2)
+        cat = s.a(n * dim * c)
+        s.f(ng)
+        t2 = s.a(n * dim * c)
+        s.f(cat)
+        out = s.a(n * dim * c)
+        s.f(t1, t2)
+        rot.append(out)
+    s.f(q, k)
+    o = s.a(n * d.q_dim * c)
+    lse = s.a(d.b * d.heads * d.t * 4)
+    if d.mixed:
+        wc["o"] = s.a(h * d.q_dim * 2)
+    po = s.a(n * h * c)
+    h1 = s.a(n * h * d.abytes)
+    s.f(po)
+    if free_input:
+        s.f(x)
+    if not keep:
+        s.f(y, v, *rot, o, lse, *wc.values())
+        wc = {}
+    else:
+        sv.update(y1=y, v=v, rot=rot, o=o, lse=lse)
+    y2, sv["n2"] = _norm_fwd(s, d, keep)
+    if d.mixed:
+        for kk, sz in (("gate", d.inter * h), ("up", d.inter * h), ("down", d.inter * h)):
+            wc[kk] = s.a(sz * 2)
+    g = s.a(n * d.inter * c)
+    act = s.a(n * d.inter * c)
+    up = s.a(n * d.inter * c)
+    mul = s.a(n * d.inter * c)
+    sv["wc"] = wc
+    if stop_early:  # checkpoint recompute stops at the last saved tensor
+        sv.update(h1=h1, y2=y2, g=g, act=act, up=up, mul=mul)
+        return None, sv
+    dn = s.a(n * h * c)
+    out = s.a(n * h * d.abytes)
+    s.f(dn)
+    s.f(h1)
+    if not keep:
+        s.f(y2, g, act, up, mul, *wc.values())
+        sv = {}
+    else:
+        sv.update(y2=y2, g=g, act=act, up=up, mul=mul)
+    return out, sv
+
+
+def _norm_bwd(s: _Seq, d: Dims, dy: int, saved: list[int]) -> int:
+    """RMSNorm backward from ``dy``; frees its saved tensors and returns the input gradient."""
+    n, h = d.n, d.h
+    dxb = s.a(n * h * 2)
+    prod = s.a(n * h * 2)
+    red = s.a(n * h * 8)
+    s.f(red, prod)
+    dm = s.a(n * h * 4)
+    s.f(dxb)
+    t1 = s.a(n * h * 4)
+    t2 = s.a(n * h * 4)
+    s.f(t1)
+    t3 = s.a(n * h * 4)
+    s.f(t2)
+    dx = s.a(n * h * 4)
+    s.f(t3, dm, *saved)
+    if not d.mixed:
+        db = s.a(n * h * 2)
+        s.f(dx)
+        dx = db
+    return dx
+
+
+def _linear_bwd(s: _Seq, d: Dims, grads: dict, name: str, wnumel: int, din: int) -> int:
+    """Weight gradient (kept, re-allocated each step) then input gradient of ``din`` bytes."""
+    grads[name] = s.a(wnumel * d.wbytes)
+    return s.a(din)
+
+
+def _layer_bwd(s: _Seq, d: Dims, li: int, dy: int, sv: dict, grads: dict) -> int:
+    n, h, c, inter = d.n, d.h, 2, d.inter
+    ni = n * inter * c
+    wc = sv.get("wc", {})
+    da = _linear_bwd(s, d, grads, f"{li}.down", h * inter, ni)
+    s.f(sv["mul"], wc.pop("down", None))
+    dsil = s.a(ni)
+    dup = s.a(ni)
+    s.f(da, sv["act"], sv["up"])
+    dx_up = _linear_bwd(s, d, grads, f"{li}.up", h * inter, n * h * c)
+    s.f(dup, wc.pop("up", None))
+    dg = s.a(ni)
+    s.f(dsil, sv["g"])
+    dx_g = _linear_bwd(s, d, grads, f"{li}.gate", h * inter, n * h * c)
+    s.f(dg, wc.pop("gate", None), sv["y2"])
+    dsum = s.a(n * h * c)
+    s.f(dx_up, dx_g)
+    dn = _norm_bwd(s, d, dsum, sv["n2"])
+    s.f(dsum)
+    dh = s.a(n * h * d.abytes)  # residual: dy + norm grad
+    s.f(dn, dy)
+    do = _linear_bwd(s, d, grads, f"{li}.o", h * d.q_dim, n * d.q_dim * c)
+    s.f(wc.pop("o", None))
+    dq = s.a(n * d.q_dim * c)
+    dk = s.a(n * d.kv_dim * c)
+    dv = s.a(n * d.kv_dim * c)
+    ws = s.a(n * d.q_dim * 8 + d.b * d.heads * d.t * 4)  # flash-attention backward workspace
+    s.f(ws, do, sv["o"], sv["lse"], sv["v"], *sv["rot"])
+    outs = []
+    for src, dim in ((dq, d.q_dim), (dk, d.kv_dim)):  # rotary backward
+        t1 = s.a(n * dim * c)
+        t2 = s.a(n * dim * c // 2)
+        t3 = s.a(n * dim * c)
+        s.f(t2)
+        t4 = s.a(n * dim * c)
+        s.f(t1, t3, src)
+        outs.append(t4)
+    dqr, dkr = outs
+    dx_k = _linear_bwd(s, d, grads, f"{li}.k", h * d.kv_dim, n * h * c)
+    s.f(dkr, wc.pop("k", None))
+    dx_v = _linear_bwd(s, d, grads, f"{li}.v", h * d.kv_dim, n * h * c)
+    s.f(dv, wc.pop("v", None))
+    acc = s.a(n * h * c)
+    s.f(dx_k, dx_v)
+    dx_q = _linear_bwd(s, d, grads, f"{li}.q", h * d.q_dim, n * h * c)
+    s.f(dqr, wc.pop("q", None), sv["y1"])
+    acc2 = s.a(n * h * c)
+    s.f(acc, dx_q)
+    dn1 = _norm_bwd(s, d, acc2, sv["n1"])
+    s.f(acc2)
+    dx = s.a(n * h * d.abytes)
+    s.f(dn1, dh)
+    return dx
+
+
+def _optimizer(s: _Seq, d: Dims, params: list[tuple[str, int]], grads: dict, states: dict, first: bool) -> None:
+    """optimizer.step(): lazy states at the first step, per-optimizer temporaries."""
+    opt = d.optimizer
+    if opt.startswith("adamw_torch"):
+        if first:
+            for name, numel in params:
+                states[name] = (s.a(numel * d.wbytes), s.a(numel * d.wbytes))
+        if opt == "adamw_torch":  # foreach: one temporary list (sqrt(exp_avg_sq)), freed in reverse
+            tmp = [s.a(numel * d.wbytes) for _, numel in params]
+            s.f(*reversed(tmp))
+    elif opt in ("adamw_8bit", "paged_adamw_8bit"):
+        if first and opt == "adamw_8bit":
+            for name, numel in params:
+                per = 1 if numel >= 4096 else 4
+                states[name] = (s.a(numel * per), s.a(numel * per))
+    elif opt == "adafactor":
+        for name, numel in params:
+            if first:
+                states[name] = (s.a(max(numel // 1024, 1) * 4),)
+            g32 = s.a(numel * 4) if d.wbytes == 2 else None
+            upd = s.a(numel * 4)
+            p32 = s.a(numel * 4) if d.wbytes == 2 else None
+            s.f(p32, upd, g32)
+    # sgd (no momentum): in-place foreach, nothing large
+
+
+def step_sequence(spec, opts, steps: int = 3, include_build: bool = True) -> list[tuple[str, int, int]]:
+    """The request sequence (``("alloc", id, nbytes)`` / ``("free", id, 0)`` / ``("reset", 0, 0)``) of
+    building the model and running ``steps`` training steps; "reset" marks where the peaks are reset
+    (after the build, as the profiler does)."""
+    d = dims_for(spec, opts)
+    s = _Seq()
+    params = _params(d)
+    if include_build:
+        for _, numel in params:
+            s.a(numel * d.wbytes)
+    s.req.append(("reset", 0, 0))
+    states: dict = {}
+    n, h, c = d.n, d.h, 2
+    for k in range(steps):
+        grads: dict = {}
+        emb = s.a(n * h * d.abytes)
+        x = emb
+        saved = []
+        inputs = []
+        for _li in range(d.layers):
+            out, sv = _layer_fwd(s, d, x, keep=not d.checkpointing,
+                                 free_input=x != emb and not d.checkpointing)
+            saved.append(sv)
+            inputs.append(x)
+            x = out
+        # final norm, lm_head, loss
+        yf, nf = _norm_fwd(s, d, keep=True)
+        s.f(x)
+        if d.mixed:
+            wlm = s.a(d.vocab * h * 2)
+        logits = s.a(n * d.vocab * c)
+        l32 = s.a(n * d.vocab * 4)
+        lsm = s.a(n * d.vocab * 4)
+        s.f(l32)
+        s.f(logits)
+        if not d.checkpointing:
+            s.f(emb)
+        g1 = s.a(n * d.vocab * 4)
+        g2 = s.a(n * d.vocab * 4)
+        s.f(g1, lsm)
+        gb = s.a(n * d.vocab * c)
+        s.f(g2)
+        grads["lm"] = s.a(d.vocab * h * d.wbytes)
+        dy = s.a(n * h * c)
+        s.f(gb)
+        if d.mixed:
+            s.f(wlm)
+        dy2 = _norm_bwd(s, d, dy, nf)
+        s.f(dy, yf)
+        dy = dy2
+        for li in reversed(range(d.layers)):
+            sv = saved[li]
+            if d.checkpointing:
+                _, sv = _layer_fwd(s, d, inputs[li], keep=True, stop_early=True)
+                s.f(sv.pop("h1"))
+            dy = _layer_bwd(s, d, li, dy, sv, grads)
+            if d.checkpointing:
+                s.f(inputs[li] if li > 0 else None)
+            if d.checkpointing and li == 0:
+                s.f(emb)
+        # embedding backward (+ tied accumulation)
+        ge = s.a(d.vocab * h * d.wbytes)
+        s.f(dy)
+        if d.tied:
+            acc = s.a(d.vocab * h * d.wbytes)
+            s.f(grads.pop("lm"), ge)
+            ge = acc
+        grads["embed"] = ge
+        _optimizer(s, d, params, grads, states, first=(k == 0))
+        s.f(*grads.values())  # zero_grad(set_to_none=True)
+    return s.req
+
+
+@dataclass
+class TrainingSim:
+    """Simulated peaks of a training run (bytes)."""
+
+    peak_allocated: int
+    peak_reserved: int
+
+    @property
+    def gap(self) -> int:
+        """Peak reserved minus peak allocated."""
+        return self.peak_reserved - self.peak_allocated
+
+
+def simulate_training(spec, opts, steps: int = 3) -> TrainingSim:
+    """Generate the sequence of ``steps`` steps and run it through :class:`ftcalc.allocator.CachingAllocator`.
+    Peaks are measured after the build, like ``ftcalc profile``."""
+    r = simulate(step_sequence(spec, opts, steps), CachingAllocator())
+    return TrainingSim(r.peak_allocated, r.peak_reserved)
