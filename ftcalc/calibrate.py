@@ -109,13 +109,15 @@ def row_options(row: dict[str, Any]) -> TrainingOptions:
 
 
 def predict_row(row: dict[str, Any], coeffs: Coefficients | None = None,
-                tc: ThroughputCoefficients | None = None) -> dict[str, Any]:
-    """The estimator's prediction for a measured configuration, on the GPU it ran on."""
+                tc: ThroughputCoefficients | None = None, fragmentation: str = "simulated") -> dict[str, Any]:
+    """The estimator's prediction for a measured configuration, on the GPU it ran on (``fragmentation``:
+    see ftcalc.memory.estimate_memory; the fit of the gap terms uses ``fitted``)."""
     spec = resolve_model(row["model"])
     opts = row_options(row)
     est = estimate_memory(spec.arch, inventory(spec.arch), opts, coeffs or load_coefficients(),
                           gpu_memory_bytes=row.get("gpu_total_bytes"),
-                          transformers_version=(row.get("versions") or {}).get("transformers"))
+                          transformers_version=(row.get("versions") or {}).get("transformers"),
+                          fragmentation=fragmentation)
     tps = None
     if row.get("gpu_name"):
         try:
@@ -123,7 +125,8 @@ def predict_row(row: dict[str, Any], coeffs: Coefficients | None = None,
         except FtcalcError:
             tps = None
     return {"peak_allocated_bytes": est.peak_allocated_bytes, "peak_reserved_bytes": est.peak_reserved_bytes,
-            "device_used_bytes": est.device_used_bytes, "peak_phase": est.peak_phase, "tokens_per_second": tps}
+            "device_used_bytes": est.device_used_bytes, "peak_phase": est.peak_phase, "tokens_per_second": tps,
+            "fragmentation_model": est.fragmentation_model}
 
 
 def usable(row: dict[str, Any]) -> bool:
@@ -135,18 +138,19 @@ def _rel(pred: float, meas: float) -> float:
 
 
 def validate_rows(rows: list[dict[str, Any]], coeffs: Coefficients | None = None,
-                  tc: ThroughputCoefficients | None = None) -> list[dict[str, Any]]:
+                  tc: ThroughputCoefficients | None = None, fragmentation: str = "simulated") -> list[dict[str, Any]]:
     """Predicted vs measured for each usable row: bytes and relative errors (positive = over-estimate)."""
     out = []
     for row in rows:
         if not usable(row):
             continue
-        p = predict_row(row, coeffs, tc)
+        p = predict_row(row, coeffs, tc, fragmentation)
         rec = {
             "run_id": row["run_id"], "gpu": row.get("gpu_name"), "model": row["model"], "method": row["method"],
             "seq_len": row["seq_len"], "batch_size": row["batch_size"],
             "gradient_checkpointing": row["gradient_checkpointing"], "optimizer": row["optimizer"],
             "precision": row["precision"], "lora_r": row.get("lora_r"), "phase": p["peak_phase"],
+            "fragmentation_model": p["fragmentation_model"],
         }
         for key in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):
             rec[f"pred_{key}"] = p[key]
@@ -235,7 +239,8 @@ def _coordinate_descent(start: Any, bounds: dict[str, tuple[float, float]], loss
 
 def _memory_descent(rows: list[dict[str, Any]], coeffs: Coefficients, names: list[str], key: str) -> Coefficients:
     return _coordinate_descent(coeffs, {n: _BOUNDS[n] for n in names},
-                               lambda c: _loss(validate_rows(rows, c), key), (0.25, 0.1, 0.03, 0.01), rounds=6)
+                               lambda c: _loss(validate_rows(rows, c, fragmentation="fitted"), key),
+                               (0.25, 0.1, 0.03, 0.01), rounds=6)
 
 
 def fit_memory(rows: list[dict[str, Any]], start: Coefficients | None = None) -> Coefficients:

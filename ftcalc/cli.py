@@ -84,6 +84,10 @@ def _print_estimate(est: Any) -> None:
     print(f"{'peak allocated':28s} {_fmt_bytes(est.peak_allocated_bytes)}  ({est.peak_phase.replace('_', ' ')})")
     print(f"{'peak reserved':28s} {_fmt_bytes(est.peak_reserved_bytes)}")
     print(f"{'device used (nvidia-smi)':28s} {_fmt_bytes(est.device_used_bytes)}")
+    if est.distribution:
+        print(f"\non {est.num_gpus} GPUs with {est.distribution.upper()} (docs/multi-gpu.md), per GPU:")
+        print(f"{'  peak allocated':28s} {_fmt_bytes(est.per_gpu_peak_allocated_bytes)}")
+        print(f"{'  device used':28s} {_fmt_bytes(est.per_gpu_device_used_bytes)}")
     if est.gpu:
         verdict = "fits" if est.fits else "DOES NOT FIT"
         print(f"\n{est.gpu} ({est.gpu_memory_bytes / GIB:.1f} GiB): {verdict}, "
@@ -247,9 +251,14 @@ def cmd_prices(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
-    from ftcalc.profile import profile, record_rows
+    from ftcalc.profile import profile, profile_multi_gpu, record_rows
 
-    row = profile(a.model, _options_from_args(a), steps=a.steps, warmup_steps=a.warmup_steps)
+    opts = _options_from_args(a)
+    if opts.num_gpus > 1:  # torchrun, one process per GPU (ftcalc/profile_dist.py)
+        row = profile_multi_gpu(a.model, opts, a.distribution or ("fsdp" if opts.method == "full" else "ddp"),
+                                steps=a.steps, warmup_steps=a.warmup_steps)
+    else:
+        row = profile(a.model, opts, steps=a.steps, warmup_steps=a.warmup_steps)
     if a.record:
         path = record_rows([row], a.record_file)
         print(f"recorded in {path}", file=sys.stderr)
@@ -345,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(f)
     f.add_argument("--steps", type=int, default=6, help="training steps (default 6)")
     f.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the timing (default 2)")
+    f.add_argument("--distribution", choices=["ddp", "fsdp"],
+                   help="with --num-gpus > 1: DDP or FSDP2 (default: fsdp for full fine-tuning, else ddp)")
     f.add_argument("--record", action="store_true", help="append the row to the measurement database")
     f.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl)")
     f.add_argument("--json", action="store_true")

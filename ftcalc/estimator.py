@@ -65,6 +65,11 @@ class Estimate(BaseModel):
     hours: float | None = None
     dataset_tokens: int | None = None
     coefficients: str = ""
+    # num_gpus > 1: per GPU under DDP (adapters) or FSDP full-shard (full fine-tuning), ftcalc.parallel; the
+    # breakdown and the single-GPU peaks above stay one GPU's view of the whole model
+    distribution: str | None = None
+    per_gpu_peak_allocated_bytes: int | None = None
+    per_gpu_device_used_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -121,9 +126,19 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
 
         gpu_obj = get_gpu(gpu)
     cap = gpu_obj.memory_bytes if gpu_obj else None
-    mem = estimate_memory(arch, inv, opts, c)  # unconstrained: what the run would use on a large enough GPU
-    fits = headroom = note = None
-    if gpu_obj is not None:
+    mem = estimate_memory(arch, inv, opts, c, fragmentation="simulated")  # unconstrained: what the run would use on a large enough GPU
+    fits = headroom = note = par = None
+    if opts.num_gpus > 1:  # per GPU under data parallelism (docs/multi-gpu.md)
+        from ftcalc.parallel import default_strategy, estimate_parallel
+
+        strategy = default_strategy(spec, opts, gpu_obj.gpu if gpu_obj else None, opts.num_gpus)
+        par = estimate_parallel(spec, opts, gpu_obj.gpu if gpu_obj else "h100", strategy, opts.num_gpus)
+    if gpu_obj is not None and par is not None:
+        headroom = int(cap - par.device_used_bytes)
+        fits = headroom >= 0
+        if not fits:
+            note = f"needs {par.device_used_bytes / GB:.1f} GB per GPU under {par.strategy}, the GPU has {cap / GB:.1f} GB"
+    elif gpu_obj is not None:
         headroom = int(cap - mem.device_used_bytes)
         if headroom >= 0:
             fits = True
@@ -131,7 +146,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
             needed = mem.peak_allocated_bytes + mem.outside_allocator_bytes
             fits = needed <= _ALLOCATED_FIT_SHARE * cap
             if fits:  # the pool is capped by the GPU: the allocator frees cached blocks and retries
-                mem = estimate_memory(arch, inv, opts, c, gpu_memory_bytes=cap)
+                mem = estimate_memory(arch, inv, opts, c, gpu_memory_bytes=cap, fragmentation="simulated")
                 note = "near the limit: the allocator will have to free cached blocks and retry"
             else:
                 note = f"needs {mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB"
@@ -139,7 +154,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     if gpu_obj is not None:
         from ftcalc.throughput import tokens_per_second
 
-        tps = tokens_per_second(spec, opts, gpu_obj)
+        tps = par.tokens_per_second_per_gpu if par is not None else tokens_per_second(spec, opts, gpu_obj)
         if dataset_tokens:
             hours = dataset_tokens * epochs / (tps * opts.num_gpus) / 3600
     attn = resolve_attention(arch, opts)
@@ -157,6 +172,9 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         gpu=gpu_obj.gpu if gpu_obj else None, gpu_memory_bytes=cap, fits=fits, headroom_bytes=headroom,
         fit_note=note, tokens_per_second=tps, hours=hours, dataset_tokens=dataset_tokens,
         coefficients=c.source,
+        distribution=par.strategy if par else None,
+        per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
+        per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,
     )
 
 
@@ -175,7 +193,9 @@ def estimate(model: str, method: str = "lora", seq_len: int = 2048, batch_size: 
         gradient_checkpointing: None = on for lora/qlora, off for full.
         optimizer, precision, lora_*, attention, loss: see ``ftcalc estimate --help``.
         gpu: a GPU slug or alias (``h100``); adds ``fits``, ``headroom_bytes`` and ``tokens_per_second``.
-        num_gpus: data-parallel GPUs (memory is per GPU).
+        num_gpus: data-parallel GPUs of one node: adds the per-GPU memory under DDP (LoRA, QLoRA) or FSDP
+            full-shard (full fine-tuning, and LoRA whose replica does not fit the GPU),
+            ``per_gpu_device_used_bytes`` (ftcalc.parallel.default_strategy), which ``fits`` and the speed use.
         dataset_tokens, epochs: with ``gpu``, adds ``hours``.
     Returns:
         An :class:`Estimate`.

@@ -100,7 +100,7 @@ class MinGPU(BaseModel):
 
 
 def _point(spec: ModelSpec, opts: TrainingOptions, c: Coefficients, budget: float, value: int) -> FitPoint:
-    e: MemoryEstimate = estimate_memory(spec.arch, inventory(spec.arch), opts, c)
+    e: MemoryEstimate = estimate_memory(spec.arch, inventory(spec.arch), opts, c, fragmentation="simulated")
     parts = {k: v for k, v in e.breakdown.items() if k not in ("cuda_context",)}
     dominant = max(parts, key=parts.get)  # type: ignore[arg-type]
     return FitPoint(value=value, device_used_bytes=int(e.device_used_bytes), peak_allocated_bytes=int(e.peak_allocated_bytes),
@@ -171,8 +171,7 @@ def max_fit(model: str | ModelSpec, opts: TrainingOptions, gpu: str | GPU, maxim
 
 
 def _fsdp_used(spec: ModelSpec, opts: TrainingOptions, counts: list[int]) -> dict[int, float]:
-    """Per-GPU device memory under FSDP full-shard for each GPU count (ftcalc.sharding; not yet validated
-    on multi-GPU hardware)."""
+    """Per-GPU device memory under FSDP full-shard for each GPU count (ftcalc.sharding, docs/multi-gpu.md)."""
     from ftcalc import sharding as sh
     from ftcalc.solver import _config_grid
 
@@ -186,10 +185,10 @@ def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.0
             coeffs: Coefficients | None = None) -> MinGPU:
     """GPUs (smallest memory first) on which ``opts`` fits: one GPU, or else the fewest GPUs of that type
     (2, 4, 8, up to ``max_gpus`` and the node size) with FSDP full-shard. The multi-GPU figures come from
-    ftcalc/sharding.py, which is not yet validated on multi-GPU hardware (issue 7)."""
+    ftcalc/sharding.py (validated on 2xH200: docs/multi-gpu.md)."""
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     c = coeffs or load_coefficients()
-    e = estimate_memory(spec.arch, inventory(spec.arch), opts, c)
+    e = estimate_memory(spec.arch, inventory(spec.arch), opts, c, fragmentation="simulated")
     counts = [n for n in (2, 4, 8) if n <= max_gpus]
     sharded = _fsdp_used(spec, opts, counts) if counts and opts.method != "qlora" else {}
     fit, no = [], []

@@ -466,6 +466,7 @@ class MemoryEstimate:
     trainable_params: int
     total_params: int
     activation_per_token_per_layer: dict[str, float] = field(default_factory=dict)
+    fragmentation_model: str = "fitted"  # how reserved - allocated was predicted: "fitted" or "simulated"
 
 
 def autocast_weight_copy_bytes(arch: Architecture, inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
@@ -494,9 +495,39 @@ def autocast_weight_copy_bytes(arch: Architecture, inv: Inventory, opts: Trainin
     return out
 
 
+# The allocator simulation (ftcalc/alloc_sequence.py) covers what its sequence generator models: full
+# fine-tuning of decoders of these families with SDPA attention, the standard loss, one micro-batch per
+# step, bf16 weights (bf16-true) or fp32 weights under autocast (bf16-mixed), and the optimizers below.
+SIMULATED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
+SIMULATED_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+                        "adafactor", "sgd")
+
+
+def simulation_supported(arch: Architecture, opts: TrainingOptions, attention: str) -> bool:
+    """Whether the caching-allocator simulation models this configuration (else the fitted gap is used)."""
+    return (opts.method == "full" and arch.model_type in SIMULATED_MODEL_TYPES and attention == "sdpa"
+            and opts.loss == "standard" and opts.gradient_accumulation_steps == 1
+            and opts.precision in ("bf16-true", "bf16-mixed") and opts.optimizer in SIMULATED_OPTIMIZERS
+            and not arch.num_experts)
+
+
+@lru_cache(maxsize=4096)
+def simulated_gap_bytes(arch: Architecture, opts: TrainingOptions) -> float:
+    """Peak reserved - peak allocated of two training steps replayed through the caching-allocator simulator
+    (ftcalc/allocator.py) from the generated allocation sequence (ftcalc/alloc_sequence.py): the blocks the
+    allocator holds but cannot reuse, mostly N x vocab loss buffers whose segments were split by long-lived
+    gradients and optimizer states (docs/notes/allocator.md). The second step is the steady state on every
+    recorded trace (data/traces). 0.01-0.2 s per configuration, cached."""
+    from types import SimpleNamespace
+
+    from ftcalc.alloc_sequence import simulate_training
+
+    return float(simulate_training(SimpleNamespace(arch=arch), opts, steps=2).gap)
+
+
 def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
                     coeffs: Coefficients | None = None, gpu_memory_bytes: float | None = None,
-                    transformers_version: str | None = None) -> MemoryEstimate:
+                    transformers_version: str | None = None, fragmentation: str = "fitted") -> MemoryEstimate:
     """Estimate peak allocated, reserved and device-used bytes for one training step.
 
     Args:
@@ -507,6 +538,9 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         gpu_memory_bytes: when given, the caching allocator cannot reserve more than the GPU holds:
             past that it frees cached blocks and retries (CUDACachingAllocator), so the predicted
             reserved is capped there while the allocation still fits.
+        fragmentation: ``fitted`` (the fitted gap terms below: microseconds, used for sweeps and as the
+            basis of the multi-GPU model) or ``simulated`` (full fine-tuning that ``simulation_supported``
+            covers: the caching-allocator simulation, ``simulated_gap_bytes``; otherwise fitted).
     """
     c = coeffs or load_coefficients()
     if opts.method == "qlora" and opts.precision == "32-true":
@@ -593,6 +627,12 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         "optimizer_step": gap + c.reserved_gap_optimizer_logits * logits,
     }
     reserved = max(phases[k] * (1 + c.reserved_gap_fraction) + phase_gap[k] for k in phases)
+    frag_model = "fitted"
+    if fragmentation == "simulated" and simulation_supported(arch, opts, attn):
+        reserved = peak + simulated_gap_bytes(arch, opts.model_copy(update={"num_gpus": 1}))
+        frag_model = "simulated"
+    elif fragmentation not in ("fitted", "simulated"):
+        raise InvalidArgumentError(f"fragmentation '{fragmentation}': expected fitted or simulated")
     outside = c.context_bytes + c.paged_resident_fraction * st["optimizer_states_paged"]
     if gpu_memory_bytes is not None:
         reserved = max(peak, min(reserved, gpu_memory_bytes - outside))
@@ -616,5 +656,6 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         trainable_params=trainable_params(inv, opts),
         total_params=inv.total_params,
         activation_per_token_per_layer=terms,
+        fragmentation_model=frag_model,
     )
 

@@ -19,7 +19,7 @@ from ftcalc.errors import InvalidArgumentError
 from ftcalc.hardware import get_gpu
 from ftcalc.options import TrainingOptions
 
-__all__ = ["ParallelEstimate", "estimate_parallel", "STRATEGIES"]
+__all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "STRATEGIES"]
 
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload")
 
@@ -80,3 +80,17 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
                             peak_allocated_bytes=float(np.asarray(alloc).ravel()[0]), step_seconds=float(step),
                             compute_seconds=float(compute), tokens_per_second=per_gpu * num_gpus,
                             tokens_per_second_per_gpu=per_gpu, scaling_efficiency=float(compute / step))
+
+
+def default_strategy(model: str | ModelSpec, opts: TrainingOptions, gpu: str | None, num_gpus: int) -> str:
+    """What ``ftcalc plan`` and ``ftcalc estimate --num-gpus`` use: FSDP full-shard for full fine-tuning; DDP for
+    LoRA and QLoRA, unless a LoRA replica does not fit the GPU (70B in bf16), then FSDP (the recipe does not
+    shard QLoRA)."""
+    if num_gpus <= 1:
+        return "single"
+    if opts.method == "full":
+        return "fsdp"
+    if opts.method == "qlora" or not gpu:
+        return "ddp"
+    ddp = estimate_parallel(model, opts, gpu, "ddp", num_gpus)
+    return "ddp" if ddp.device_used_bytes <= get_gpu(gpu).memory_bytes else "fsdp"

@@ -31,7 +31,7 @@ from typing import Any
 from ftcalc.catalog import resolve_model
 from ftcalc.options import TrainingOptions, make_options
 
-__all__ = ["profile", "SCHEMA_VERSION"]
+__all__ = ["profile", "profile_multi_gpu", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 GIB = 2**30
@@ -221,6 +221,20 @@ def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
               f"alloc={last.get('peak_allocated_bytes', 0) / GIB:.2f} res={last.get('peak_reserved_bytes', 0) / GIB:.2f} "
               f"used={last.get('device_used_bytes', 0) / GIB:.2f} GiB tok/s={last.get('tokens_per_second')} "
               f"({time.time() - t0:.0f}s) {last.get('error') or ''}", flush=True)
+
+
+def profile_multi_gpu(model: str, opts: TrainingOptions, distribution: str, steps: int = 6, warmup_steps: int = 2,
+                      run_id: str | None = None, timeout_s: float = 600) -> dict[str, Any]:
+    """``profile`` on ``opts.num_gpus`` GPUs of this machine with ``ddp`` or ``fsdp``: one torchrun process per
+    GPU (ftcalc/profile_dist.py); returns the gathered row (per-GPU peaks of the fullest rank, ``per_rank``)."""
+    import tempfile
+
+    cfg = {"model": model, **opts.model_dump(mode="json"), "distribution": distribution, "steps": steps,
+           "warmup_steps": warmup_steps, "run_id": run_id}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "row.jsonl")
+        _run_distributed(cfg, out, timeout_s)
+        return json.loads(Path(out).read_text().splitlines()[-1])
 
 
 def _run_distributed(cfg: dict[str, Any], out_path: str, timeout_s: float) -> None:

@@ -139,6 +139,7 @@ class ModelStates:
     phase_opt: np.ndarray
     peak: np.ndarray  # max of the three
     gap: np.ndarray  # reserved - allocated at the peak (caching-allocator fragmentation, fitted)
+    gap_single: np.ndarray  # the same on one GPU as `ftcalc estimate` predicts it (simulated where supported)
     context: np.ndarray  # CUDA context and workspaces outside the allocator
     act_x: np.ndarray  # saved activations + autocast weight copies of all layers (no checkpointing)
     ckpt: np.ndarray  # bool: gradient checkpointing on
@@ -206,8 +207,9 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     sh = np.asarray(sharding)
     peak = np.asarray(allocated_per_gpu(st, sh, num_gpus, grad_accum))
     keep = _keep(sh, np.asarray(num_gpus, dtype=float))
-    # fragmentation: the fitted gap, with its share proportional to the peak following the new peak
-    gap = np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)
+    # fragmentation: the fitted gap, with its share proportional to the peak following the new peak; on one
+    # GPU the single-GPU estimate's own (the allocator simulation for supported full fine-tuning)
+    gap = np.where(sh == SINGLE, st.gap_single, np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0))
     out = peak + gap + collective_pool_bytes(st, sh) + outside_allocator_bytes(st, sh, keep, nccl_buffer_bytes)
     return out if np.ndim(out) else float(out)
 

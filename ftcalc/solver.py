@@ -260,6 +260,8 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["phase_opt"].append(mem.phases["optimizer_step"])
                 cols["peak"].append(mem.peak_allocated_bytes)
                 cols["gap"].append(mem.peak_reserved_bytes - mem.peak_allocated_bytes)
+                sim = estimate_memory(arch, inv, opts, c, fragmentation="simulated") if method == "full" else mem
+                cols["gap_single"].append(sim.peak_reserved_bytes - sim.peak_allocated_bytes)
                 cols["context"].append(mem.outside_allocator_bytes - paged)
                 cols["act_x"].append(act_all + autocast_weight_copy_bytes(arch, inv, opts)["all_layers"])
                 cols["ckpt"].append(ckpt)

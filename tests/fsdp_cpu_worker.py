@@ -2,12 +2,13 @@
 
 recipe.build_model_sharded through accelerate's own FSDP2 wrapping (fsdp2_prepare_model; accelerate sets
 FSDP up only on GPUs, so a stand-in carries its plugin), then three training steps. Prints one JSON line
-per rank with what the test checks.
+file per rank (in the folder given as the second argument) with what the test checks.
 """
 
 import json
 import sys
 import types
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,7 @@ losses = []
 for _ in range(3):
     ids = recipe.random_batch(spec.arch.vocab_size, opts, "cpu")
     losses.append(recipe.train_step(model, opt, ids, opts, "cpu"))
-print(json.dumps({"rank": dist.get_rank(), "local": local, "full": full, "meta_left": meta_left,
+Path(sys.argv[2], f"rank{dist.get_rank()}.json").write_text(json.dumps({"rank": dist.get_rank(), "local": local, "full": full, "meta_left": meta_left,
                   "inv_freq_ok": bool(inv_freq) and all(torch.isfinite(b).all() and (b > 0).all() for b in inv_freq),
                   "losses": losses, "fsdp_modules": sum(type(m).__name__.startswith("FSDP") for m in model.modules())}))
 dist.destroy_process_group()
