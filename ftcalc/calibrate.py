@@ -85,8 +85,11 @@ def validate_multi_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if not usable(row) or int(row.get("num_gpus") or 1) < 2:
             continue
-        e = estimate_parallel(row["model"], row_options(row), get_gpu(row["gpu_name"]).gpu,
-                              row.get("distribution") or "ddp", int(row["num_gpus"]))
+        strategy = row.get("distribution") or "ddp"
+        if strategy == "fsdp" and row.get("reshard_after_forward") is False:
+            strategy = "fsdp_grad_op"
+        e = estimate_parallel(row["model"], row_options(row), get_gpu(row["gpu_name"]).gpu, strategy,
+                              int(row["num_gpus"]))
         rec = {"run_id": row["run_id"], "gpu": row.get("gpu_name"), "num_gpus": row["num_gpus"],
                "distribution": row.get("distribution"), "model": row["model"], "method": row["method"],
                "seq_len": row["seq_len"], "batch_size": row["batch_size"],

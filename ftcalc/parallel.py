@@ -21,7 +21,7 @@ from ftcalc.options import TrainingOptions
 
 __all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "STRATEGIES"]
 
-STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload")
+STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload", "fsdp_grad_op")  # = ftcalc.sharding.SHARDINGS
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class ParallelEstimate:
 def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, strategy: str, num_gpus: int,
                       num_instances: int = 1) -> ParallelEstimate:
     """Memory per GPU and tokens/s of ``opts`` (its micro-batch and gradient accumulation per GPU) on
-    ``num_gpus`` GPUs with ``strategy`` (``ddp``, ``fsdp`` full-shard, ``fsdp_offload``, or ``single``)."""
+    ``num_gpus`` GPUs with ``strategy`` (``ddp``, ``fsdp`` full-shard, ``fsdp_offload``, ``fsdp_grad_op``
+    (FSDP2 ``reshard_after_forward=False``, about ZeRO-2: not yet measured), or ``single``)."""
     import numpy as np
 
     from ftcalc import sharding as sh

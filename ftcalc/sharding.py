@@ -70,14 +70,19 @@ from ftcalc._paths import data_dir
 from ftcalc.errors import DataFileError
 
 __all__ = [
-    "SHARDINGS", "SINGLE", "DDP", "FSDP", "FSDP_OFFLOAD",
+    "SHARDINGS", "SINGLE", "DDP", "FSDP", "FSDP_OFFLOAD", "FSDP_GRAD_OP",
     "Assumptions", "load_assumptions", "ModelStates",
     "device_used_per_gpu", "allocated_per_gpu", "collective_pool_bytes", "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
     "startup_seconds", "checkpoint_seconds", "host_bytes_offload",
 ]
 
-SHARDINGS = ("single", "ddp", "fsdp", "fsdp_offload")
-SINGLE, DDP, FSDP, FSDP_OFFLOAD = range(4)
+SHARDINGS = ("single", "ddp", "fsdp", "fsdp_offload", "fsdp_grad_op")
+SINGLE, DDP, FSDP, FSDP_OFFLOAD, FSDP_GRAD_OP = range(5)
+
+
+def _fsdp(sh: np.ndarray) -> np.ndarray:
+    """Candidates sharded by FSDP (full-shard, with CPU offload, or shard-grad-op)."""
+    return (sh == FSDP) | (sh == FSDP_OFFLOAD) | (sh == FSDP_GRAD_OP)
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum:
     """
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
-    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
+    fsdp = _fsdp(sh)
     off = sh == FSDP_OFFLOAD
     accum = np.asarray(grad_accum) > 1
     keep = _keep(sh, n)
@@ -176,6 +181,9 @@ def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum:
     # gathered units beyond the own shard (which is in states_g): the root unit + current and prefetched layer
     beyond = np.where(off, 1.0, 1.0 - 1.0 / n)
     gathered = np.where(fsdp, (st.root_bytes + 2.0 * st.layer_bytes) * beyond, 0.0)
+    # shard-grad-op (reshard_after_forward=False, ~ZeRO-2): every unit stays gathered from its forward to its
+    # backward, so at the loss and at the start of backward the whole model is unsharded (NOT YET MEASURED)
+    gathered = np.where(sh == FSDP_GRAD_OP, (st.weights + st.adapters) * (1.0 - 1.0 / n), gathered)
     unit_grad = np.where(fsdp & st.full, st.layer_grad_bytes, 0.0)
     loss = st.phase_loss - states + states_g + np.where(accum, grads_g, 0.0) + gathered
     layer_ckpt = st.phase_layer - states - st.grads + states_g + grads_g
@@ -191,8 +199,7 @@ def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum:
 
 def _keep(sh: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Share of the model states resident on this GPU: all, 1/N (FSDP), none (offloaded to the host)."""
-    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
-    return np.where(sh == FSDP_OFFLOAD, 0.0, np.where(fsdp, 1.0 / n, 1.0))
+    return np.where(sh == FSDP_OFFLOAD, 0.0, np.where(_fsdp(sh), 1.0 / n, 1.0))
 
 
 def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any,
@@ -232,7 +239,7 @@ def collective_pool_bytes(st: ModelStates, sharding: Any) -> Any:
     FSDP runs over the single-GPU model to within about 1 GiB.
     """
     sh = np.asarray(sharding)
-    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
+    fsdp = _fsdp(sh)
     pool = 2.0 * st.unit_max_bytes + st.layer_bytes + np.where(st.full, st.unit_max_bytes, 0.0)
     return np.where(fsdp, pool, 0.0)
 
@@ -284,19 +291,20 @@ def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, n
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
     ga = np.asarray(grad_accum, dtype=float)
-    fsdp = (sh == FSDP) | (sh == FSDP_OFFLOAD)
+    fsdp = _fsdp(sh)
     off = sh == FSDP_OFFLOAD
     ring = (n - 1.0) / n
     hide = a.comm_overlap * micro_batch_s
     ddp_exposed = np.maximum(2.0 * ring * grad_bytes / bandwidth_bytes_per_s - hide, 0.0)
-    fsdp_exposed = np.maximum(ring * (2.0 * gather_bytes + grad_bytes) / bandwidth_bytes_per_s - hide, 0.0)
+    gathers = np.where(sh == FSDP_GRAD_OP, 1.0, 2.0)  # shard-grad-op: no re-gather in backward
+    fsdp_exposed = np.maximum(ring * (gathers * gather_bytes + grad_bytes) / bandwidth_bytes_per_s - hide, 0.0)
     # offload: the GPU's parameter shard copied in for each all-gather (2 per micro-batch), its gradient
     # shard copied out, all over the host link, not overlapped
     offload_copy = (2.0 * gather_bytes + grad_bytes) / n / (a.offload_host_gbps * 1e9)
     cpu_step = trainable_params / np.asarray(num_instances, dtype=float) / a.cpu_optimizer_params_per_s
     # FSDP's fixed cost per unit and collective (all-gather in forward, again in backward, reduce-scatter):
     # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
-    latency = 3.0 * st_units(units) * a.fsdp_collective_latency_s
+    latency = (gathers + 1.0) * st_units(units) * a.fsdp_collective_latency_s
     per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + latency, 0.0) + np.where(off, offload_copy, 0.0))
     opt = np.where(off, cpu_step, np.where(fsdp, optimizer_s / n, optimizer_s))
     step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt

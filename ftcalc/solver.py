@@ -515,6 +515,7 @@ class _Candidates:
         mb = np.array([o.batch_size for o in opts_list], dtype=float)[ci]
         # one GPU: no data parallelism (FSDP + offload still possible); several: DDP or FSDP
         valid = np.where(n == 1, (si == sh.SINGLE) | (si == sh.FSDP_OFFLOAD), si != sh.SINGLE)
+        valid &= si != sh.FSDP_GRAD_OP  # modelled (ftcalc.parallel) but not yet measured: not recommended
         valid &= (mb * n <= target) | (mb == 1)  # the global batch stays at the target
         self.ci, self.si, self.ki, self.n, mb = ci[valid], si[valid], ki[valid], n[valid], mb[valid]
         ci, si, ki, n = self.ci, self.si, self.ki, self.n

@@ -153,6 +153,20 @@ PLANS = {
           steps=8, warmup_steps=3),
         c(L8, "lora", 8192, 1, num_gpus=2, distribution="ddp", steps=8, warmup_steps=3),
     ],
+    # next (not yet run): 4 GPUs (nvidia-h200-x4) and shard-grad-op, both modelled but unmeasured; the
+    # tied-embedding full fine-tuning that b-015 / f-004 miss (one GPU and DDP)
+    "g": [
+        c(L70, "lora", 2048, 2, num_gpus=4, distribution="fsdp", steps=6, warmup_steps=2),
+        c(L8, "full", 2048, 2, gradient_checkpointing=True, num_gpus=4, distribution="fsdp", steps=8, warmup_steps=3),
+        c(L8, "full", 2048, 2, gradient_checkpointing=True, num_gpus=4, distribution="fsdp",
+          reshard_after_forward=False, steps=8, warmup_steps=3),
+        c(L8, "lora", 2048, 4, num_gpus=4, distribution="ddp", steps=8, warmup_steps=3),
+        c(L8, "full", 2048, 2, gradient_checkpointing=True, num_gpus=2, distribution="fsdp",
+          reshard_after_forward=False, steps=8, warmup_steps=3),
+        c("meta-llama/Llama-3.2-3B", "full", 2048, 4, gradient_checkpointing=True, steps=8, warmup_steps=3),
+        c(Q3, "full", 1024, 4, gradient_checkpointing=True, steps=8, warmup_steps=3),
+        c("mistralai/Mixtral-8x7B-v0.1", "qlora", 2048, 1, steps=5, warmup_steps=2),
+    ],
 }
 
 if __name__ == "__main__":

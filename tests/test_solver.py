@@ -412,3 +412,16 @@ def test_shipped_prices_all_take_part():
 
 def test_errors_are_ftcalc_errors():
     assert issubclass(solver.UnknownProviderError, FtcalcError)
+
+
+def test_shard_grad_op_sits_between_full_shard_and_ddp():
+    """FSDP2 reshard_after_forward=False keeps every unit gathered between its forward and backward: more memory
+    than full-shard, less than a DDP replica; one all-gather per micro-batch instead of two."""
+    from ftcalc.parallel import estimate_parallel
+
+    opts = make_options(method="full", seq_len=2048, batch_size=2, gradient_checkpointing=True)
+    e = {s: estimate_parallel("8b", opts, "h200", s, 4) for s in ("fsdp", "fsdp_grad_op", "ddp")}
+    assert e["fsdp"].peak_allocated_bytes < e["fsdp_grad_op"].peak_allocated_bytes < e["ddp"].peak_allocated_bytes
+    assert e["fsdp_grad_op"].step_seconds < e["fsdp"].step_seconds
+    rec = recommend("8b", method="full", dataset_tokens=10_000_000, gpu="h200", top=20)
+    assert all(p.sharding != "fsdp_grad_op" for p in rec.plans)  # not measured yet: never recommended
