@@ -229,6 +229,14 @@ def profile_multi_gpu(model: str, opts: TrainingOptions, distribution: str, step
     GPU (ftcalc/profile_dist.py); returns the gathered row (per-GPU peaks of the fullest rank, ``per_rank``)."""
     import tempfile
 
+    import torch
+
+    from ftcalc.errors import InvalidArgumentError, MissingDependencyError
+
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("ftcalc profile needs CUDA GPUs (torch.cuda.is_available() is False)")
+    if torch.cuda.device_count() < opts.num_gpus:
+        raise InvalidArgumentError(f"--num-gpus {opts.num_gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
     cfg = {"model": model, **opts.model_dump(mode="json"), "distribution": distribution, "steps": steps,
            "warmup_steps": warmup_steps, "run_id": run_id}
     with tempfile.TemporaryDirectory() as tmp:
