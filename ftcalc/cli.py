@@ -53,7 +53,9 @@ def _add_training_options(p: argparse.ArgumentParser, model_required: bool = Tru
     p.add_argument("--attention", choices=ATTENTIONS, default="auto", help="auto: what transformers selects for the model")
     p.add_argument("--loss", choices=["standard", "fused"], default="standard",
                    help="standard: HF causal-LM loss (fp32 logits); fused: Liger fused linear cross-entropy")
-    p.add_argument("--num-gpus", type=int, default=1, help="data-parallel GPUs (memory is per GPU)")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="GPUs of one node, data parallel: estimate adds the per-GPU memory under DDP (LoRA, QLoRA) "
+                        "or FSDP (full fine-tuning, LoRA too big for DDP); profile runs torchrun")
 
 
 def _options_from_args(a: argparse.Namespace) -> Any:
