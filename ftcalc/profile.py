@@ -148,30 +148,37 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
         row["outcome"] = "error"
         row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         row["traceback"] = traceback.format_exc()[-2000:]
-    free1, _ = torch.cuda.mem_get_info(dev)
-    stats = torch.cuda.memory_stats(dev)
-    reserved_now = torch.cuda.memory_reserved(dev)
-    row.update(
-        peak_allocated_bytes=torch.cuda.max_memory_allocated(dev),
-        peak_reserved_bytes=torch.cuda.max_memory_reserved(dev),
-        reserved_end_bytes=reserved_now,
-        device_used_end_bytes=total - free1,
-        # what the process holds outside the caching allocator (CUDA context, library workspaces,
-        # bitsandbytes paged memory): used minus reserved, read at the end of the run
-        non_allocator_bytes=(total - free1) - reserved_now,
-        num_alloc_retries=int(stats.get("num_alloc_retries", 0)),
-        num_ooms=int(stats.get("num_ooms", 0)),
-        step_seconds=[round(s, 5) for s in step_times],
-        losses=[round(v, 4) for v in losses],
-    )
-    # nvidia-smi's view at the peak: the reserved pool at its peak plus what lives outside it
-    row["device_used_bytes"] = row["peak_reserved_bytes"] + row["non_allocator_bytes"]
+    row.update(cuda_memory_readings(dev, total), step_seconds=[round(s, 5) for s in step_times],
+               losses=[round(v, 4) for v in losses])
     timed = step_times[warmup_steps:]
     if timed:
         med = statistics.median(timed)
         row["step_seconds_median"] = round(med, 5)
         row["tokens_per_second"] = round(opts.tokens_per_step * opts.gradient_accumulation_steps / med, 1)
     return row
+
+
+def cuda_memory_readings(dev: Any, total: int) -> dict[str, Any]:
+    """A measurement row's CUDA memory fields, read at the end of the run on ``dev`` (``total`` bytes)."""
+    import torch
+
+    free1, _ = torch.cuda.mem_get_info(dev)
+    stats = torch.cuda.memory_stats(dev)
+    reserved_now = torch.cuda.memory_reserved(dev)
+    out = {
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev),
+        "reserved_end_bytes": reserved_now,
+        "device_used_end_bytes": total - free1,
+        # what the process holds outside the caching allocator (CUDA context, library workspaces, NCCL
+        # buffers, bitsandbytes paged memory): used minus reserved, read at the end of the run
+        "non_allocator_bytes": (total - free1) - reserved_now,
+        "num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
+        "num_ooms": int(stats.get("num_ooms", 0)),
+    }
+    # nvidia-smi's view at the peak: the reserved pool at its peak plus what lives outside it
+    out["device_used_bytes"] = out["peak_reserved_bytes"] + out["non_allocator_bytes"]
+    return out
 
 
 def _child(cfg: dict[str, Any], out_path: str) -> None:

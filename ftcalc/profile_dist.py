@@ -39,7 +39,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     from ftcalc import recipe
     from ftcalc.catalog import resolve_model
     from ftcalc.options import make_options
-    from ftcalc.profile import SCHEMA_VERSION, _driver_version, _git_commit, _versions
+    from ftcalc.profile import SCHEMA_VERSION, _driver_version, _git_commit, _versions, cuda_memory_readings
 
     cfg = dict(cfg)
     model_name = cfg.pop("model")
@@ -108,18 +108,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
         mine["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         mine["traceback"] = traceback.format_exc()[-2000:]
     if cuda:
-        free1, _ = torch.cuda.mem_get_info(dev)
-        stats = torch.cuda.memory_stats(dev)
-        reserved_now = torch.cuda.memory_reserved(dev)
-        mine.update(
-            peak_allocated_bytes=torch.cuda.max_memory_allocated(dev),
-            peak_reserved_bytes=torch.cuda.max_memory_reserved(dev),
-            reserved_end_bytes=reserved_now,
-            device_used_end_bytes=total - free1,
-            non_allocator_bytes=(total - free1) - reserved_now,  # context, NCCL buffers, workspaces
-            num_alloc_retries=int(stats.get("num_alloc_retries", 0)),
-        )
-        mine["device_used_bytes"] = mine["peak_reserved_bytes"] + mine["non_allocator_bytes"]
+        mine.update(cuda_memory_readings(dev, total))
     mine["step_seconds"] = [round(s, 5) for s in step_times]
     mine["losses"] = [round(v, 4) for v in losses]
     gathered: list[Any] = [None] * world
