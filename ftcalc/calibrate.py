@@ -28,7 +28,7 @@ from ftcalc.memory import Coefficients, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
 from ftcalc.throughput import ThroughputCoefficients, tokens_per_second
 
-__all__ = ["load_measurements", "is_validation", "is_multi_gpu_validation", "validate_multi_gpu_rows", "predict_row", "fit_memory", "fit_throughput", "validate_rows",
+__all__ = ["fit_gpu_speed", "load_measurements", "is_validation", "is_multi_gpu_validation", "validate_multi_gpu_rows", "predict_row", "fit_memory", "fit_throughput", "validate_rows",
            "summarize", "coefficients_to_json"]
 
 _OPTION_FIELDS = set(TrainingOptions.model_fields)
@@ -279,6 +279,7 @@ _TP_BOUNDS = {
     "opt_bytes_adamw": (8.0, 60.0),
     "efficiency_half_hidden": (0.0, 8192.0),
     "norm_overhead_s": (0.0, 0.002),
+    "speed_h200": (0.7, 1.5),
 }
 
 
@@ -299,6 +300,17 @@ def fit_throughput(rows: list[dict[str, Any]], start: ThroughputCoefficients | N
     best = _coordinate_descent(start or ThroughputCoefficients(), _TP_BOUNDS, lambda tc: _tp_loss(fit_rows, tc),
                                (0.2, 0.05, 0.01), rounds=8)
     return replace(best, source=f"fitted by ftcalc calibrate on {len(fit_rows)} runs")
+
+
+def fit_gpu_speed(rows: list[dict[str, Any]], start: ThroughputCoefficients | None = None) -> ThroughputCoefficients:
+    """Fit only the per-GPU speed factors (``speed_h200``) on the fit rows, every other time coefficient held:
+    the per-GPU calibration of issue 3, without refitting what the rest of the model rests on."""
+    fit_rows = [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name")
+                and not is_validation(r)]
+    tc = start or ThroughputCoefficients()
+    best = _coordinate_descent(tc, {"speed_h200": _TP_BOUNDS["speed_h200"]}, lambda t: _tp_loss(fit_rows, t),
+                               (0.2, 0.05, 0.01), rounds=8)
+    return replace(best, source=f"{tc.source}; speed_h200 fitted alone on {len(fit_rows)} runs (fit_gpu_speed)")
 
 
 def coefficients_to_json(c: Coefficients, tc: ThroughputCoefficients | None = None) -> dict[str, Any]:

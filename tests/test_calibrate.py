@@ -55,3 +55,22 @@ def test_shipped_coefficients_were_fitted_on_fit_rows_only():
     coeffs = json.loads((data_dir() / "coefficients.json").read_text())
     fitted = set(coeffs["fit_runs"])
     assert fitted and not any(is_validation({"run_id": rid}) for rid in fitted)
+
+
+def test_gpu_speed_fit_moves_only_the_h200_factor_and_ignores_validation_rows():
+    from dataclasses import asdict
+
+    from ftcalc.calibrate import fit_gpu_speed
+    from ftcalc.throughput import ThroughputCoefficients, load_throughput
+
+    start = load_throughput()
+    rows = [r for r in ROWS if usable(r) and r.get("gpu_name") and not is_validation(r)][:12]
+    rows += [r for r in ROWS if usable(r) and "H200" in str(r.get("gpu_name")) and not is_validation(r)][:4]
+    a = fit_gpu_speed(rows, start)
+    changed = {k for k, v in asdict(a).items() if v != asdict(start)[k]} - {"source"}
+    assert changed <= {"speed_h200"}
+    poisoned = copy.deepcopy([r for r in ROWS if is_validation(r) and usable(r) and "H200" in str(r.get("gpu_name"))])
+    for r in poisoned:
+        r["tokens_per_second"] *= 3
+    assert fit_gpu_speed(rows + poisoned, start) == a
+    assert ThroughputCoefficients().speed_h200 == 1.0  # unmeasured default: no change
