@@ -33,8 +33,8 @@ What it does:
    by cost (then time) or time (then cost). ``rejected`` says why cheaper offers were left out.
 
 ``method="auto"`` chooses by cost or time alone: it does not weigh the quality difference between full
-fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are not yet validated on hardware (see
-ftcalc/sharding.py; issue 7).
+fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are validated on 2xH200 only (docs/multi-gpu.md);
+more GPUs, several nodes and CPU offload are not measured.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ DEFAULT_GLOBAL_BATCH = 16  # sequences per optimizer step (module docstring, poi
 # Within an offer, a simpler sharding whose objective is at most this much worse is preferred: the time
 # model's error (data/calibration_report.md) is larger, and DDP/FSDP carry overheads it does not model.
 SIMPLER_WITHIN = 0.02
-MULTI_GPU_NOTE = "multi-GPU memory and time not yet validated on hardware (issue 7)"
+MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2xH200 only (docs/multi-gpu.md)"
 
 
 class UnknownProviderError(InvalidArgumentError):

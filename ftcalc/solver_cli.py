@@ -136,6 +136,8 @@ def _wrap(text: str, indent: str = "    ") -> list[str]:
 
 def format_recommendation(rec: Any) -> str:
     """The plans as a table readable at 80 columns (two lines per plan), then the rejected and notes."""
+    from ftcalc import solver
+
     prices = "spot" if rec.spot else "on-demand"
     cons = []
     if rec.deadline_hours is not None:
@@ -162,7 +164,7 @@ def format_recommendation(rec: Any) -> str:
                      f"{'on' if p.gradient_checkpointing else 'off':<4} {p.sharding:<12} {mem:>18} "
                      f"{p.tokens_per_second:>9,.0f}")
         for note in p.notes:
-            if "not yet validated" not in note:  # said once, in the footer
+            if note != solver.MULTI_GPU_NOTE:  # said once, in the footer
                 lines += _wrap(note, indent="      ")
     if rec.rejected:
         lines += ["", f"Left out, though {'cheaper' if rec.objective == 'cost' else 'faster'}:"]
@@ -170,8 +172,8 @@ def format_recommendation(rec: Any) -> str:
             lines += _wrap(r.reason, indent="  - ")
     lines += [""]
     foot = ("GiB = 2^30 bytes, GB = 10^9 bytes; hours include start-up and checkpoint saves; cost is every "
-            "rented instance for that time, billed as the provider bills. Multi-GPU figures are not yet "
-            "validated on hardware.")
+            "rented instance for that time, billed as the provider bills. Multi-GPU figures are validated on "
+            "2xH200 only (docs/multi-gpu.md).")
     lines += textwrap.wrap(foot, WIDTH)
     for note in rec.notes:
         lines += textwrap.wrap("Note: " + note, WIDTH)
