@@ -117,6 +117,19 @@ def run_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_error_rows(recs: list[dict[str, Any]], heads: tuple[str, ...], keys: tuple[str, ...],
+                      how: bool = False) -> None:
+    """One line per run: id, model, method (and GPUs x distribution), seq x batch, then the error columns."""
+    extra = f" {'how':8s}" if how else ""
+    print(f"{'run':6s} {'model':15s} {'method':6s}{extra} {'seq x bs':>10s} " + " ".join(f"{h:>7s}" for h in heads))
+    for r in recs:
+        where = f" {str(r['num_gpus']) + 'x ' + str(r['distribution']):8s}" if how else ""
+        errs = " ".join(f"{r[k] * 100:+6.1f}%" for k in keys)  # nan prints as nan
+        print(f"{r['run_id']:6s} {r['model'].split('/')[-1][:15]:15s} {r['method']:6s}{where} "
+              f"{r['seq_len']:>5d} x {r['batch_size']:<3d} {errs}")
+    print()
+
+
 def multi_gpu_goal_check(recs: list[dict[str, Any]]) -> dict[str, Any]:
     d = summarize(recs, "err_device_used")
     t = summarize(recs, "err_tokens_per_second")
@@ -135,13 +148,8 @@ def _run_validate_multi_gpu(a: argparse.Namespace) -> int:
                          indent=2, default=str))
         return 0
     print("per GPU (the fullest rank); tokens/s of all GPUs; relative errors, + = over-estimate")
-    print(f"{'run':6s} {'model':15s} {'method':6s} {'how':8s} {'seq x bs':>10s} {'alloc':>7s} {'used':>7s} {'tok/s':>7s}")
-    for r in recs:
-        tp = r["err_tokens_per_second"]
-        print(f"{r['run_id']:6s} {r['model'].split('/')[-1][:15]:15s} {r['method']:6s} "
-              f"{str(r['num_gpus']) + 'x ' + str(r['distribution']):8s} {r['seq_len']:>5d} x {r['batch_size']:<3d} "
-              f"{r['err_peak_allocated'] * 100:+6.1f}% {r['err_device_used'] * 100:+6.1f}% {tp * 100:+6.1f}%")
-    print()
+    _print_error_rows(recs, ("alloc", "used", "tok/s"), ("err_peak_allocated", "err_device_used",
+                                                         "err_tokens_per_second"), how=True)
     for key, label in zip(keys, ("peak allocated", "device used", "tokens/s"), strict=True):
         s = summarize(recs, key)
         if s.get("n"):
@@ -165,13 +173,8 @@ def run_validate(a: argparse.Namespace) -> int:
                           "goals": goals, "coefficients": str(Coefficients.__name__)}, indent=2, default=str))
         return 0
     print("relative errors, + = over-estimate")
-    print(f"{'run':6s} {'model':15s} {'method':6s} {'seq x bs':>10s} {'alloc':>7s} {'res':>7s} {'used':>7s} {'tok/s':>7s}")
-    for r in recs:
-        tp = r["err_tokens_per_second"]
-        print(f"{r['run_id']:6s} {r['model'].split('/')[-1][:15]:15s} {r['method']:6s} {r['seq_len']:>5d} x {r['batch_size']:<3d} "
-              f"{r['err_peak_allocated'] * 100:+6.1f}% {r['err_peak_reserved'] * 100:+6.1f}% {r['err_device_used'] * 100:+6.1f}% "
-              f"{(tp * 100 if not math.isnan(tp) else float('nan')):+6.1f}%")
-    print()
+    _print_error_rows(recs, ("alloc", "res", "used", "tok/s"), ("err_peak_allocated", "err_peak_reserved",
+                                                                "err_device_used", "err_tokens_per_second"))
     for line in _summary_lines(recs).splitlines():
         print(line.replace(", worst over-estimate", ",\n   worst over-estimate").replace(", max |err|", ",\n   max |err|"))
     for k, g in goals.items():
