@@ -133,11 +133,8 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
             ids = recipe.random_batch(spec.arch.vocab_size, opts, device, generator=gen)
             torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            accum = opts.gradient_accumulation_steps
-            for k in range(accum):  # one optimizer step per `accum` micro-batches, as the executor does
-                loss_k = recipe.train_step(model_obj, optimizer, ids, opts, device, step_optimizer=k == accum - 1,
-                                           loss_scale=1.0 / accum)
-            losses.append(loss_k)
+            # one optimizer step per gradient_accumulation_steps micro-batches, as the executor does
+            losses.append(recipe.accumulated_step(model_obj, optimizer, ids, opts, device))
             torch.cuda.synchronize(dev)
             step_times.append(time.perf_counter() - t0)
         row["outcome"] = "ok"
@@ -191,8 +188,7 @@ def _child(cfg: dict[str, Any], out_path: str) -> None:
     except BaseException as e:  # noqa: BLE001
         row = {"run_id": cfg.get("run_id"), "model": cfg.get("model"), **cfg, "outcome": "error",
                "error": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()[-2000:]}
-    with open(out_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    record_rows([row], out_path)
 
 
 def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
@@ -220,8 +216,7 @@ def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
             if p.is_alive():
                 p.kill()
                 p.join()
-                with open(out_path, "a") as f:
-                    f.write(json.dumps({**cfg, "outcome": "timeout", "error": f"no result in {timeout_s}s"}) + "\n")
+                record_rows([{**cfg, "outcome": "timeout", "error": f"no result in {timeout_s}s"}], out_path)
         last = json.loads(Path(out_path).read_text().splitlines()[-1])
         print(f"[{i + 1}/{len(plans)}] {cfg['run_id']} {cfg.get('model')} {cfg.get('method')} "
               f"s={cfg.get('seq_len')} b={cfg.get('batch_size')} -> {last.get('outcome')} "
@@ -270,8 +265,7 @@ def _run_distributed(cfg: dict[str, Any], out_path: str, timeout_s: float) -> No
         proc.wait()
         error, outcome = f"no result in {timeout_s}s", "timeout"
     if error:
-        with open(out_path, "a") as f:
-            f.write(json.dumps({**cfg, "outcome": outcome, "error": error}) + "\n")
+        record_rows([{**cfg, "outcome": outcome, "error": error}], out_path)
 
 
 def _count_lines(path: str) -> int:
@@ -279,18 +273,6 @@ def _count_lines(path: str) -> int:
         return len(Path(path).read_text().splitlines())
     except OSError:
         return 0
-
-
-if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out rows.jsonl
-    import argparse
-
-    ap = argparse.ArgumentParser(description="run a JSONL plan of profiling configurations, one process each")
-    ap.add_argument("--batch", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--timeout", type=float, default=300)
-    a = ap.parse_args()
-    run_batch(a.batch, a.out, a.timeout)
-    sys.exit(0)
 
 
 def record_rows(rows: list[dict[str, Any]], path: str | None = None) -> Path:
@@ -303,3 +285,15 @@ def record_rows(rows: list[dict[str, Any]], path: str | None = None) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return out
+
+
+if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out rows.jsonl
+    import argparse
+
+    ap = argparse.ArgumentParser(description="run a JSONL plan of profiling configurations, one process each")
+    ap.add_argument("--batch", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--timeout", type=float, default=300)
+    a = ap.parse_args()
+    run_batch(a.batch, a.out, a.timeout)
+    sys.exit(0)

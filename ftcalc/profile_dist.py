@@ -81,24 +81,17 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
         mine["trainable_params_local"] = sum(
             (p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad)
         gen = torch.Generator(device=dev).manual_seed(1000 + rank)  # each rank its own data
-        accum = opts.gradient_accumulation_steps
         for _ in range(steps):
             ids = recipe.random_batch(spec.arch.vocab_size, opts, device, generator=gen)
             dist.barrier()
             if cuda:
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            for k in range(accum):
-                sync = accelerator.no_sync(model) if k < accum - 1 else _null()
-                with sync:
-                    loss_k = recipe.train_step(model, None, ids, opts, device, step_optimizer=False,
-                                               loss_scale=1.0 / accum)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = recipe.accumulated_step(model, optimizer, ids, opts, device, no_sync=accelerator.no_sync)
             if cuda:
                 torch.cuda.synchronize(dev)
             step_times.append(time.perf_counter() - t0)
-            losses.append(loss_k)
+            losses.append(loss)
         mine["outcome"] = "ok"
     except torch.OutOfMemoryError as e:
         mine["outcome"] = "oom"
@@ -155,19 +148,13 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return row
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
     import torch
     import torch.distributed as dist
+
+    from ftcalc.profile import record_rows
 
     ap = argparse.ArgumentParser(description="one configuration across the GPUs of a torchrun launch")
     ap.add_argument("--config", required=True, help="one plan line (JSON)")
@@ -181,8 +168,7 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         row = profile_distributed(cfg)
         if row is not None:
-            with open(a.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            record_rows([row], a.out)
     finally:
         dist.destroy_process_group()
     return 0

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = ["hf_config", "build_model", "build_model_sharded", "make_accelerator", "build_optimizer", "autocast",
-           "train_step", "random_batch", "weight_dtype"]
+           "train_step", "accumulated_step", "random_batch", "weight_dtype"]
 
 
 def _require_train_stack() -> None:
@@ -366,3 +366,17 @@ def train_step(model: Any, optimizer: Any, input_ids: Any, opts: TrainingOptions
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return value
+
+
+def accumulated_step(model: Any, optimizer: Any, input_ids: Any, opts: TrainingOptions, device: str,
+                     no_sync: Any = None) -> float:
+    """One optimizer step over ``opts.gradient_accumulation_steps`` micro-batches of ``input_ids`` (what
+    ``ftcalc profile`` times); ``no_sync`` (e.g. ``accelerator.no_sync``) skips the gradient
+    synchronization of all but the last micro-batch. Returns the last micro-batch's loss."""
+    accum = opts.gradient_accumulation_steps
+    for k in range(accum):
+        last = k == accum - 1
+        ctx = no_sync(model) if no_sync is not None and not last else contextlib.nullcontext()
+        with ctx:
+            loss = train_step(model, optimizer, input_ids, opts, device, step_optimizer=last, loss_scale=1.0 / accum)
+    return loss
