@@ -28,8 +28,9 @@ from ftcalc.memory import Coefficients, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
 from ftcalc.throughput import ThroughputCoefficients, tokens_per_second
 
-__all__ = ["fit_gpu_speed", "load_measurements", "is_validation", "is_multi_gpu_validation", "validate_multi_gpu_rows", "predict_row", "fit_memory", "fit_throughput", "validate_rows",
-           "summarize", "coefficients_to_json"]
+__all__ = ["load_measurements", "is_validation", "is_multi_gpu_validation", "predict_row", "fit_memory",
+           "fit_throughput", "fit_gpu_speed", "validate_rows", "validate_multi_gpu_rows", "summarize",
+           "coefficients_to_json"]
 
 _OPTION_FIELDS = set(TrainingOptions.model_fields)
 
@@ -79,15 +80,14 @@ def validate_multi_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Predicted (ftcalc.parallel.estimate_parallel, on the GPU the run used) vs measured per-GPU memory of
     the fullest rank and tokens/s of all GPUs, for each usable multi-GPU row; positive = over-estimate."""
     from ftcalc.hardware import get_gpu
-    from ftcalc.parallel import estimate_parallel
+    from ftcalc.parallel import estimate_parallel, strategy_of
 
     out = []
     for row in rows:
         if not usable(row) or int(row.get("num_gpus") or 1) < 2:
             continue
-        strategy = row.get("distribution") or "ddp"
-        if strategy == "fsdp" and row.get("reshard_after_forward") is False:
-            strategy = "fsdp_grad_op"
+        strategy = strategy_of(row.get("distribution") or "ddp",
+                               reshard_after_forward=row.get("reshard_after_forward") is not False)
         e = estimate_parallel(row["model"], row_options(row), get_gpu(row["gpu_name"]).gpu, strategy,
                               int(row["num_gpus"]))
         rec = {"run_id": row["run_id"], "gpu": row.get("gpu_name"), "num_gpus": row["num_gpus"],
@@ -292,11 +292,15 @@ def _tp_loss(rows: list[dict[str, Any]], tc: ThroughputCoefficients) -> float:
     return sum(errs) / max(1, len(errs))
 
 
+def _time_fit_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fit rows with a measured speed on a known GPU (validation rows dropped, whatever is passed)."""
+    return [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name") and not is_validation(r)]
+
+
 def fit_throughput(rows: list[dict[str, Any]], start: ThroughputCoefficients | None = None) -> ThroughputCoefficients:
     """Fit efficiencies and overheads on the fit rows' median tokens/s (mean |log error|); validation rows
     are dropped here."""
-    fit_rows = [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name")
-                and not is_validation(r)]
+    fit_rows = _time_fit_rows(rows)
     best = _coordinate_descent(start or ThroughputCoefficients(), _TP_BOUNDS, lambda tc: _tp_loss(fit_rows, tc),
                                (0.2, 0.05, 0.01), rounds=8)
     return replace(best, source=f"fitted by ftcalc calibrate on {len(fit_rows)} runs")
@@ -305,8 +309,7 @@ def fit_throughput(rows: list[dict[str, Any]], start: ThroughputCoefficients | N
 def fit_gpu_speed(rows: list[dict[str, Any]], start: ThroughputCoefficients | None = None) -> ThroughputCoefficients:
     """Fit only the per-GPU speed factors (``speed_h200``) on the fit rows, every other time coefficient held:
     the per-GPU calibration of issue 3, without refitting what the rest of the model rests on."""
-    fit_rows = [r for r in rows if usable(r) and r.get("tokens_per_second") and r.get("gpu_name")
-                and not is_validation(r)]
+    fit_rows = _time_fit_rows(rows)
     tc = start or ThroughputCoefficients()
     best = _coordinate_descent(tc, {"speed_h200": _TP_BOUNDS["speed_h200"]}, lambda t: _tp_loss(fit_rows, t),
                                (0.2, 0.05, 0.01), rounds=8)

@@ -132,6 +132,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         from ftcalc.parallel import default_strategy, estimate_parallel
 
         strategy = default_strategy(spec, opts, gpu_obj.gpu if gpu_obj else None, opts.num_gpus)
+        # memory per GPU does not depend on the GPU; without one its time (computed for an H100) goes unused
         par = estimate_parallel(spec, opts, gpu_obj.gpu if gpu_obj else "h100", strategy, opts.num_gpus)
     if gpu_obj is not None and par is not None:
         headroom = int(cap - par.device_used_bytes)

@@ -175,10 +175,10 @@ def _fsdp_used(spec: ModelSpec, opts: TrainingOptions, counts: list[int]) -> dic
     from ftcalc import sharding as sh
     from ftcalc.solver import _config_grid
 
-    opts_list, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size)
-    i = next(k for k, o in enumerate(opts_list) if o.checkpointing == opts.checkpointing)
+    _, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size,
+                         checkpointing=(opts.checkpointing,))
     nccl = sh.load_assumptions().nccl_buffer_bytes
-    return {n: float(sh.device_used_per_gpu(st.take(i), sh.FSDP, n, 1, nccl)) for n in counts}
+    return {n: float(sh.device_used_per_gpu(st.take(0), sh.FSDP, n, 1, nccl)) for n in counts}
 
 
 def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.05, max_gpus: int = 8,

@@ -543,6 +543,8 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
             covers: the caching-allocator simulation, ``simulated_gap_bytes``; otherwise fitted).
     """
     c = coeffs or load_coefficients()
+    if fragmentation not in ("fitted", "simulated"):
+        raise InvalidArgumentError(f"fragmentation '{fragmentation}': expected fitted or simulated")
     if opts.method == "qlora" and opts.precision == "32-true":
         raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
     w = weights_bytes(inv, opts)
@@ -631,8 +633,6 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     if fragmentation == "simulated" and simulation_supported(arch, opts, attn):
         reserved = peak + simulated_gap_bytes(arch, opts.model_copy(update={"num_gpus": 1}))
         frag_model = "simulated"
-    elif fragmentation not in ("fitted", "simulated"):
-        raise InvalidArgumentError(f"fragmentation '{fragmentation}': expected fitted or simulated")
     outside = c.context_bytes + c.paged_resident_fraction * st["optimizer_states_paged"]
     if gpu_memory_bytes is not None:
         reserved = max(peak, min(reserved, gpu_memory_bytes - outside))

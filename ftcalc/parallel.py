@@ -19,7 +19,7 @@ from ftcalc.errors import InvalidArgumentError
 from ftcalc.hardware import get_gpu
 from ftcalc.options import TrainingOptions
 
-__all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "STRATEGIES"]
+__all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "strategy_of", "STRATEGIES"]
 
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload", "fsdp_grad_op")  # = ftcalc.sharding.SHARDINGS
 
@@ -61,17 +61,17 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     g = get_gpu(gpu)
     a = sh.load_assumptions()
-    opts_list, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size)
-    i = next(k for k, o in enumerate(opts_list) if o.checkpointing == opts.checkpointing)
-    one = st.take(np.array([i]))
+    opts_list, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size,
+                                 checkpointing=(opts.checkpointing,))
+    one = st.take(np.array([0]))
     code = STRATEGIES.index(strategy)
     ga = opts.gradient_accumulation_steps
     used = sh.device_used_per_gpu(one, np.array([code]), np.array([float(num_gpus)]), np.array([ga]),
                                   a.nccl_buffer_bytes)
     alloc = sh.allocated_per_gpu(one, np.array([code]), np.array([float(num_gpus)]), np.array([ga]))
-    micro, opt = _micro_batch_times(spec, [opts_list[i]], [g])
-    link = a.link_efficiency.get(g.interconnect, a.link_efficiency.get("none", 0.3))
-    bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, link, g.p2p, num_instances, a)
+    micro, opt = _micro_batch_times(spec, opts_list, [g])
+    bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, sh.link_efficiency(g.interconnect, a), g.p2p,
+                                       num_instances, a)
     step, compute = sh.step_seconds_parallel(
         micro[0, 0], opt[0, 0], code, num_gpus, ga, float(one.weights[0] + one.adapters[0]), float(one.grads[0]),
         float(one.trainable_params[0]), num_instances, bw, a, units=float(one.units[0]))
@@ -95,3 +95,12 @@ def default_strategy(model: str | ModelSpec, opts: TrainingOptions, gpu: str | N
         return "ddp"
     ddp = estimate_parallel(model, opts, gpu, "ddp", num_gpus)
     return "ddp" if ddp.device_used_bytes <= get_gpu(gpu).memory_bytes else "fsdp"
+
+
+def strategy_of(distribution: str, offload_params: bool = False, reshard_after_forward: bool = True) -> str:
+    """The ``estimate_parallel`` strategy of a spec's or a measured row's distribution settings."""
+    if distribution != "fsdp":
+        return distribution
+    if offload_params:
+        return "fsdp_offload"
+    return "fsdp" if reshard_after_forward else "fsdp_grad_op"

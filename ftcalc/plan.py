@@ -248,9 +248,11 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
                         provider=c.provider, instance_type=c.instance_type)
     if world > 1 and gpu and est.tokens_per_second and num_nodes == 1:
         # several GPUs of one node: per-GPU memory and speed under DDP / FSDP (ftcalc.parallel, docs/multi-gpu.md)
-        from ftcalc.parallel import estimate_parallel
+        from ftcalc.parallel import estimate_parallel, strategy_of
 
-        par = estimate_parallel(mspec, opts, est.gpu, "fsdp_offload" if offload else distribution, num_gpus)
+        fsdp = spec.distribution.fsdp
+        par = estimate_parallel(mspec, opts, est.gpu, strategy_of(distribution, fsdp.offload_params,
+                                                                  fsdp.reshard_after_forward), num_gpus)
         pred.update(device_used_bytes=int(par.device_used_bytes), peak_allocated_bytes=int(par.peak_allocated_bytes),
                     tokens_per_second=round(par.tokens_per_second_per_gpu, 1))
         pred.pop("peak_reserved_bytes", None)  # the multi-GPU model predicts allocated and device used

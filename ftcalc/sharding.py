@@ -74,7 +74,8 @@ from ftcalc.errors import DataFileError
 __all__ = [
     "SHARDINGS", "SINGLE", "DDP", "FSDP", "FSDP_OFFLOAD", "FSDP_GRAD_OP",
     "Assumptions", "load_assumptions", "ModelStates",
-    "device_used_per_gpu", "allocated_per_gpu", "collective_pool_bytes", "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
+    "device_used_per_gpu", "allocated_per_gpu", "collective_pool_bytes", "link_efficiency",
+    "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
     "startup_seconds", "checkpoint_seconds", "host_bytes_offload",
 ]
 
@@ -251,14 +252,15 @@ def outside_allocator_bytes(st: ModelStates, sharding: Any, keep: Any, nccl_buff
     return st.context + st.opt_paged * keep + np.where(np.asarray(sharding) != SINGLE, nccl_buffer_bytes, 0.0)
 
 
-def st_units(units: Any) -> Any:
-    return np.asarray(units, dtype=float)
-
-
 def host_bytes_offload(st: ModelStates) -> Any:
     """Host RAM that FSDP CPU offload needs for the whole job: parameters, gradients, optimizer states and
     the optimizer's temporaries of every rank (all ranks of a node share its RAM)."""
     return st.weights + st.adapters + st.grads + st.opt_states + st.opt_paged + st.step_tmp
+
+
+def link_efficiency(interconnect: str, a: Assumptions) -> float:
+    """The achieved NCCL share of a GPU's interconnect bandwidth (solver_assumptions.json link_efficiency)."""
+    return a.link_efficiency.get(interconnect, a.link_efficiency.get("none", 0.3))
 
 
 def comm_bandwidth_bytes_per_s(interconnect_gbps: Any, link_efficiency: Any, p2p: Any, num_instances: Any,
@@ -306,7 +308,7 @@ def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, n
     cpu_step = trainable_params / np.asarray(num_instances, dtype=float) / a.cpu_optimizer_params_per_s
     # FSDP's fixed cost per unit and collective (all-gather in forward, again in backward, reduce-scatter):
     # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
-    latency = (gathers + 1.0) * st_units(units) * a.fsdp_collective_latency_s
+    latency = (gathers + 1.0) * np.asarray(units, dtype=float) * a.fsdp_collective_latency_s
     per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + latency, 0.0) + np.where(off, offload_copy, 0.0))
     opt = np.where(off, cpu_step, np.where(fsdp, optimizer_s / n, optimizer_s))
     step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt

@@ -224,7 +224,8 @@ def _gpu_counts(max_gpus: int) -> list[int]:
 
 
 def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str], micro_batches: Sequence[int],
-                 target_seqs: int) -> tuple[list[TrainingOptions], sh.ModelStates]:
+                 target_seqs: int, checkpointing: Sequence[bool] = (True, False)
+                 ) -> tuple[list[TrainingOptions], sh.ModelStates]:
     """Every (method, micro-batch, checkpointing) and the byte counts ftcalc.sharding needs for each."""
     arch = spec.arch
     inv = inventory(arch)
@@ -239,7 +240,7 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
         for mb in micro_batches:
             if mb > max(target_seqs, 1) and mb != 1:
                 continue
-            for ckpt in (True, False):
+            for ckpt in checkpointing:
                 opts = base.model_copy(update={"method": method, "batch_size": mb, "gradient_checkpointing": ckpt})
                 mem = estimate_memory(arch, inv, opts, c)  # unconstrained: the fit test uses device_used
                 w = weights_bytes(inv, opts)
@@ -542,8 +543,7 @@ class _Candidates:
             self.considered = np.ones_like(fits)
         self.fits = fits
 
-        link_eff = np.array([a.link_efficiency.get(g.interconnect, a.link_efficiency.get("none", 0.3))
-                             for g in gpus])[gi]
+        link_eff = np.array([sh.link_efficiency(g.interconnect, a) for g in gpus])[gi]
         bw = sh.comm_bandwidth_bytes_per_s(np.array([g.interconnect_gbps for g in gpus])[gi], link_eff,
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
         self.step_s, self.compute_s = sh.step_seconds_parallel(
