@@ -56,8 +56,9 @@ $F plan --model llama-3-8b --method full --init random --tokenizer $TOK --datase
 CUDA_VISIBLE_DEVICES=0 $F run "$OUT/l8-toobig.yaml" --output-dir "$OUT/l8-toobig" > "$OUT/preflight.log" 2>&1
 echo "pre-flight refusal: exit $?: $(tail -1 "$OUT/preflight.log")"
 summary "$OUT/l8-lora" "$OUT/l8-lora-again" "$OUT/l8-qlora" "$OUT/l8-qlora-again"
-cat "$OUT"/plain-*.json | python3 -c "import json,sys; [print('plain', d['method'], d['tokens_per_second'], 'tok/s; alloc', round(d['peak_allocated_bytes']/2**30,2)) for d in json.loads('['+sys.stdin.read().replace('}\n{','},{')+']')]" 2>&1 | tail -2
-tail -3 "$OUT/single-lora.log" "$OUT/single-qlora.log"
+python3 -c "import json,sys; [print('plain', d['method'], d['tokens_per_second'], 'tok/s; alloc',
+round(d['peak_allocated_bytes'] / 2**30, 2)) for d in (json.load(open(p)) for p in sys.argv[1:])]" "$OUT"/plain-*.json
+tail -n 3 "$OUT/single-lora.log" "$OUT/single-qlora.log"
 fi
 
 if [[ " $PHASES " == *" two "* ]] && [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
@@ -65,7 +66,7 @@ if [[ " $PHASES " == *" two "* ]] && [ "$(python3 -c 'import torch; print(torch.
   $F plan --model llama-3-8b --method lora --init random --tokenizer $TOK --dataset $DATA --seq-len 2048 --batch-size 4 \
     --packing --max-steps 20 --gpu h200 --num-gpus 2 --distribution ddp -o "$OUT/l8-ddp.yaml" > /dev/null
   $F run "$OUT/l8-ddp.yaml" --output-dir "$OUT/l8-ddp" --record --record-file "$REC" > "$OUT/l8-ddp.log" 2>&1
-  summary "$OUT/l8-ddp"; tail -2 "$OUT/l8-ddp.log"
+  summary "$OUT/l8-ddp"; tail -n 2 "$OUT/l8-ddp.log"
   $F plan --model tiny-llama --method lora --dataset $DATA --max-steps 200 --seq-len 256 --batch-size 2 \
     --grad-accum 2 --save-steps 25 --val-set-size 16 --num-gpus 2 -o "$OUT/ddp.yaml" > /dev/null
   $F run "$OUT/ddp.yaml" --output-dir "$OUT/ddp-a" > "$OUT/ddp-a.log" 2>&1
@@ -80,7 +81,7 @@ if [[ " $PHASES " == *" two "* ]] && [ "$(python3 -c 'import torch; print(torch.
   $F plan --model tiny-llama --method full --dataset $DATA --max-steps 20 --seq-len 256 --batch-size 4 \
     --save-steps 10 --val-set-size 16 --num-gpus 2 --distribution fsdp -o "$OUT/fsdp.yaml" > /dev/null
   $F run "$OUT/fsdp.yaml" --output-dir "$OUT/fsdp" > "$OUT/fsdp.log" 2>&1
-  summary "$OUT/fsdp"; tail -2 "$OUT/fsdp.log"
+  summary "$OUT/fsdp"; tail -n 2 "$OUT/fsdp.log"
   ls "$OUT/fsdp/final" "$OUT/fsdp/checkpoints" 2>&1 | head
   echo "two-GPU phase: $(( $(date +%s) - t0 )) s"
 fi
