@@ -153,8 +153,9 @@ PLANS = {
           steps=8, warmup_steps=3),
         c(L8, "lora", 8192, 1, num_gpus=2, distribution="ddp", steps=8, warmup_steps=3),
     ],
-    # next (not yet run): 4 GPUs (nvidia-h200-x4) and shard-grad-op, both modelled but unmeasured; the
-    # tied-embedding full fine-tuning that b-015 / f-004 miss (one GPU and DDP)
+    # 4 GPUs (nvidia-h200-x4): N-scaling of FSDP/DDP, shard-grad-op (modelled, unmeasured), and the two
+    # configurations that plans e/f miss (DDP full fine-tuning with adamw_8bit: e-007, tied Llama-3.2-3B: f-004)
+    # at N=4. Predictions registered in data/predictions/ before the run (scripts/register_predictions.py).
     "g": [
         c(L70, "lora", 2048, 2, num_gpus=4, distribution="fsdp", steps=6, warmup_steps=2),
         c(L8, "full", 2048, 2, gradient_checkpointing=True, num_gpus=4, distribution="fsdp", steps=8, warmup_steps=3),
@@ -163,8 +164,21 @@ PLANS = {
         c(L8, "lora", 2048, 4, num_gpus=4, distribution="ddp", steps=8, warmup_steps=3),
         c(L8, "full", 2048, 2, gradient_checkpointing=True, num_gpus=2, distribution="fsdp",
           reshard_after_forward=False, steps=8, warmup_steps=3),
+        c(L8, "full", 1024, 1, gradient_checkpointing=True, optimizer="adamw_8bit", num_gpus=4, distribution="ddp",
+          steps=8, warmup_steps=3),
+        c("meta-llama/Llama-3.2-3B", "full", 2048, 4, gradient_checkpointing=True, num_gpus=4, distribution="ddp",
+          steps=8, warmup_steps=3),
+    ],
+    # one GPU of the same machine: the one-GPU twins of f-004 and e-007 (what DDP adds), b-015's configuration
+    # again (run-to-run spread), and the MoE issue 3 asks for: Mixtral LoRA in bf16 (fits one H200) and QLoRA
+    # (predicted not to fit: peft's prepare_model_for_kbit_training upcasts the fused 3-D expert tensors,
+    # which bitsandbytes does not quantize, to fp32)
+    "g1": [
         c("meta-llama/Llama-3.2-3B", "full", 2048, 4, gradient_checkpointing=True, steps=8, warmup_steps=3),
+        c(L8, "full", 1024, 1, gradient_checkpointing=True, optimizer="adamw_8bit", steps=8, warmup_steps=3),
         c(Q3, "full", 1024, 4, gradient_checkpointing=True, steps=8, warmup_steps=3),
+        c("mistralai/Mixtral-8x7B-v0.1", "lora", 2048, 1, steps=6, warmup_steps=2),
+        c("mistralai/Mixtral-8x7B-v0.1", "lora", 4096, 2, steps=6, warmup_steps=2),
         c("mistralai/Mixtral-8x7B-v0.1", "qlora", 2048, 1, steps=5, warmup_steps=2),
     ],
     # issue 8 (needs nvidia-h200-x8, not lent so far); predictions registered in docs/multi-gpu.md first
