@@ -26,9 +26,31 @@ import statistics
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 __all__ = ["profile_distributed"]
+
+
+def _dump_trace(torch: Any, dev: Any, out_dir: Path, run_id: str, meta: dict[str, Any],
+                marks: list[dict[str, Any]]) -> None:
+    """Write rank 0's allocator trace in scripts/alloc_trace.py's format (replayed by ftcalc.allocator)."""
+    import gzip
+
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    trace = [{"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}
+             for e in snap["device_traces"][dev.index or 0]]
+    segs = [{"address": s["address"], "total_size": s["total_size"], "stream": s["stream"],
+             "segment_type": s.get("segment_type"),
+             "blocks": [{"size": b["size"], "state": b["state"]} for b in s["blocks"]]} for s in snap["segments"]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    row = {"run_id": run_id, **meta, "gpu_name": torch.cuda.get_device_name(dev),
+           "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
+           "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev), "torch": torch.__version__,
+           "marks": marks, "segments_end": segs, "trace": trace}
+    with gzip.open(out_dir / f"{run_id}.json.gz", "wt") as f:
+        json.dump(row, f)
 
 
 def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -48,6 +70,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     run_id = cfg.pop("run_id", None)
     strategy = cfg.pop("distribution", "ddp")
     reshard = bool(cfg.pop("reshard_after_forward", True))
+    trace_dir = cfg.pop("trace_dir", None)  # rank 0 records the caching allocator's trace (scripts/alloc_trace.py)
     opts = make_options(**cfg)
     spec = resolve_model(model_name)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -59,6 +82,10 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     device = f"cuda:{local}" if cuda else "cpu"
     dev = torch.device(device)
     free0, total = torch.cuda.mem_get_info(dev) if cuda else (0, 0)
+    tracing = bool(trace_dir) and cuda and rank == 0
+    marks: list[dict[str, Any]] = []
+    if tracing:
+        torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python", max_entries=2_000_000)
     accelerator = recipe.make_accelerator(spec, strategy, reshard_after_forward=reshard)
     losses: list[float] = []
     step_times: list[float] = []
@@ -77,6 +104,9 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
             mine["allocated_after_load_bytes"] = torch.cuda.memory_allocated(dev)
             mine["load_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
             torch.cuda.reset_peak_memory_stats(dev)
+            if tracing:
+                marks.append({"name": "built", "event_index": len(torch.cuda.memory._snapshot()["device_traces"][local]),
+                              "allocated": torch.cuda.memory_allocated(dev), "reserved": torch.cuda.memory_reserved(dev)})
         mine["load_seconds"] = round(time.perf_counter() - t_load, 3)
         mine["trainable_params_local"] = sum(
             (p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad)
@@ -102,6 +132,10 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
         mine["traceback"] = traceback.format_exc()[-2000:]
     if cuda:
         mine.update(cuda_memory_readings(dev, total))
+    if tracing:
+        _dump_trace(torch, dev, Path(trace_dir), run_id or "trace", {
+            "model": spec.id, **opts.model_dump(mode="json"), "num_gpus": world, "distribution": strategy,
+            "reshard_after_forward": reshard, "steps": steps, "outcome": mine["outcome"]}, marks)
     mine["step_seconds"] = [round(s, 5) for s in step_times]
     mine["losses"] = [round(v, 4) for v in losses]
     gathered: list[Any] = [None] * world

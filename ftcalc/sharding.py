@@ -23,16 +23,23 @@ layer backward, optimizer step) and replaces the model states in each phase:
   (torch/nn/parallel/distributed.py, ``gradient_as_bucket_view``: "the saved memory size will be equal to
   the total gradients size"), plus NCCL buffers outside the caching allocator (~0.5 GiB per communicator:
   Fujii et al. 2024 tool notes, reference/memory.md section 4.3).
-- fsdp (FULL_SHARD / FSDP2 ``reshard_after_forward=True``): weights, adapters, gradients, optimizer
-  states and the optimizer's temporaries divided by N; plus the all-gathered units beyond the GPU's own
-  shard: the root unit (embeddings, LM head, final norm), which stays gathered from forward to backward
-  (FSDP2 docs: the root's reshard_after_forward is "specially set to False ... since its parameters would
-  typically be immediately all-gathered for backward", torch/distributed/fsdp/_fully_shard/_fully_shard.py),
-  and two decoder layers, the current one and the prefetched next one (FSDP1 ``BackwardPrefetch.BACKWARD_PRE``:
-  "holding the current set of parameters and the next set's", torch/distributed/fsdp/api.py); for full
-  fine-tuning also one layer's unsharded gradient before its reduce-scatter; plus NCCL buffers.
-  Gradients are reduce-scattered every micro-batch (accelerate ``GradientAccumulationPlugin(sync_each_batch=True)``);
-  FSDP's ``no_sync`` would keep unsharded gradients, the full G per GPU.
+- fsdp (FULL_SHARD / FSDP2 ``reshard_after_forward=True``, as accelerate's ``fsdp2_prepare_model`` wraps it):
+  weights, adapters, gradients, optimizer states and the optimizer's temporaries divided by N; plus the
+  units all-gathered at the phase's peak, each in full (FSDP2 all-gathers a unit into a new full-size
+  buffer; the GPU's own shard stays allocated beside it). accelerate makes one unit per decoder layer, one
+  of the input embedding, and a tail unit [final norm, LM head] (with tied weights: [final norm,
+  embedding, LM head]) whose ``reshard_after_forward`` it sets to False ("forward-end / backward-start",
+  accelerate/utils/fsdp_utils.py). At the loss: the tail and the last decoder layer, prefetched for
+  backward; in a layer's backward: the current and the prefetched layer (FSDP1 ``BackwardPrefetch.BACKWARD_PRE``:
+  "holding the current set of parameters and the next set's", torch/distributed/fsdp/api.py), and with
+  tied weights the tail as well, its embedding's backward coming last; for full fine-tuning also one layer's
+  unsharded gradient before its reduce-scatter; plus NCCL buffers. Measured on 4xH200 (run g-000,
+  Llama-3-70B LoRA): going from 2 to 4 GPUs lowered the peak by the sharded states alone, the gathered
+  part did not grow as (N-1)/N of the units would.
+- fsdp_grad_op (FSDP2 ``reshard_after_forward=False``, about ZeRO-2): as fsdp, but every unit stays
+  gathered from its forward to its backward, so at the loss and at the start of backward the whole model
+  is unsharded in full beside the shards (runs g-002, g-004: the peak is the sharded states, the single-GPU
+  activations and the full bf16 weights, within 0.2%).
 - fsdp_offload (FSDP ``CPUOffload(offload_params=True)``): parameters, gradients and optimizer states live
   in host memory and the optimizer steps on the CPU; the GPU holds the gathered units (in full, its own
   shard is not resident) and the activations. The last resort: slow, and host RAM is not checked (the price
@@ -154,6 +161,8 @@ class ModelStates:
     full: np.ndarray  # bool: full fine-tuning (trainable base weights)
     root_bytes: np.ndarray  # embeddings + LM head (+ final norm): FSDP's root unit, in storage bytes
     layer_bytes: np.ndarray  # one decoder layer's weights + adapters, in storage bytes
+    tied: np.ndarray  # bool: tied input/output embeddings
+    tail_bytes: np.ndarray  # accelerate's tail unit: final norm + LM head (tied: + the embedding), storage bytes
     layer_grad_bytes: np.ndarray  # one decoder layer's gradients (full fine-tuning; else 0)
     unit_max_bytes: np.ndarray  # the largest FSDP unit in storage bytes (embedding, or LM head + final norm)
     units: np.ndarray  # FSDP units: decoder layers + embedding + tail (+ the root's leftovers, not counted)
@@ -170,30 +179,36 @@ def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum:
     """Peak allocated bytes per GPU (what ``torch.cuda.max_memory_allocated`` reports on each rank).
 
     The single-GPU phases of ftcalc.memory with the model states replaced as the module docstring says:
-    sharded 1/N under FSDP, the gathered units beyond the own shard, DDP's gradient buckets.
+    sharded 1/N under FSDP, the gathered units in full, DDP's gradient buckets.
     """
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
     fsdp = _fsdp(sh)
-    off = sh == FSDP_OFFLOAD
     accum = np.asarray(grad_accum) > 1
     keep = _keep(sh, n)
     states = st.weights + st.adapters + st.opt_states
     states_g = states * keep
     grads_g = st.grads * keep
-    # gathered units beyond the own shard (which is in states_g): the root unit + current and prefetched layer
-    beyond = np.where(off, 1.0, 1.0 - 1.0 / n)
-    gathered = np.where(fsdp, (st.root_bytes + 2.0 * st.layer_bytes) * beyond, 0.0)
-    # shard-grad-op (reshard_after_forward=False, ~ZeRO-2): every unit stays gathered from its forward to its
-    # backward, so at the loss and at the start of backward the whole model is unsharded (NOT YET MEASURED)
-    gathered = np.where(sh == FSDP_GRAD_OP, (st.weights + st.adapters) * (1.0 - 1.0 / n), gathered)
+    # units gathered in full beside the own shard (which is in states_g): at the loss the tail unit and the
+    # last layer (prefetched for backward); in a layer's backward the current and the prefetched layer (and
+    # a tied tail, which holds the embedding used last). Shard-grad-op keeps every unit gathered from its
+    # forward to its backward: the whole model at the loss and when backward starts, while the (sharded)
+    # gradients grow as the gathered layers are released, so its backward peaks at either end. Under
+    # offload the shard is on the host: the same gathered units, nothing beside them.
+    grad_op = sh == FSDP_GRAD_OP
+    whole = st.weights + st.adapters
+    g_layer = np.where(fsdp, 2.0 * st.layer_bytes + np.where(st.tied, st.tail_bytes, 0.0), 0.0)
+    g_loss = np.where(grad_op, whole, np.where(fsdp, st.tail_bytes + st.layer_bytes, 0.0))
     unit_grad = np.where(fsdp & st.full, st.layer_grad_bytes, 0.0)
-    loss = st.phase_loss - states + states_g + np.where(accum, grads_g, 0.0) + gathered
-    layer_ckpt = st.phase_layer - states - st.grads + states_g + grads_g
+    loss = st.phase_loss - states + states_g + np.where(accum, grads_g, 0.0) + g_loss
     x = st.act_x
-    layer_nockpt = (st.phase_layer - states - np.maximum(x, st.grads) + states_g
-                    + np.where(accum, x + grads_g, np.maximum(x, grads_g)))
-    layer = np.where(st.ckpt, layer_ckpt, layer_nockpt) + gathered + unit_grad
+    ck_base = st.phase_layer - states - st.grads + states_g
+    layer_ckpt = ck_base + np.where(grad_op, np.maximum(whole, grads_g + g_layer), grads_g + g_layer)
+    nk_base = st.phase_layer - states - np.maximum(x, st.grads) + states_g
+    nk_grads = np.where(accum, x + grads_g, np.maximum(x, grads_g)) + g_layer
+    layer_nockpt = nk_base + np.where(grad_op, np.maximum(x + whole, np.where(accum, x, 0.0) + grads_g + g_layer),
+                                      nk_grads)
+    layer = np.where(st.ckpt, layer_ckpt, layer_nockpt) + unit_grad
     opt = st.phase_opt - states - st.grads - st.step_tmp + states_g + grads_g + st.step_tmp * keep
     bucket = np.where(sh == DDP, st.grads, 0.0)
     out = np.maximum(np.maximum(loss, layer), opt) + bucket

@@ -277,9 +277,13 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["unit_max_bytes"].append(per_param * (embed + head if arch.tie_word_embeddings and not
                                                            inv.params_by_kind.get("lm_head", 0) else max(embed, head)))
                 cols["units"].append(layers + 2)
+                tied = bool(arch.tie_word_embeddings and not inv.params_by_kind.get("lm_head", 0))
+                cols["tied"].append(tied)
+                cols["tail_bytes"].append(per_param * ((embed if tied else inv.params_by_kind.get("lm_head", 0))
+                                                       + arch.hidden_size))
                 cols["trainable_params"].append(mem.trainable_params)
                 opts_list.append(opts)
-    arrays = {k: np.asarray(v, dtype=bool if k in ("ckpt", "full") else float) for k, v in cols.items()}
+    arrays = {k: np.asarray(v, dtype=bool if k in ("ckpt", "full", "tied") else float) for k, v in cols.items()}
     return opts_list, sh.ModelStates(**arrays, gap_fraction=c.reserved_gap_fraction)
 
 

@@ -181,6 +181,24 @@ PLANS = {
         c("mistralai/Mixtral-8x7B-v0.1", "lora", 4096, 2, steps=6, warmup_steps=2),
         c("mistralai/Mixtral-8x7B-v0.1", "qlora", 2048, 1, steps=5, warmup_steps=2),
     ],
+    # blind check of what plan g changed (FSDP gathered units in full, shard-grad-op, measured DDP bucket
+    # bandwidth) on new models, with the predictions registered first (data/predictions/i.json); the
+    # one-GPU twin of a DDP run with little compute per step (exposed all-reduce); Mixtral LoRA, which
+    # peft 0.21 applies to the fused expert tensors too (lora.ParamWrapper, which needs lora_dropout 0)
+    "i": [
+        c(M7, "full", 2048, 2, gradient_checkpointing=True, num_gpus=4, distribution="fsdp", steps=8, warmup_steps=3),
+        c(M7, "full", 2048, 2, gradient_checkpointing=True, num_gpus=4, distribution="fsdp",
+          reshard_after_forward=False, steps=8, warmup_steps=3),
+        c(Q7, "lora", 4096, 2, num_gpus=2, distribution="fsdp", reshard_after_forward=False, steps=8, warmup_steps=3),
+        c("meta-llama/Llama-3.2-3B", "full", 1024, 1, gradient_checkpointing=True, num_gpus=4, distribution="ddp",
+          steps=8, warmup_steps=3),
+        c(Q3, "full", 1024, 4, gradient_checkpointing=True, num_gpus=2, distribution="ddp", steps=8, warmup_steps=3),
+        c("meta-llama/Llama-3.2-3B", "full", 1024, 1, gradient_checkpointing=True, steps=8, warmup_steps=3),
+        c("mistralai/Mixtral-8x7B-v0.1", "lora", 2048, 1, lora_targets="q_proj,k_proj,v_proj,o_proj", steps=6,
+          warmup_steps=2),
+        c("mistralai/Mixtral-8x7B-v0.1", "lora", 2048, 1, lora_dropout=0.0, steps=6, warmup_steps=2),
+        c("mistralai/Mixtral-8x7B-v0.1", "lora", 4096, 2, lora_dropout=0.0, steps=6, warmup_steps=2),
+    ],
     # issue 8 (needs nvidia-h200-x8, not lent so far); predictions registered in docs/multi-gpu.md first
     "h": [
         c(L70, "full", 2048, 1, gradient_checkpointing=True, num_gpus=8, distribution="fsdp", steps=6, warmup_steps=2),
