@@ -311,21 +311,96 @@ def _optimizer(s: _Seq, d: Dims, params: list[tuple[str, int]], grads: dict, sta
     # sgd (no momentum): in-place foreach, nothing large
 
 
-def step_sequence(spec, opts, steps: int = 3, include_build: bool = True) -> list[tuple[str, int, int]]:
+DDP_BUCKET_CAP = 25 * 2**20  # DistributedDataParallel(bucket_cap_mb=25)
+DDP_FIRST_BUCKET_CAP = 2**20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES
+DDP_BROADCAST_BUFFER = 250 * 2**20  # _sync_module_states' coalesced broadcast buffer
+
+
+def _grad_ready_order(d: Dims) -> list[tuple[str, int]]:
+    """(name, numel) of the parameters in the order their gradients become final in backward (the order
+    DDP's reducer sees them ready and rebuilds its buckets with after the first iteration): the untied
+    lm_head, the final norm, per layer in reverse down, up, gate, post-attention norm, o, k, v, q,
+    input norm, and the embedding last (tied: after both contributions are accumulated)."""
+    order = [] if d.tied else [("lm_head", d.vocab * d.h)]
+    order.append(("norm", d.h))
+    for li in reversed(range(d.layers)):
+        order += [(f"{li}.down", d.h * d.inter), (f"{li}.up", d.inter * d.h), (f"{li}.gate", d.inter * d.h)]
+        order += [(f"{li}.norm{j}", d.h) for j in range(1, d.norms_per_layer)]
+        order += [(f"{li}.o", d.h * d.q_dim), (f"{li}.k", d.kv_dim * d.h), (f"{li}.v", d.kv_dim * d.h)]
+        if d.qkv_bias:
+            order += [(f"{li}.kb", d.kv_dim), (f"{li}.vb", d.kv_dim), (f"{li}.qb", d.q_dim)]
+        order += [(f"{li}.q", d.q_dim * d.h), (f"{li}.norm0", d.h)]
+    order.append(("embed", d.vocab * d.h))
+    return order
+
+
+def _ddp_buckets(d: Dims, cap: int = DDP_BUCKET_CAP, first_cap: int = DDP_FIRST_BUCKET_CAP) -> list[int]:
+    """Byte sizes of DDP's rebuilt gradient buckets (``compute_bucket_assignment_by_size`` over the
+    gradient-ready order: a bucket closes once it holds ``>= cap`` bytes, the first one at ``first_cap``)."""
+    out, cur, limit = [], 0, first_cap
+    for _, numel in _grad_ready_order(d):
+        cur += numel * d.wbytes
+        if cur >= limit:
+            out.append(cur)
+            cur, limit = 0, cap
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _ddp_build(s: _Seq, d: Dims, params: list[tuple[str, int]]) -> int:
+    """DistributedDataParallel construction: ``_sync_module_states`` broadcasts the parameters in
+    coalesced chunks (``take_tensors``: a chunk closes at ``>= 250 MiB``; a one-tensor chunk is sent in
+    place, others are flattened into a new buffer, the previous buffer freed after the next one is made),
+    then the reducer's initial buckets: with ``find_unused_parameters=False`` a single bucket holding every
+    gradient (``bucket_size_limits=[sys.maxsize]``), alive until the buckets are rebuilt in the forward
+    of the second iteration. Returns the initial bucket's id."""
+    chunks, cur, cnt = [], 0, 0
+    for _, numel in params:
+        cur += numel * d.wbytes
+        cnt += 1
+        if cur >= DDP_BROADCAST_BUFFER:
+            chunks.append((cur, cnt))
+            cur, cnt = 0, 0
+    if cur:
+        chunks.append((cur, cnt))
+    prev = None
+    for nbytes, cnt in chunks:
+        if cnt == 1:
+            continue
+        flat = s.a(nbytes)
+        s.f(prev)
+        prev = flat
+    s.f(prev)
+    return s.a(sum(numel for _, numel in params) * d.wbytes)
+
+
+def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
+                  ddp: bool = False) -> list[tuple[str, int, int]]:
     """The request sequence (``("alloc", id, nbytes)`` / ``("free", id, 0)`` / ``("reset", 0, 0)``) of
     building the model and running ``steps`` training steps; "reset" marks where the peaks are reset
-    (after the build, as the profiler does)."""
+    (after the build, as the profiler does). ``ddp``: one rank of torch DistributedDataParallel
+    (``find_unused_parameters=False``, ``bucket_cap_mb=25``, ``gradient_as_bucket_view=False``): the
+    gradients are still allocated by autograd as on one GPU and copied into / back from the buckets
+    (no allocation), so DDP only adds the buckets: one bucket of every gradient from construction through
+    the first step, replaced at the start of the second step's forward by the rebuilt 25 MiB buckets
+    (see :func:`_ddp_build`, :func:`_ddp_buckets`)."""
     d = dims_for(spec, opts)
     s = _Seq()
     params = _params(d)
     if include_build:
         for _, numel in params:
             s.a(numel * d.wbytes)
+    bucket = _ddp_build(s, d, params) if ddp else None
     s.req.append(("reset", 0, 0))
     states: dict = {}
     n, h, c = d.n, d.h, 2
     for k in range(steps):
         grads: dict = {}
+        if ddp and k == 1:  # Reducer::rebuild_buckets in the second forward
+            s.f(bucket)
+            for nbytes in _ddp_buckets(d):
+                s.a(nbytes)
         emb = s.a(n * h * d.abytes)
         x = emb
         saved = []
@@ -397,8 +472,9 @@ class TrainingSim:
         return self.peak_reserved - self.peak_allocated
 
 
-def simulate_training(spec, opts, steps: int = 3) -> TrainingSim:
+def simulate_training(spec, opts, steps: int = 3, ddp: bool = False) -> TrainingSim:
     """Generate the sequence of ``steps`` steps and run it through :class:`ftcalc.allocator.CachingAllocator`.
-    Peaks are measured after the build, like ``ftcalc profile``."""
-    r = simulate(step_sequence(spec, opts, steps), CachingAllocator())
+    Peaks are measured after the build, like ``ftcalc profile``. ``ddp``: one rank of
+    DistributedDataParallel (see :func:`step_sequence`)."""
+    r = simulate(step_sequence(spec, opts, steps, ddp=ddp), CachingAllocator())
     return TrainingSim(r.peak_allocated, r.peak_reserved)

@@ -116,6 +116,13 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
             raise InvalidArgumentError(
                 f"--lora-targets {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
             )
+        from ftcalc.memory import expert_lora_targeted
+
+        if expert_lora_targeted(inv, opts) and opts.lora_dropout > 0:
+            raise InvalidArgumentError(
+                f"--lora-targets all-linear on {spec.id}: peft also adapts the fused MoE expert tensors "
+                f"(lora.ParamWrapper), which refuses lora_dropout {opts.lora_dropout}; use --lora-dropout 0, "
+                "or --lora-targets q_proj,k_proj,v_proj,o_proj for attention only")
         width = min(min(g.in_features, g.out_features) for g in inv.linears if opts.is_target(g.kind))
         if opts.lora_r > width:
             raise InvalidArgumentError(f"--lora-r {opts.lora_r} exceeds the narrowest targeted layer width ({width})")

@@ -44,7 +44,7 @@ __all__ = [
     "Coefficients", "load_coefficients", "MemoryEstimate", "estimate_memory",
     "weights_bytes", "quantized_linear_bytes", "lora_params", "gradient_bytes", "optimizer_state_bytes",
     "optimizer_step_transient_bytes", "activation_terms_per_token", "checkpoint_bytes", "logits_bytes",
-    "kv_cache_bytes",
+    "kv_cache_bytes", "expert_lora_targeted", "expert_lora_bytes",
 ]
 
 GIB = 2**30
@@ -160,15 +160,61 @@ def quantized_linear_bytes(numel: int, double_quant: bool = True) -> float:
     return data + absmax
 
 
+def expert_lora_targeted(inv: Inventory, opts: TrainingOptions) -> bool:
+    """Whether peft adapts an MoE model's fused expert tensors and router too.
+
+    peft 0.21 on transformers-5 MoE models (Mixtral: ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]
+    are 3-D parameters, not Linear modules) turns ``"all-linear"`` into ``target_parameters`` for the
+    experts and the router (peft/utils/transformers_weight_conversion.py ``_convert_peft_config_moe``,
+    huggingface/peft#3232) and wraps them with ``lora.ParamWrapper``, which refuses ``lora_dropout != 0``.
+    Measured on one H200 (runs i-006/i-007, Mixtral-8x7B, 2048 tokens): 13.6 M trainable parameters with
+    attention-only targets, 359.7 M with all-linear."""
+    return opts.uses_adapters and "all-linear" in opts.lora_targets and inv.params_by_kind.get("experts", 0) > 0
+
+
+def _moe_dims(inv: Inventory) -> tuple[int, int, int, int]:
+    """(layers, experts, hidden, intermediate) of an MoE inventory (router [E, H] and fused experts per layer)."""
+    o = inv.linear("o_proj")
+    layers = o.count if o else 1
+    h = o.out_features if o else 1
+    e = max(1, inv.params_by_kind.get("router", 0) // max(1, layers * h))
+    i = inv.params_by_kind.get("experts", 0) // max(1, layers * e * 3 * h)
+    return layers, e, h, i
+
+
 def lora_params(inv: Inventory, opts: TrainingOptions) -> int:
-    """Adapter parameters: r * (in + out) per targeted Linear (peft LoraLayer.update_layer)."""
+    """Adapter parameters: r * (in + out) per targeted Linear (peft LoraLayer.update_layer); on MoE models
+    under ``all-linear`` also peft's ParamWrapper adapters of the experts and the router, one A/B pair per
+    expert (``lora_A`` [E r, in], ``lora_B`` [out, E r]; the fused gate_up at rank 2r): r E (3H + 5I) + r H + E r
+    per layer."""
     if not opts.uses_adapters:
         return 0
     total = 0
     for g in inv.linears:
         if opts.is_target(g.kind):
             total += g.count * opts.lora_r * (g.in_features + g.out_features)
+    if expert_lora_targeted(inv, opts):
+        layers, e, h, i = _moe_dims(inv)
+        r = opts.lora_r
+        total += layers * (r * e * (3 * h + 5 * i) + r * h + e * r)
     return total
+
+
+def expert_lora_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
+    """Memory of peft's ParamWrapper on the fused experts (0 when not targeted).
+
+    Every forward of an MoE layer builds the merged expert weights W' = W + B A in full
+    (``_LoraFactorsProxy``: ``torch.baddbmm``, peft/tuners/lora/layer.py), which the expert matmuls save for
+    backward; backward then creates a full-size gradient of W' as well, gate_up's and down's one after the
+    other. ``per_layer_saved``: W' of one layer (kept by every layer without checkpointing); ``transient``:
+    the larger of W' + grad(down) and gate_up's W' + grad(gate_up), i.e. 2 x gate_up, alive in one layer's
+    backward (with checkpointing the recomputed W' included)."""
+    if not expert_lora_targeted(inv, opts):
+        return {"per_layer_saved": 0.0, "transient": 0.0}
+    layers, e, h, i = _moe_dims(inv)
+    b = 4 if opts.method == "qlora" or opts.precision != "bf16-true" else 2
+    stack = e * 3 * h * i * b
+    return {"per_layer_saved": float(stack), "transient": float(2 * e * 2 * i * h * b)}
 
 
 def weights_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
@@ -512,17 +558,19 @@ def simulation_supported(arch: Architecture, opts: TrainingOptions, attention: s
 
 
 @lru_cache(maxsize=4096)
-def simulated_gap_bytes(arch: Architecture, opts: TrainingOptions) -> float:
+def simulated_gap_bytes(arch: Architecture, opts: TrainingOptions, ddp: bool = False) -> float:
     """Peak reserved - peak allocated of two training steps replayed through the caching-allocator simulator
     (ftcalc/allocator.py) from the generated allocation sequence (ftcalc/alloc_sequence.py): the blocks the
     allocator holds but cannot reuse, mostly N x vocab loss buffers whose segments were split by long-lived
     gradients and optimizer states (docs/notes/allocator.md). The second step is the steady state on every
-    recorded trace (data/traces). 0.01-0.2 s per configuration, cached."""
+    recorded trace (data/traces). 0.01-0.2 s per configuration, cached. ``ddp``: one rank of
+    DistributedDataParallel (its parameter broadcast, the one bucket of all gradients during the first step,
+    the buckets rebuilt in gradient-ready order at the second: alloc_sequence.step_sequence)."""
     from types import SimpleNamespace
 
     from ftcalc.alloc_sequence import simulate_training
 
-    return float(simulate_training(SimpleNamespace(arch=arch), opts, steps=2).gap)
+    return float(simulate_training(SimpleNamespace(arch=arch), opts, steps=2, ddp=ddp).gap)
 
 
 def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
@@ -565,6 +613,10 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     if attn == "eager":  # softmax backward: fp32 gradient of the probabilities and of the scores
         bwd_tmp += 8.0 * arch.num_heads * opts.seq_len * n
     deq = _qlora_dequant_bytes(inv, opts)
+    moe = expert_lora_bytes(inv, opts)
+    bwd_tmp += moe["transient"]  # short-lived in one layer's backward
+    if not opts.checkpointing:
+        all_act += moe["per_layer_saved"] * arch.num_layers
     copies = autocast_weight_copy_bytes(arch, inv, opts)
     # Gradients: none at the start of backward (zero_grad(set_to_none=True)). The head's gradient
     # (full fine-tuning) appears after the three fp32 logits buffers have shrunk to one plus bf16.

@@ -61,8 +61,10 @@ step, 2 (N-1)/N x gradient bytes; FSDP all-gathers the weights in forward and ag
 reduce-scatters the gradients every micro-batch, (N-1)/N x (2 x weight bytes + gradient bytes), about
 3 x parameter bytes for full fine-tuning (reference/cost.md section 4.5, Lightning-AI/litgpt#607). It runs
 at the interconnect's one-direction bandwidth (gpus.csv ``interconnect_gbps`` / 2) times the achieved
-NCCL share (link_efficiency), inter-node at ``inter_node_gbps_per_gpu``; ``comm_overlap`` of one
-micro-batch's compute hides it and only the excess is exposed.
+NCCL share (link_efficiency), inter-node at ``inter_node_gbps_per_gpu``; for FSDP ``comm_overlap`` of one
+micro-batch's compute hides it and only the excess is exposed. DDP's all-reduce of 25 MB buckets runs at
+``ddp_bucket_share`` of the large-message rate and, measured on 2 and 4 H200s, does not hide behind the
+backward's compute (``ddp_comm_overlap`` 0: scripts/nccl_bench.py).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class Assumptions:
     no_p2p_factor: float
     inter_node_gbps_per_gpu: float
     comm_overlap: float
+    ddp_comm_overlap: float
+    ddp_bucket_share: dict[str, float]
     offload_host_gbps: float
     cpu_optimizer_params_per_s: float
     host_memory_bytes_per_gpu: float
@@ -155,6 +159,7 @@ class ModelStates:
     peak: np.ndarray  # max of the three
     gap: np.ndarray  # reserved - allocated at the peak (caching-allocator fragmentation, fitted)
     gap_single: np.ndarray  # the same on one GPU as `ftcalc estimate` predicts it (simulated where supported)
+    gap_ddp: np.ndarray  # the same on one DDP rank (simulated where supported, else gap_single)
     context: np.ndarray  # CUDA context and workspaces outside the allocator
     act_x: np.ndarray  # saved activations + autocast weight copies of all layers (no checkpointing)
     ckpt: np.ndarray  # bool: gradient checkpointing on
@@ -232,13 +237,13 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     sh = np.asarray(sharding)
     peak = np.asarray(allocated_per_gpu(st, sh, num_gpus, grad_accum))
     keep = _keep(sh, np.asarray(num_gpus, dtype=float))
-    # fragmentation: on one GPU and under DDP the single-GPU estimate's own (the allocator simulation for
-    # supported full fine-tuning: DDP runs the same allocation sequence plus gradient buckets allocated once
-    # before the first step; run e-007 measured 1.05 GiB where the one-GPU simulation gives 1.04); under
-    # FSDP, whose allocation sequence differs, the fitted gap, its share proportional to the peak following
-    # the new peak, plus the collective pools below
-    gap = np.where((sh == SINGLE) | (sh == DDP), st.gap_single,
-                   np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0))
+    # fragmentation: on one GPU the single-GPU estimate's own (the allocator simulation for supported full
+    # fine-tuning); under DDP the simulation of one rank's sequence (its gradient buckets are rebuilt at the
+    # second step into the holes the first left: run t-ddp3's trace, docs/notes/allocator.md); under FSDP,
+    # whose allocation sequence differs, the fitted gap, its share proportional to the peak following the
+    # new peak, plus the collective pools below
+    gap = np.where(sh == SINGLE, st.gap_single,
+                   np.where(sh == DDP, st.gap_ddp, np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)))
     out = peak + gap + collective_pool_bytes(st, sh) + outside_allocator_bytes(st, sh, keep, nccl_buffer_bytes)
     return out if np.ndim(out) else float(out)
 
@@ -314,7 +319,11 @@ def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, n
     off = sh == FSDP_OFFLOAD
     ring = (n - 1.0) / n
     hide = a.comm_overlap * micro_batch_s
-    ddp_exposed = np.maximum(2.0 * ring * grad_bytes / bandwidth_bytes_per_s - hide, 0.0)
+    # DDP: 25 MB buckets run below the large-message rate and did not overlap the backward's compute
+    # (scripts/nccl_bench.py, data/solver_assumptions.json ddp_bucket_share / ddp_comm_overlap)
+    share = np.where(n <= 2.0, a.ddp_bucket_share["2"], a.ddp_bucket_share["4"])
+    ddp_exposed = np.maximum(2.0 * ring * grad_bytes / (bandwidth_bytes_per_s * share)
+                             - a.ddp_comm_overlap * micro_batch_s, 0.0)
     gathers = np.where(sh == FSDP_GRAD_OP, 1.0, 2.0)  # shard-grad-op: no re-gather in backward
     fsdp_exposed = np.maximum(ring * (gathers * gather_bytes + grad_bytes) / bandwidth_bytes_per_s - hide, 0.0)
     # offload: the GPU's parameter shard copied in for each all-gather (2 per micro-batch), its gradient

@@ -60,6 +60,7 @@ from ftcalc.memory import (
     load_coefficients,
     optimizer_state_bytes,
     optimizer_step_transient_bytes,
+    simulated_gap_bytes,
     weights_bytes,
 )
 from ftcalc.options import METHODS, TrainingOptions, make_options
@@ -263,6 +264,8 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["gap"].append(mem.peak_reserved_bytes - mem.peak_allocated_bytes)
                 sim = estimate_memory(arch, inv, opts, c, fragmentation="simulated") if method == "full" else mem
                 cols["gap_single"].append(sim.peak_reserved_bytes - sim.peak_allocated_bytes)
+                cols["gap_ddp"].append(simulated_gap_bytes(arch, opts.model_copy(update={"num_gpus": 1}), ddp=True)
+                                       if sim.fragmentation_model == "simulated" else cols["gap_single"][-1])
                 cols["context"].append(mem.outside_allocator_bytes - paged)
                 cols["act_x"].append(act_all + autocast_weight_copy_bytes(arch, inv, opts)["all_layers"])
                 cols["ckpt"].append(ckpt)
