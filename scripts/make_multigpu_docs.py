@@ -60,7 +60,7 @@ def main() -> None:
             f"{r['pred_tokens_per_second']:.0f} ({r['err_tokens_per_second'] * 100:+.1f}%) |")
     lines += ["", "Summary (relative error, + = over-estimate):", ""]
     for label, subset in (("all multi-GPU runs", list(recs.values())),
-                          ("blind runs (plan f)", [r for r in recs.values() if r["validation"]])):
+                          ("blind runs (plans f, i)", [r for r in recs.values() if r["validation"]])):
         parts = []
         for key, name in (("err_peak_allocated", "allocated"), ("err_device_used", "device used"),
                           ("err_tokens_per_second", "tokens/s")):
@@ -114,7 +114,7 @@ def main() -> None:
         ax.set_ylabel("predicted")
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle("2xH200 runs: circles set the figures (plan e), squares blind (plan f); red full, blue LoRA, "
+    fig.suptitle("2xH200 and 4xH200 runs: circles set the figures (plans e, g), squares blind (plans f, i); red full, blue LoRA, "
                  "green QLoRA", fontsize=9)
     fig.tight_layout()
     img = ROOT / "docs" / "img" / "multi_gpu.png"
