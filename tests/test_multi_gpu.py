@@ -61,7 +61,7 @@ def test_validate_multi_gpu_cli(capsys):
     assert "e-002" in out and "f-006" in out and "goal device_used_max_abs" in out
     assert main(["validate", "--multi-gpu", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    blind = set(json.loads(Path(__file__).resolve().parents[1] / "data" / "measurements" / "split.json".read_text())["multi_gpu_validation_plans"])
+    blind = set(json.loads((Path(__file__).resolve().parents[1] / "data" / "measurements" / "split.json").read_text())["multi_gpu_validation_plans"])
     assert {r["run_id"].split("-")[0] for r in d["rows"]} == blind == {"f", "i"}  # default: the blind runs only
     assert d["summary"]["err_peak_allocated"]["max_abs"] < 0.03
 
