@@ -28,7 +28,7 @@ from ftcalc.memory import Coefficients, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
 from ftcalc.throughput import ThroughputCoefficients, tokens_per_second
 
-__all__ = ["load_measurements", "is_validation", "is_multi_gpu_validation", "predict_row", "fit_memory",
+__all__ = ["load_measurements", "is_validation", "is_multi_gpu_validation", "predict_row", "predict_multi_gpu_row", "fit_memory",
            "fit_throughput", "fit_gpu_speed", "validate_rows", "validate_multi_gpu_rows", "summarize",
            "coefficients_to_json"]
 
@@ -79,17 +79,11 @@ def is_multi_gpu_validation(row: dict[str, Any], rule: dict[str, Any] | None = N
 def validate_multi_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Predicted (ftcalc.parallel.estimate_parallel, on the GPU the run used) vs measured per-GPU memory of
     the fullest rank and tokens/s of all GPUs, for each usable multi-GPU row; positive = over-estimate."""
-    from ftcalc.hardware import get_gpu
-    from ftcalc.parallel import estimate_parallel, strategy_of
-
     out = []
     for row in rows:
         if not usable(row) or int(row.get("num_gpus") or 1) < 2:
             continue
-        strategy = strategy_of(row.get("distribution") or "ddp",
-                               reshard_after_forward=row.get("reshard_after_forward") is not False)
-        e = estimate_parallel(row["model"], row_options(row), get_gpu(row["gpu_name"]).gpu, strategy,
-                              int(row["num_gpus"]))
+        e = predict_multi_gpu_row(row)
         rec = {"run_id": row["run_id"], "gpu": row.get("gpu_name"), "num_gpus": row["num_gpus"],
                "distribution": row.get("distribution"), "model": row["model"], "method": row["method"],
                "seq_len": row["seq_len"], "batch_size": row["batch_size"],
@@ -102,6 +96,18 @@ def validate_multi_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rec["pred_scaling_efficiency"] = e.scaling_efficiency
         out.append(rec)
     return out
+
+
+def predict_multi_gpu_row(row: dict[str, Any]) -> Any:
+    """ftcalc.parallel.estimate_parallel for a multi-GPU row (or plan line with ``gpu_name``): its model,
+    options, GPU, GPU count and distribution (shard-grad-op when ``reshard_after_forward`` is False)."""
+    from ftcalc.hardware import get_gpu
+    from ftcalc.parallel import estimate_parallel, strategy_of
+
+    strategy = strategy_of(row.get("distribution") or "ddp",
+                           reshard_after_forward=row.get("reshard_after_forward") is not False)
+    return estimate_parallel(row["model"], row_options(row), get_gpu(row["gpu_name"]).gpu, strategy,
+                             int(row["num_gpus"]))
 
 
 def row_options(row: dict[str, Any]) -> TrainingOptions:

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict
 from ftcalc.catalog import ModelSpec, resolve_model
 from ftcalc.errors import InvalidArgumentError
 from ftcalc.inventory import inventory
-from ftcalc.memory import Coefficients, estimate_memory, kv_cache_bytes, load_coefficients, resolve_attention
+from ftcalc.memory import (
+    Coefficients,
+    estimate_memory,
+    expert_lora_targeted,
+    kv_cache_bytes,
+    load_coefficients,
+    resolve_attention,
+)
 from ftcalc.options import TrainingOptions, make_options
 
 __all__ = ["Estimate", "estimate", "estimate_options"]
@@ -116,8 +123,6 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
             raise InvalidArgumentError(
                 f"--lora-targets {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
             )
-        from ftcalc.memory import expert_lora_targeted
-
         if expert_lora_targeted(inv, opts) and opts.lora_dropout > 0:
             raise InvalidArgumentError(
                 f"--lora-targets all-linear on {spec.id}: peft also adapts the fused MoE expert tensors "

@@ -44,7 +44,7 @@ __all__ = [
     "Coefficients", "load_coefficients", "MemoryEstimate", "estimate_memory",
     "weights_bytes", "quantized_linear_bytes", "lora_params", "gradient_bytes", "optimizer_state_bytes",
     "optimizer_step_transient_bytes", "activation_terms_per_token", "checkpoint_bytes", "logits_bytes",
-    "kv_cache_bytes", "expert_lora_targeted", "expert_lora_bytes",
+    "kv_cache_bytes", "expert_lora_targeted", "expert_lora_bytes", "unquantized_bytes_per_param",
 ]
 
 GIB = 2**30
@@ -114,6 +114,12 @@ def load_coefficients(path: str | Path | None = None) -> Coefficients:
 def _weight_bytes_per_param(opts: TrainingOptions) -> int:
     """bf16 weights for bf16-true; fp32 for bf16-mixed (fp32 master weights) and 32-true."""
     return 2 if opts.precision == "bf16-true" else 4
+
+
+def unquantized_bytes_per_param(opts: TrainingOptions) -> int:
+    """Element size of a parameter bitsandbytes leaves unquantized (embeddings, LM head, norms, MoE experts):
+    fp32 under QLoRA (``prepare_model_for_kbit_training`` upcasts them), else the weight dtype."""
+    return 4 if opts.method == "qlora" else _weight_bytes_per_param(opts)
 
 
 def _autocast(opts: TrainingOptions) -> bool:
@@ -212,7 +218,7 @@ def expert_lora_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]
     if not expert_lora_targeted(inv, opts):
         return {"per_layer_saved": 0.0, "transient": 0.0}
     layers, e, h, i = _moe_dims(inv)
-    b = 4 if opts.method == "qlora" or opts.precision != "bf16-true" else 2
+    b = unquantized_bytes_per_param(opts)
     stack = e * 3 * h * i * b
     return {"per_layer_saved": float(stack), "transient": float(2 * e * 2 * i * h * b)}
 

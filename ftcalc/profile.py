@@ -178,6 +178,32 @@ def cuda_memory_readings(dev: Any, total: int) -> dict[str, Any]:
     return out
 
 
+def write_allocator_trace(dev: Any, path: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Stop recording the caching allocator's history on ``dev`` and write ``row`` plus the CUDA peaks, the
+    event trace (action, addr, size, stream per event) and the segments at the end as gzip JSON at ``path``
+    (the format ftcalc.allocator.replay_trace reads; scripts/alloc_trace.py, profile_dist's ``trace_dir``).
+    Returns the written row."""
+    import gzip
+
+    import torch
+
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    trace = [{"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}
+             for e in snap["device_traces"][dev.index or 0]]
+    segs = [{"address": s["address"], "total_size": s["total_size"], "stream": s["stream"],
+             "segment_type": s.get("segment_type"),
+             "blocks": [{"size": b["size"], "state": b["state"]} for b in s["blocks"]]} for s in snap["segments"]]
+    out = {**row, "gpu_name": torch.cuda.get_device_name(dev),
+           "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
+           "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev), "torch": torch.__version__,
+           "segments_end": segs, "trace": trace}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        json.dump(out, f)
+    return out
+
+
 def _child(cfg: dict[str, Any], out_path: str) -> None:
     try:
         model = cfg.pop("model")

@@ -32,27 +32,6 @@ from typing import Any
 __all__ = ["profile_distributed"]
 
 
-def _dump_trace(torch: Any, dev: Any, out_dir: Path, run_id: str, meta: dict[str, Any],
-                marks: list[dict[str, Any]]) -> None:
-    """Write rank 0's allocator trace in scripts/alloc_trace.py's format (replayed by ftcalc.allocator)."""
-    import gzip
-
-    snap = torch.cuda.memory._snapshot()
-    torch.cuda.memory._record_memory_history(enabled=None)
-    trace = [{"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}
-             for e in snap["device_traces"][dev.index or 0]]
-    segs = [{"address": s["address"], "total_size": s["total_size"], "stream": s["stream"],
-             "segment_type": s.get("segment_type"),
-             "blocks": [{"size": b["size"], "state": b["state"]} for b in s["blocks"]]} for s in snap["segments"]]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    row = {"run_id": run_id, **meta, "gpu_name": torch.cuda.get_device_name(dev),
-           "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
-           "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev), "torch": torch.__version__,
-           "marks": marks, "segments_end": segs, "trace": trace}
-    with gzip.open(out_dir / f"{run_id}.json.gz", "wt") as f:
-        json.dump(row, f)
-
-
 def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """Run one configuration on this rank; rank 0 returns the gathered row, other ranks None."""
     import torch
@@ -61,7 +40,14 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     from ftcalc import recipe
     from ftcalc.catalog import resolve_model
     from ftcalc.options import make_options
-    from ftcalc.profile import SCHEMA_VERSION, _driver_version, _git_commit, _versions, cuda_memory_readings
+    from ftcalc.profile import (
+        SCHEMA_VERSION,
+        _driver_version,
+        _git_commit,
+        _versions,
+        cuda_memory_readings,
+        write_allocator_trace,
+    )
 
     cfg = dict(cfg)
     model_name = cfg.pop("model")
@@ -133,9 +119,10 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     if cuda:
         mine.update(cuda_memory_readings(dev, total))
     if tracing:
-        _dump_trace(torch, dev, Path(trace_dir), run_id or "trace", {
-            "model": spec.id, **opts.model_dump(mode="json"), "num_gpus": world, "distribution": strategy,
-            "reshard_after_forward": reshard, "steps": steps, "outcome": mine["outcome"]}, marks)
+        write_allocator_trace(dev, Path(trace_dir) / f"{run_id or 'trace'}.json.gz", {
+            "run_id": run_id or "trace", "model": spec.id, **opts.model_dump(mode="json"), "num_gpus": world,
+            "distribution": strategy, "reshard_after_forward": reshard, "steps": steps, "outcome": mine["outcome"],
+            "marks": marks})
     mine["step_seconds"] = [round(s, 5) for s in step_times]
     mine["losses"] = [round(v, 4) for v in losses]
     gathered: list[Any] = [None] * world

@@ -61,6 +61,7 @@ from ftcalc.memory import (
     optimizer_state_bytes,
     optimizer_step_transient_bytes,
     simulated_gap_bytes,
+    unquantized_bytes_per_param,
     weights_bytes,
 )
 from ftcalc.options import METHODS, TrainingOptions, make_options
@@ -250,7 +251,8 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 paged = mem.breakdown.get("paged_optimizer_states", 0.0)
                 tokens = opts.tokens_per_step
                 act_all = c.activation_scale * sum(mem.activation_per_token_per_layer.values()) * tokens * layers
-                root_b = root_params * (4 if method == "qlora" or opts.precision != "bf16-true" else 2)
+                per_param = unquantized_bytes_per_param(opts)
+                root_b = root_params * per_param
                 cols["weights"].append(w["weights"])
                 cols["adapters"].append(w["lora_adapters"])
                 cols["opt_states"].append(states["optimizer_states"])
@@ -274,13 +276,11 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["layer_bytes"].append((w["weights"] - root_b + w["lora_adapters"]) / layers)
                 cols["layer_grad_bytes"].append(
                     grads * (1 - root_params / inv.total_params) / layers if method == "full" else 0.0)
-                per_param = 4 if method == "qlora" or opts.precision != "bf16-true" else 2
                 head = inv.params_by_kind.get("lm_head", 0) + arch.hidden_size
                 embed = inv.params_by_kind.get("embed_tokens", 0)
-                cols["unit_max_bytes"].append(per_param * (embed + head if arch.tie_word_embeddings and not
-                                                           inv.params_by_kind.get("lm_head", 0) else max(embed, head)))
-                cols["units"].append(layers + 2)
                 tied = bool(arch.tie_word_embeddings and not inv.params_by_kind.get("lm_head", 0))
+                cols["unit_max_bytes"].append(per_param * (embed + head if tied else max(embed, head)))
+                cols["units"].append(layers + 2)
                 cols["tied"].append(tied)
                 cols["tail_bytes"].append(per_param * ((embed if tied else inv.params_by_kind.get("lm_head", 0))
                                                        + arch.hidden_size))

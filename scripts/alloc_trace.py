@@ -15,7 +15,6 @@ segment_free, ...; addr; size; stream) in order, with a marker event per phase (
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import multiprocessing as mp
 import sys
@@ -28,6 +27,7 @@ def _one(cfg: dict, out_dir: str) -> None:
     from ftcalc import recipe
     from ftcalc.catalog import resolve_model
     from ftcalc.options import make_options
+    from ftcalc.profile import write_allocator_trace
 
     cfg = dict(cfg)
     run_id = cfg.pop("run_id")
@@ -60,24 +60,12 @@ def _one(cfg: dict, out_dir: str) -> None:
         mark("end")
     except torch.OutOfMemoryError:
         outcome = "oom"
-    snap = torch.cuda.memory._snapshot()
-    torch.cuda.memory._record_memory_history(enabled=None)
-    trace = [{"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}
-             for e in snap["device_traces"][0]]
-    segs = [{"address": s["address"], "total_size": s["total_size"], "stream": s["stream"],
-             "segment_type": s.get("segment_type"),
-             "blocks": [{"size": b["size"], "state": b["state"]} for b in s["blocks"]]} for s in snap["segments"]]
-    row = {"run_id": run_id, "model": spec.id, **opts.model_dump(mode="json"), "steps": steps, "outcome": outcome,
-           "gpu_name": torch.cuda.get_device_name(dev),
-           "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
-           "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev),
-           "allocator_settings": torch._C._accelerator_getAllocatorSettings()
-           if hasattr(torch._C, "_accelerator_getAllocatorSettings") else None,
-           "torch": torch.__version__, "marks": marks, "segments_end": segs, "trace": trace}
-    with gzip.open(Path(out_dir) / f"{run_id}.json.gz", "wt") as f:
-        json.dump(row, f)
+    row = write_allocator_trace(dev, Path(out_dir) / f"{run_id}.json.gz", {
+        "run_id": run_id, "model": spec.id, **opts.model_dump(mode="json"), "steps": steps, "outcome": outcome,
+        "allocator_settings": torch._C._accelerator_getAllocatorSettings()
+        if hasattr(torch._C, "_accelerator_getAllocatorSettings") else None, "marks": marks})
     print(f"{run_id}: {outcome} alloc {row['peak_allocated_bytes'] / 2**30:.2f} GiB reserved "
-          f"{row['peak_reserved_bytes'] / 2**30:.2f} GiB, {len(trace)} events", flush=True)
+          f"{row['peak_reserved_bytes'] / 2**30:.2f} GiB, {len(row['trace'])} events", flush=True)
 
 
 def main() -> None:

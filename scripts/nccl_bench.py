@@ -10,7 +10,8 @@ Measured on each run, rank 0 appends one JSON line:
 - ``overlap``: the buckets all-reduced while the compute stream runs bf16 matmuls of about the same
   duration: seconds of both together against each alone (how much of the all-reduce hides behind compute
   and how much compute slows down).
-Timings: CUDA events, median of ``--repeats`` after one warm-up.
+Timings: host wall clock between ``torch.cuda.synchronize()`` calls after a barrier, median of ``--repeats``
+after one warm-up.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ def main() -> None:
     dist.init_process_group("nccl", device_id=torch.device("cuda", local))
     n = dist.get_world_size()
     total = int(a.total_gb * 1e9) // 2  # bf16 elements
-    sizes, left, cap = [], total, (1 << 20) // 2
+    from ftcalc.alloc_sequence import DDP_BUCKET_CAP, DDP_FIRST_BUCKET_CAP
+
+    sizes, left, cap = [], total, DDP_FIRST_BUCKET_CAP // 2
     while left > 0:
         sizes.append(min(cap, left))
         left -= sizes[-1]
-        cap = 25 * (1 << 20) // 2
+        cap = DDP_BUCKET_CAP // 2
     buckets = [torch.ones(s, dtype=torch.bfloat16, device="cuda") for s in sizes]
     big = [torch.ones(min(1 << 29, total - i), dtype=torch.bfloat16, device="cuda") for i in range(0, total, 1 << 29)]
     x = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")

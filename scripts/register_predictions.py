@@ -15,25 +15,20 @@ import datetime as dt
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def predict(line: dict, gpu_name: str, gpu_total: int) -> dict:
-    from ftcalc.calibrate import predict_row, row_options
-    from ftcalc.hardware import get_gpu
-    from ftcalc.parallel import estimate_parallel, strategy_of
+    from ftcalc.calibrate import predict_multi_gpu_row, predict_row
 
     row = dict(line, gpu_name=gpu_name, gpu_total_bytes=gpu_total)
     row.setdefault("num_gpus", 1)
-    n = int(row["num_gpus"])
-    gpu = get_gpu(gpu_name)
-    if n > 1:
-        strategy = strategy_of(row.get("distribution") or "ddp",
-                               reshard_after_forward=row.get("reshard_after_forward") is not False)
-        e = estimate_parallel(row["model"], row_options(row), gpu.gpu, strategy, n)
-        out = {"strategy": strategy, "peak_allocated_bytes": e.peak_allocated_bytes,
+    if int(row["num_gpus"]) > 1:
+        e = predict_multi_gpu_row(row)
+        out = {"strategy": e.strategy, "peak_allocated_bytes": e.peak_allocated_bytes,
                "device_used_bytes": e.device_used_bytes, "tokens_per_second": e.tokens_per_second}
     else:
         p = predict_row(row)
@@ -49,7 +44,13 @@ def main() -> None:
     ap.add_argument("plan")
     ap.add_argument("--gpu", default="NVIDIA H200")
     ap.add_argument("--gpu-total-bytes", type=int, default=150109880320)
+    ap.add_argument("--force", action="store_true", help="replace predictions already registered for this plan")
     args = ap.parse_args()
+    out = ROOT / "data" / "predictions" / f"{args.plan}.json"
+    if out.exists() and not args.force:
+        print(f"register_predictions: {out.relative_to(ROOT)} already holds the predictions registered for plan "
+              f"{args.plan}; they are the blind record, so they are kept (--force replaces them)", file=sys.stderr)
+        sys.exit(2)
     lines = [json.loads(x) for x in (ROOT / "scripts" / "plans" / f"{args.plan}.jsonl").read_text().splitlines() if x]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     preds = []
@@ -62,7 +63,6 @@ def main() -> None:
               f"{line.get('num_gpus', 1)}x{line.get('distribution') or 'single':<6} {line['seq_len']}x{line['batch_size']} "
               f"alloc {p['peak_allocated_bytes'] / gib:7.2f} used {p['device_used_bytes'] / gib:7.2f} GiB "
               f"tok/s {tps if tps is None or math.isnan(tps) else round(tps):>7} fits {p['fits']}")
-    out = ROOT / "data" / "predictions" / f"{args.plan}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"plan": args.plan, "gpu": args.gpu, "gpu_total_bytes": args.gpu_total_bytes,
                                "predicted_at_commit": commit,
