@@ -155,7 +155,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         print(f"  fits  {how:8s} {g.gpu:16s} {g.gpu_memory_bytes / GIB:6.1f} GiB  "
               f"{g.device_used_bytes / GIB:7.2f} GiB/GPU, headroom {g.headroom_bytes / GIB:+7.2f} GiB")
     if any(g.sharding == "fsdp" for g in r.fitting):
-        print("  (multi-GPU figures: FSDP full-shard, validated on 2xH200 only: docs/multi-gpu.md)")
+        print("  (multi-GPU figures: FSDP full-shard, validated on 2x and 4xH200 only: docs/multi-gpu.md)")
     if not r.fitting:
         from ftcalc.errors import DoesNotFitError
 

@@ -33,7 +33,7 @@ What it does:
    by cost (then time) or time (then cost). ``rejected`` says why cheaper offers were left out.
 
 ``method="auto"`` chooses by cost or time alone: it does not weigh the quality difference between full
-fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are validated on 2xH200 only (docs/multi-gpu.md);
+fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are validated on 2x and 4xH200 only (docs/multi-gpu.md);
 more GPUs, several nodes and CPU offload are not measured.
 """
 
@@ -76,7 +76,7 @@ DEFAULT_GLOBAL_BATCH = 16  # sequences per optimizer step (module docstring, poi
 # Within an offer, a simpler sharding whose objective is at most this much worse is preferred: the time
 # model's error (data/calibration_report.md) is larger, and DDP/FSDP carry overheads it does not model.
 SIMPLER_WITHIN = 0.02
-MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2xH200 only (docs/multi-gpu.md)"
+MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2x and 4xH200 only (docs/multi-gpu.md)"
 
 
 class UnknownProviderError(InvalidArgumentError):
@@ -523,7 +523,10 @@ class _Candidates:
         mb = np.array([o.batch_size for o in opts_list], dtype=float)[ci]
         # one GPU: no data parallelism (FSDP + offload still possible); several: DDP or FSDP
         valid = np.where(n == 1, (si == sh.SINGLE) | (si == sh.FSDP_OFFLOAD), si != sh.SINGLE)
-        valid &= si != sh.FSDP_GRAD_OP  # modelled (ftcalc.parallel) but not yet measured: not recommended
+        valid &= si != sh.FSDP_GRAD_OP  # measured (docs/multi-gpu.md), not offered: full-shard never holds more
+        # the recipe (ftcalc.recipe.make_accelerator / build_model) runs QLoRA on one GPU or under DDP only
+        qlora = np.array([o.method == "qlora" for o in opts_list])[ci]
+        valid &= ~(qlora & ((si == sh.FSDP) | (si == sh.FSDP_OFFLOAD)))
         valid &= (mb * n <= target) | (mb == 1)  # the global batch stays at the target
         self.ci, self.si, self.ki, self.n, mb = ci[valid], si[valid], ki[valid], n[valid], mb[valid]
         ci, si, ki, n = self.ci, self.si, self.ki, self.n
@@ -684,8 +687,9 @@ def _raise_no_plan(c: _Candidates, model_id: str, method: str, in_time, in_budge
         j = int(np.flatnonzero(plain)[np.argmin((c.used / c.usable)[plain])]) if plain.any() else 0
         mine = (c.gi == c.gi[j]) & (c.n == c.n[j])
         reason, _ = _memory_reason(c, mine, headroom)
-        msg = (f"{model_id} ({method}) fits no allowed GPU with up to {max_gpus} GPU(s), even sharded "
-               f"(FSDP, CPU offload); the closest: {reason}")
+        how = ("QLoRA runs on one GPU or under DDP (the recipe does not shard it)" if method == "qlora"
+               else "even sharded (FSDP, CPU offload)")
+        msg = f"{model_id} ({method}) fits no allowed GPU with up to {max_gpus} GPU(s), {how}; the closest: {reason}"
         more = _gpus_to_fit(c, headroom)
         hints = []
         if more is not None and more[1] > max_gpus:
@@ -723,7 +727,10 @@ def _gpus_to_fit(c: _Candidates, headroom: float) -> tuple[str, int] | None:
     configuration with FSDP, or FSDP + offload (host RAM included); None when even 4096 would not."""
     a = sh.load_assumptions()
     g = max(c.gpus, key=lambda x: x.memory_bytes)
-    cfg, counts = np.meshgrid(np.unique(c.ci), np.array([2.0**k for k in range(1, 13)]), indexing="ij")
+    shardable = [i for i in np.unique(c.ci) if c.opts_list[i].method != "qlora"]  # QLoRA: no FSDP (recipe)
+    if not shardable:
+        return None
+    cfg, counts = np.meshgrid(np.array(shardable), np.array([2.0**k for k in range(1, 13)]), indexing="ij")
     cfg, counts = cfg.ravel(), counts.ravel()
     st = c.states.take(cfg)
     for shard in (sh.FSDP, sh.FSDP_OFFLOAD):

@@ -114,6 +114,15 @@ def test_plans_are_ranked_by_the_objective():
     assert [p.rank for p in by_cost.plans] == list(range(1, 9))
 
 
+def test_qlora_plans_are_single_gpu_or_ddp_as_the_recipe_runs_them():
+    # the recipe refuses QLoRA under FSDP (recipe.make_accelerator): no FSDP or offload QLoRA plan is offered
+    rec = recommend("70b", method="qlora", dataset_tokens=50_000_000, top=20)
+    assert rec.plans and {p.sharding for p in rec.plans} <= {"single", "ddp"}
+    # 70B QLoRA does not fit a 48 GB card without sharding, so no L40S plan is left
+    with pytest.raises(DoesNotFitError):
+        recommend("70b", method="qlora", dataset_tokens=10_000_000, gpu="l40s", max_gpus=8)
+
+
 def test_70b_qlora_fits_one_h100_and_full_70b_does_not():
     rec = recommend("70b", method="qlora", dataset_tokens=10_000_000, gpu="h100", max_gpus=1)
     p = rec.plans[0]
