@@ -61,7 +61,8 @@ class ThroughputCoefficients:
     # peft ParamWrapper on fused MoE experts: memory traffic per layer per forward + backward, in units of the
     # layer's expert weights (merge W' = W + B A, its gradient, the adapters' gradients through small-rank
     # batched matmuls). Not fitted: one Mixtral-8x7B layer on an H200, 2048 tokens, no checkpointing,
-    # +10.6 ms over attention-only LoRA (peft 0.21, transformers 5.17); 10.6 ms x 4.8 TB/s / 2.82 GB = 18
+    # +10.6 ms over attention-only LoRA (peft 0.21, transformers 5.17; scripts/moe_layer_bench.py,
+    # data/measurements/benchmarks/moe-layer-h200.md); 10.6 ms x 4.8 TB/s / 2.82 GB = 18
     expert_lora_traffic_stacks: float = 18.0
     # per-GPU calibration (issue 3: "efficiency per GPU and method"): the measured speed of the H200 runs
     # relative to the datasheet transfer from the H100 (the reference, where most runs are). Fitted; its
