@@ -57,6 +57,47 @@ def _driver_version() -> str | None:
         return None
 
 
+def host_info() -> dict[str, Any]:
+    """The host CPU that launches the kernels (provenance: small steps are bound by its speed)."""
+    name = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host_cpu": name, "host_cpus": os.cpu_count()}
+
+
+def launch_microseconds(dev: Any, ops: int = 1000, rounds: int = 5) -> float:
+    """Host time to launch one small eager CUDA op (median over ``rounds`` of ``ops`` out-of-place adds on a
+    one-element tensor, the GPU idle): the host's kernel-launch speed, provenance for the launch-bound regime
+    of small steps (the machines differ in CPU)."""
+    import torch
+
+    x = torch.zeros(1, device=dev)
+    for _ in range(200):
+        x = x + 1
+    torch.cuda.synchronize(dev)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(ops):
+            x = x + 1
+        times.append(time.perf_counter() - t0)
+        torch.cuda.synchronize(dev)
+    del x
+    torch.cuda.empty_cache()  # leave the caching allocator as it was (the run's reserved memory is measured)
+    return round(statistics.median(times) / ops * 1e6, 3)
+
+
+def step_phases(starts: list[float], marks: list[float], ends: list[float]) -> list[list[float]]:
+    """Per step: [forward + backward to the loss read, optimizer update], seconds (the last mark of a step
+    is its last micro-batch's loss read)."""
+    return [[round(m - s, 5), round(e - m, 5)] for s, m, e in zip(starts, marks, ends, strict=True)]
+
+
 def _git_commit() -> str | None:
     if os.environ.get("FTCALC_GIT_COMMIT"):
         return os.environ["FTCALC_GIT_COMMIT"]
@@ -89,6 +130,7 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
     torch.cuda.set_device(dev)
     torch.cuda.init()
     torch.empty(1, device=dev)  # create the context
+    launch_us = launch_microseconds(dev)
     free0, total = torch.cuda.mem_get_info(dev)
     props = torch.cuda.get_device_properties(dev)
     row: dict[str, Any] = {
@@ -109,10 +151,15 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
         "cuda": torch.version.cuda,
         "versions": _versions(),
         "python": platform.python_version(),
+        **host_info(),
+        "host_launch_us": launch_us,
         "git_commit": _git_commit(),
         "source": "ftcalc profile",
     }
     step_times: list[float] = []
+    starts: list[float] = []
+    ends: list[float] = []
+    loss_reads: list[float] = []
     losses: list[float] = []
     t_load = time.perf_counter()
     model_obj = optimizer = None
@@ -134,9 +181,14 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
             torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
             # one optimizer step per gradient_accumulation_steps micro-batches, as the executor does
-            losses.append(recipe.accumulated_step(model_obj, optimizer, ids, opts, device))
+            marks: list[float] = []
+            losses.append(recipe.accumulated_step(model_obj, optimizer, ids, opts, device, marks=marks))
             torch.cuda.synchronize(dev)
-            step_times.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            step_times.append(t1 - t0)
+            starts.append(t0)
+            loss_reads.append(marks[-1])
+            ends.append(t1)
         row["outcome"] = "ok"
     except torch.OutOfMemoryError as e:
         row["outcome"] = "oom"
@@ -146,7 +198,7 @@ def profile(model: str, opts: TrainingOptions, steps: int = 6, warmup_steps: int
         row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         row["traceback"] = traceback.format_exc()[-2000:]
     row.update(cuda_memory_readings(dev, total), step_seconds=[round(s, 5) for s in step_times],
-               losses=[round(v, 4) for v in losses])
+               step_phase_seconds=step_phases(starts, loss_reads, ends), losses=[round(v, 4) for v in losses])
     timed = step_times[warmup_steps:]
     if timed:
         med = statistics.median(timed)

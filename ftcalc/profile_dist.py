@@ -46,6 +46,9 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
         _git_commit,
         _versions,
         cuda_memory_readings,
+        host_info,
+        launch_microseconds,
+        step_phases,
         write_allocator_trace,
     )
 
@@ -67,6 +70,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
         torch.empty(1, device=f"cuda:{local}")  # the context
     device = f"cuda:{local}" if cuda else "cpu"
     dev = torch.device(device)
+    launch_us = launch_microseconds(dev) if cuda else None
     free0, total = torch.cuda.mem_get_info(dev) if cuda else (0, 0)
     tracing = bool(trace_dir) and cuda and rank == 0
     marks: list[dict[str, Any]] = []
@@ -75,7 +79,8 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     accelerator = recipe.make_accelerator(spec, strategy, reshard_after_forward=reshard)
     losses: list[float] = []
     step_times: list[float] = []
-    mine: dict[str, Any] = {"rank": rank, "outcome": None, "error": None,
+    phase_bounds: list[tuple[float, float, float]] = []
+    mine: dict[str, Any] = {"rank": rank, "outcome": None, "error": None, "host_launch_us": launch_us,
                             "device_used_before_model_bytes": total - free0}
     t_load = time.perf_counter()
     model = optimizer = None
@@ -103,10 +108,14 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
             if cuda:
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            loss = recipe.accumulated_step(model, optimizer, ids, opts, device, no_sync=accelerator.no_sync)
+            step_marks: list[float] = []
+            loss = recipe.accumulated_step(model, optimizer, ids, opts, device, no_sync=accelerator.no_sync,
+                                           marks=step_marks)
             if cuda:
                 torch.cuda.synchronize(dev)
-            step_times.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            step_times.append(t1 - t0)
+            phase_bounds.append((t0, step_marks[-1], t1))
             losses.append(loss)
         mine["outcome"] = "ok"
     except torch.OutOfMemoryError as e:
@@ -124,6 +133,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
             "distribution": strategy, "reshard_after_forward": reshard, "steps": steps, "outcome": mine["outcome"],
             "marks": marks})
     mine["step_seconds"] = [round(s, 5) for s in step_times]
+    mine["step_phase_seconds"] = step_phases(*map(list, zip(*phase_bounds, strict=True))) if phase_bounds else []
     mine["losses"] = [round(v, 4) for v in losses]
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, mine)
@@ -141,7 +151,8 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
         "gpu_name": props.name if props else "cpu", "gpu_total_bytes": total,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "driver": _driver_version() if cuda else None, "cuda": torch.version.cuda, "versions": _versions(),
-        "python": platform.python_version(), "git_commit": _git_commit(),
+        "python": platform.python_version(), **host_info(), "host_launch_us": gathered[0]["host_launch_us"],
+        "git_commit": _git_commit(),
         "source": "ftcalc profile (torchrun, one process per GPU)",
         "per_rank": gathered,
     }

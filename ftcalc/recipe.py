@@ -21,6 +21,7 @@ What the recipe does, option by option (the estimator in ftcalc/memory.py models
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from ftcalc.catalog import ModelSpec
@@ -350,18 +351,22 @@ def random_batch(vocab_size: int, opts: TrainingOptions, device: str, generator:
 
 def train_step(model: Any, optimizer: Any, input_ids: Any, opts: TrainingOptions, device: str,
                labels: Any = None, attention_mask: Any = None, step_optimizer: bool = True,
-               loss_scale: float = 1.0, as_tensor: bool = False) -> Any:
+               loss_scale: float = 1.0, as_tensor: bool = False, marks: list[float] | None = None) -> Any:
     """Forward (labels = input ids unless given), backward, and optionally the optimizer step.
 
     The model output is dropped before backward (as HF Trainer does), so the bf16 logits do not
     outlive the forward pass. Returns the loss as a float, or with ``as_tensor`` as a detached device
-    tensor (no host sync: the caller reads it after the step).
+    tensor (no host sync: the caller reads it after the step). ``marks`` (profiling) gets the
+    ``time.perf_counter()`` of the moment the loss was read, which waits for the backward to finish: the
+    boundary between the forward/backward phase and the optimizer phase of the step.
     """
     with autocast(opts, device):
         loss = model(input_ids=input_ids, labels=input_ids if labels is None else labels,
                      attention_mask=attention_mask, use_cache=False).loss
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     value = loss.detach() if as_tensor else float(loss.detach())
+    if marks is not None:
+        marks.append(time.perf_counter())
     if step_optimizer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -369,14 +374,16 @@ def train_step(model: Any, optimizer: Any, input_ids: Any, opts: TrainingOptions
 
 
 def accumulated_step(model: Any, optimizer: Any, input_ids: Any, opts: TrainingOptions, device: str,
-                     no_sync: Any = None) -> float:
+                     no_sync: Any = None, marks: list[float] | None = None) -> float:
     """One optimizer step over ``opts.gradient_accumulation_steps`` micro-batches of ``input_ids`` (what
     ``ftcalc profile`` times); ``no_sync`` (e.g. ``accelerator.no_sync``) skips the gradient
-    synchronization of all but the last micro-batch. Returns the last micro-batch's loss."""
+    synchronization of all but the last micro-batch; ``marks``: see ``train_step`` (one mark per micro-batch).
+    Returns the last micro-batch's loss."""
     accum = opts.gradient_accumulation_steps
     for k in range(accum):
         last = k == accum - 1
         ctx = no_sync(model) if no_sync is not None and not last else contextlib.nullcontext()
         with ctx:
-            loss = train_step(model, optimizer, input_ids, opts, device, step_optimizer=last, loss_scale=1.0 / accum)
+            loss = train_step(model, optimizer, input_ids, opts, device, step_optimizer=last, loss_scale=1.0 / accum,
+                              marks=marks)
     return loss
