@@ -230,11 +230,12 @@ def cuda_memory_readings(dev: Any, total: int) -> dict[str, Any]:
     return out
 
 
-def write_allocator_trace(dev: Any, path: Path, row: dict[str, Any]) -> dict[str, Any]:
+def write_allocator_trace(dev: Any, path: Path, row: dict[str, Any], frames_min_bytes: int | None = None) -> dict[str, Any]:
     """Stop recording the caching allocator's history on ``dev`` and write ``row`` plus the CUDA peaks, the
     event trace (action, addr, size, stream per event) and the segments at the end as gzip JSON at ``path``
     (the format ftcalc.allocator.replay_trace reads; scripts/alloc_trace.py, profile_dist's ``trace_dir``).
-    Returns the written row."""
+    With ``frames_min_bytes``, allocations of at least that size keep the innermost Python frames that made
+    them ("file:line function", when recorded with python stacks): who allocated what. Returns the written row."""
     import gzip
 
     import torch
@@ -243,6 +244,10 @@ def write_allocator_trace(dev: Any, path: Path, row: dict[str, Any]) -> dict[str
     torch.cuda.memory._record_memory_history(enabled=None)
     trace = [{"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}
              for e in snap["device_traces"][dev.index or 0]]
+    if frames_min_bytes is not None:
+        for t, e in zip(trace, snap["device_traces"][dev.index or 0], strict=True):
+            if e["action"] == "alloc" and e["size"] >= frames_min_bytes and e.get("frames"):
+                t["frames"] = [f"{f['filename'].rsplit('/', 2)[-1]}:{f['line']} {f['name']}" for f in e["frames"][:8]]
     segs = [{"address": s["address"], "total_size": s["total_size"], "stream": s["stream"],
              "segment_type": s.get("segment_type"),
              "blocks": [{"size": b["size"], "state": b["state"]} for b in s["blocks"]]} for s in snap["segments"]]

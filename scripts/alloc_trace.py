@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 
-def _one(cfg: dict, out_dir: str) -> None:
+def _one(cfg: dict, out_dir: str, frames_min_bytes: int | None = None) -> None:
     import torch
 
     from ftcalc import recipe
@@ -63,7 +63,8 @@ def _one(cfg: dict, out_dir: str) -> None:
     row = write_allocator_trace(dev, Path(out_dir) / f"{run_id}.json.gz", {
         "run_id": run_id, "model": spec.id, **opts.model_dump(mode="json"), "steps": steps, "outcome": outcome,
         "allocator_settings": torch._C._accelerator_getAllocatorSettings()
-        if hasattr(torch._C, "_accelerator_getAllocatorSettings") else None, "marks": marks})
+        if hasattr(torch._C, "_accelerator_getAllocatorSettings") else None, "marks": marks},
+        frames_min_bytes=frames_min_bytes)
     print(f"{run_id}: {outcome} alloc {row['peak_allocated_bytes'] / 2**30:.2f} GiB reserved "
           f"{row['peak_reserved_bytes'] / 2**30:.2f} GiB, {len(row['trace'])} events", flush=True)
 
@@ -72,14 +73,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--frames-min-mib", type=float, help="keep the Python frames of allocations of at least this size")
     a = ap.parse_args()
+    frames = int(a.frames_min_mib * 2**20) if a.frames_min_mib is not None else None
     Path(a.out).mkdir(parents=True, exist_ok=True)
     import torch  # noqa: F401 - imported once before the forks, CUDA untouched
     ctx = mp.get_context("fork")
     for line in Path(a.batch).read_text().splitlines():
         if not line.strip():
             continue
-        p = ctx.Process(target=_one, args=(json.loads(line), a.out))
+        p = ctx.Process(target=_one, args=(json.loads(line), a.out, frames))
         p.start()
         p.join(240)
         if p.is_alive():
