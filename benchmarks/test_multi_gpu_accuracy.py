@@ -1,12 +1,11 @@
 """Multi-GPU accuracy (issue 7) on the 2xH200 and 4xH200 runs, and the time one multi-GPU estimate takes.
 
 Goal: per-GPU device memory within 6 % of measured on every multi-GPU run, tokens/s within 15 %. Met for
-the per-GPU allocated peak (the sharding mechanism) on every run and for device memory on every DDP run
-(the simulated allocation sequence of a DDP rank); not yet for device memory of FSDP full fine-tuning on 4
-GPUs (g-001 +6.9 %, g-002 +6.2 %: the fitted fragmentation term, safe side) nor for tokens/s of full
-fine-tuning with about 1000 tokens per step (i-003 +36 %, e-007 +29 %: the one-GPU time model misses the
-same step on one GPU, i-005 +39 %), so the full goal is a strict xfail and a regression guard holds today's
-errors (docs/multi-gpu.md has the tables).
+the per-GPU allocated peak (the sharding mechanism) and, since the fourth session, for device memory on every
+run (DDP: the simulated allocation sequence of a rank; FSDP: the simulated three-stream sequence of a rank,
+ftcalc/alloc_sequence_fsdp.py). Not met for tokens/s on one run, i-003 (+25 %: Llama-3.2-3B full fine-tuning,
+1024 tokens per step on 4 GPUs, launch-bound; its one-GPU twin i-005 on the same machine is missed by as much),
+so the full goal is a strict xfail and a regression guard holds today's errors (docs/multi-gpu.md has the tables).
 """
 
 from __future__ import annotations
@@ -38,17 +37,14 @@ def test_regression_guard():
     for recs in (validate_multi_gpu_rows(ROWS), validate_multi_gpu_rows(VAL)):
         d = summarize(recs, "err_device_used")
         t = summarize(recs, "err_tokens_per_second")
-        assert d["median_abs"] <= 0.03 and d["max_abs"] <= 0.075 and d["worst_under"] >= -0.06, d
-        assert t["median_abs"] <= 0.10, t
-    d_val = summarize(validate_multi_gpu_rows(VAL), "err_device_used")
-    assert d_val["max_abs"] <= 0.06, d_val  # the blind plans f and i meet the memory goal
+        assert d["median_abs"] <= 0.02 and d["max_abs"] <= 0.06 and d["worst_under"] >= -0.05, d
+        assert t["median_abs"] <= 0.08, t
     t_val = summarize(validate_multi_gpu_rows(VAL), "err_tokens_per_second")
-    assert t_val["max_abs"] <= 0.40, t_val
+    assert t_val["max_abs"] <= 0.30, t_val
 
 
-@pytest.mark.xfail(strict=True, reason="device memory: g-001 +6.9 %, g-002 +6.2 % (FSDP full fine-tuning on 4 GPUs, "
-                   "fitted fragmentation); tokens/s: i-003 +36 %, e-007 +29 % (about 1000 tokens per step of full "
-                   "fine-tuning, missed on one GPU too); docs/multi-gpu.md")
+@pytest.mark.xfail(strict=True, reason="tokens/s: i-003 +25 % (Llama-3.2-3B full fine-tuning, 1024 tokens per step "
+                   "on 4 GPUs, launch-bound; its one-GPU twin i-005 is missed by as much); docs/multi-gpu.md")
 def test_issue_7_goal_on_every_multi_gpu_run():
     recs = validate_multi_gpu_rows(ROWS)
     assert summarize(recs, "err_device_used")["max_abs"] <= 0.06

@@ -7,7 +7,8 @@ to be fed to :mod:`ftcalc.allocator`. The order and sizes were read off recorded
 (``data/traces``, fit-side runs t-c004, t-a014, t-d006, t-a012; see docs/notes/allocator.md):
 
 - build: the weights in module order (embedding, per layer q k v o gate up down + norms, final norm,
-  lm_head when untied).
+  lm_head when untied); with tied embeddings a V x h lm_head copy allocated and freed at the end (its
+  segment stays cached).
 - forward, per decoder layer (N = batch*seq tokens): RMSNorm (fp32 upcast saved, fp32 square/product
   transients, bf16 normalized saved, output saved as the projections' input); q/k/v projections; rotary
   (q*cos, cat(-x2, x1), *sin, add: 4 transients, the rotated q/k saved, q/k freed); SDPA (output and
@@ -16,10 +17,16 @@ to be fed to :mod:`ftcalc.allocator`. The order and sizes were read off recorded
 - loss: bf16 logits (N x V), fp32 upcast, fp32 log-softmax (saved), the fp32 upcast freed, the bf16
   logits dropped before backward; backward: two fp32 N x V gradients, the bf16 logits gradient, the
   lm_head weight gradient.
-- backward, per layer in reverse: for each Linear the weight gradient (kept until zero_grad) then the
-  input gradient; elementwise backward transients (N x I for the MLP, N x h for attention and norms);
-  the flash-attention backward workspace; saved activations freed as their node finishes. With
-  checkpointing the layer's forward is recomputed first (up to the last saved tensor).
+- backward, per layer in reverse (bf16-true: autograd node by node, :func:`_decoder_layer_bwd`, read off
+  t-qwen3, t-tied3, t-c004, t-d006): each Linear's weight and input gradient (plus a bias ``sum_to``),
+  elementwise backward transients, the RMSNorm backward's fp32 chain, the flash-attention backward
+  workspace, gradient sums in place where autograd can reuse the first gradient (the residual adds), saved
+  tensors freed as their node finishes (with checkpointing at the end of ``apply``). With checkpointing the
+  layer's forward runs without saving (each tensor dies when Python drops it) and is recomputed before
+  the layer's backward (up to the last saved tensor). bf16-mixed keeps the approximate first-session
+  structure (:func:`_layer_bwd`): its autocast casts are not modelled node by node.
+- two 32 MiB cuBLAS workspaces (forward and autograd thread) and the embedding backward's fp32
+  partial-segment buffer.
 - optimizer: AdamW states (exp_avg, exp_avg_sq, param dtype) allocated lazily at the first step, in
   parameter order; foreach AdamW allocates one temporary per parameter (``_foreach_sqrt`` of exp_avg_sq)
   and frees them in reverse; fused AdamW none; bitsandbytes 8-bit states (uint8, paged ones outside the
@@ -123,6 +130,12 @@ def _norm_fwd(s: _Seq, d: Dims, keep: bool) -> tuple[int, list[int]]:
     r = s.a(n * 4)
     s.f(e)
     m = s.a(n * h * 4)
+    if not keep and not d.mixed:  # nothing saved (checkpointed forward): Python drops each tensor at once
+        s.f(x32)
+        xb = s.a(n * h * 2)
+        y = s.a(n * h * 2)
+        s.f(xb, m, var, r)
+        return y, []
     xb = s.a(n * h * 2) if not d.mixed else None  # .to(input dtype)
     y = s.a(n * h * d.abytes)  # weight * normalized
     saved = [x for x in (x32, r, xb) if x is not None]
@@ -168,11 +181,15 @@ def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
     if d.mixed:
         wc["o"] = s.a(h * d.q_dim * 2)
     po = s.a(n * h * c)
+    if not keep and not d.mixed:  # nothing saved: the attention's locals die before the residual add
+        s.f(o, lse, *rot, v, y)
     h1 = s.a(n * h * d.abytes)
     s.f(po)
-    if free_input:
+    if free_input and d.mixed:
         s.f(x)
-    if not keep:
+    if not keep and not d.mixed:
+        pass
+    elif not keep:
         s.f(y, v, *rot, o, lse, *wc.values())
         wc = {}
     else:
@@ -181,6 +198,18 @@ def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
     if d.mixed:
         for kk, sz in (("gate", d.inter * h), ("up", d.inter * h), ("down", d.inter * h)):
             wc[kk] = s.a(sz * 2)
+    if not keep and not d.mixed:  # nothing saved: each MLP temporary dies as soon as it is consumed
+        g = s.a(n * d.inter * c)
+        act = s.a(n * d.inter * c)
+        s.f(g)
+        up = s.a(n * d.inter * c)
+        mul = s.a(n * d.inter * c)
+        s.f(act, up)
+        dn = s.a(n * h * c)
+        s.f(mul, y2)
+        out = s.a(n * h * c)
+        s.f(dn, h1)
+        return out, {}
     g = s.a(n * d.inter * c)
     act = s.a(n * d.inter * c)
     up = s.a(n * d.inter * c)
@@ -193,6 +222,8 @@ def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
     out = s.a(n * h * d.abytes)
     s.f(dn)
     s.f(h1)
+    if free_input and not d.mixed:  # the caller's reference to the layer input goes at the layer's return
+        s.f(x)
     if not keep:
         s.f(y2, g, act, up, mul, *wc.values())
         sv = {}
@@ -201,8 +232,132 @@ def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
     return out, sv
 
 
+def _node_end(s: _Seq, ckpt: bool, saved: tuple = (), grads_in: tuple = (), reduce_bytes: int = 0) -> None:
+    """The frees at the end of one autograd node's backward (``engine.cpp``: ``call_function`` runs the node's
+    ``apply`` then ``validate_outputs``, whose ``sum_to`` reduces a broadcast gradient (a bias or norm
+    weight: a workspace of ``reduce_bytes`` while reducing); ``evaluate_function`` then calls
+    ``release_variables``). ``saved``: the node's saved tensors that die with it (in the order
+    ``release_variables`` drops them); ``grads_in``: its incoming gradient and the unreduced temporaries.
+    Without checkpointing the saved tensors die at ``release_variables``, after the incoming gradient. With
+    non-reentrant checkpointing they are the recomputed tensors, which the checkpoint's unpack hook hands over
+    (dropping its own reference), so they die with ``apply``'s locals (in reverse order), before the
+    reduction and the incoming gradient (order read off t-qwen3 / t-tied3 vs t-c004 / t-d006)."""
+    if ckpt:
+        s.f(*reversed(saved))
+    if reduce_bytes:
+        s.f(s.a(reduce_bytes))
+    s.f(*grads_in)
+    if not ckpt:
+        s.f(*saved)
+
+
+def _rmsnorm_bwd(s: _Seq, d: Dims, dy: int, saved: list[int], frame: int | None = None,
+                 ckpt: bool = True) -> int:
+    """RMSNorm backward (bf16 residual stream) from ``dy``, node by node in reverse of the forward
+    ``x32 = x.float(); var = x32.pow(2).mean(-1); m = x32 * rsqrt(var + eps); y = w * m.to(bf16)``; frees
+    ``dy`` and the saved tensors and returns the bf16 input gradient (which the caller accumulates in place
+    into the residual gradient). ``frame``: a tensor that dies when the last saved tensor of a checkpointed
+    layer is released (the layer input, held by the checkpoint frame)."""
+    n, h = d.n, d.h
+    x32, r, xb = saved
+    dxb = s.a(n * h * 2)  # MulBackward(w * xb): dy * w
+    prod = s.a(n * h * 2)  # dy * xb, summed over tokens into the weight gradient
+    _node_end(s, ckpt and d.checkpointing, saved=(xb,), grads_in=(prod, dy), reduce_bytes=n * h * 8)
+    dm = s.a(n * h * 4)  # ToCopyBackward: bf16 -> fp32
+    s.f(dxb)
+    pr = s.a(n * h * 4)  # MulBackward(x32 * r): dm * x32 (other's gradient first), summed to N x 1
+    dx = s.a(n * h * 4)  # dm * r: the first gradient of x32, the pow path is added to it in place
+    s.f(pr, dm)
+    dmean = s.a(n * h * 4)  # rsqrt / add / mean backward: the N x 1 gradient expanded / h
+    p1 = s.a(n * h * 4)  # PowBackward: grad * (2 * x32.pow(1))
+    p2 = s.a(n * h * 4)
+    dpow = s.a(n * h * 4)
+    s.f(p2, p1)
+    _node_end(s, ckpt and d.checkpointing, saved=(x32,), grads_in=(dmean,))
+    s.f(frame, dpow, r)  # dpow: accumulated in place into dx (InputBuffer::accumulate)
+    db = s.a(n * h * 2)  # ToCopyBackward: fp32 -> bf16
+    s.f(dx)
+    return db
+
+
+def _linear_node_bwd(s: _Seq, d: Dims, grads: dict, name: str, wnumel: int, din: int, g: int,
+                saved: tuple = (), bias_out: int = 0) -> int:
+    """One ``nn.Linear`` backward from its output gradient ``g`` (freed); returns the input gradient of
+    ``din`` bytes. The weight gradient is kept until zero_grad. Without bias (``MmBackward``) the weight
+    gradient is allocated first; with a bias (``AddmmBackward``, ``bias_out`` output features) the input
+    gradient first, and the bias gradient is a ``sum_to`` over the tokens (t-qwen3, t-d006)."""
+    if bias_out:
+        dx = s.a(din)
+        grads[name] = s.a(wnumel * d.wbytes)
+    else:
+        grads[name] = s.a(wnumel * d.wbytes)
+        dx = s.a(din)
+    _node_end(s, d.checkpointing, saved=saved, grads_in=(g,) if g is not None else (),
+              reduce_bytes=d.n * bias_out * 8 if bias_out else 0)
+    return dx
+
+
+def _decoder_layer_bwd(s: _Seq, d: Dims, li: int, dy: int, sv: dict, grads: dict,
+                       frame: int | None = None) -> int:
+    """One decoder layer's backward (bf16 residual stream) from the output gradient ``dy``; returns the input
+    gradient. Autograd node by node in the engine's order (latest-created node first: down, the
+    ``act * up`` product, up, silu, gate, post-attention norm, o, SDPA, the rotary of k then of q, v, k, q,
+    input norm). Gradient accumulation (``InputBuffer::accumulate``): the first gradient to arrive is
+    reused in place when it is a plain tensor held once (the residual gradient, the sum of k and v, the
+    rotary's slice gradient); a linear's input gradient is a view of its 2-D matmul output (the view keeps
+    its base), so a sum that starts with one is a new tensor (``dx_up + dx_gate``, ``dx_v + dx_k``)."""
+    n, h, c, inter = d.n, d.h, 2, d.inter
+    ni = n * inter * c
+    bias = d.qkv_bias
+    da = _linear_node_bwd(s, d, grads, f"{li}.down", h * inter, ni, None, saved=(sv["mul"],))
+    dup = s.a(ni)  # MulBackward(act * up): the second operand's gradient first
+    dact = s.a(ni)
+    _node_end(s, d.checkpointing, saved=(sv["up"], sv["act"]), grads_in=(da,))
+    dx_up = _linear_node_bwd(s, d, grads, f"{li}.up", h * inter, n * h * c, dup)
+    dg = s.a(ni)  # SiluBackward
+    _node_end(s, d.checkpointing, saved=(sv["g"],), grads_in=(dact,))
+    dx_g = _linear_node_bwd(s, d, grads, f"{li}.gate", h * inter, n * h * c, dg, saved=(sv["y2"],))
+    dsum = s.a(n * h * c)  # dx_up + dx_gate (out of place: dx_up is a view)
+    s.f(dx_up, dx_g)
+    s.f(_rmsnorm_bwd(s, d, dsum, sv["n2"]))  # accumulated in place into dy
+    do = _linear_node_bwd(s, d, grads, f"{li}.o", h * d.q_dim, n * d.q_dim * c, None)
+    dq = s.a(n * d.q_dim * c)
+    dk = s.a(n * d.kv_dim * c)
+    dv = s.a(n * d.kv_dim * c)
+    s.f(s.a(n * d.q_dim * 8 + d.b * d.heads * d.t * 4 + 256))  # flash-attention backward workspace
+    qr, kr = sv["rot"]
+    _node_end(s, d.checkpointing, saved=(kr, qr, sv["v"], sv["lse"], sv["o"]), grads_in=(do,))
+    rot = {}
+    for name, src, dim in (("k", dk, d.kv_dim), ("q", dq, d.q_dim)):  # rotary: x*cos + rotate_half(x)*sin
+        t1 = s.a(n * dim * c)  # grad * sin
+        ng = s.a(n * dim * c // 2)  # NegBackward of one half
+        x = s.a(n * dim * c)  # SliceBackward (zeros + copy): the first gradient of x
+        s.f(ng)
+        y = s.a(n * dim * c)  # SliceBackward of the other half, added in place into x
+        s.f(t1, y)
+        z = s.a(n * dim * c)  # grad * cos, added in place into x
+        s.f(src, z)
+        rot[name] = x
+    kv_bias = d.kv_dim if bias else 0
+    dx_v = _linear_node_bwd(s, d, grads, f"{li}.v", h * d.kv_dim, n * h * c, dv, bias_out=kv_bias)
+    kc = s.a(n * d.kv_dim * c)  # transpose(1, 2).reshape: a contiguous copy
+    s.f(rot["k"])
+    dx_k = _linear_node_bwd(s, d, grads, f"{li}.k", h * d.kv_dim, n * h * c, kc, bias_out=kv_bias)
+    acc = s.a(n * h * c)  # dx_v + dx_k (out of place: dx_v is a view)
+    s.f(dx_v, dx_k)
+    qc = s.a(n * d.q_dim * c)
+    s.f(rot["q"])
+    dx_q = _linear_node_bwd(s, d, grads, f"{li}.q", h * d.q_dim, n * h * c, qc, saved=(sv["y1"],),
+                       bias_out=d.q_dim if bias else 0)
+    s.f(dx_q)  # accumulated in place into acc
+    s.f(_rmsnorm_bwd(s, d, acc, sv["n1"], frame))  # accumulated in place into dy
+    return dy
+
+
 def _norm_bwd(s: _Seq, d: Dims, dy: int, saved: list[int]) -> int:
-    """RMSNorm backward from ``dy``; frees its saved tensors and returns the input gradient."""
+    """RMSNorm backward from ``dy``; frees its saved tensors and returns the input gradient (the caller
+    frees ``dy``). First-session approximation, kept for bf16-mixed and ``alloc_sequence_fsdp``; bf16-true
+    one-GPU sequences use :func:`_rmsnorm_bwd`."""
     n, h = d.n, d.h
     dxb = s.a(n * h * 2)
     prod = s.a(n * h * 2)
@@ -231,6 +386,9 @@ def _linear_bwd(s: _Seq, d: Dims, grads: dict, name: str, wnumel: int, din: int)
 
 
 def _layer_bwd(s: _Seq, d: Dims, li: int, dy: int, sv: dict, grads: dict) -> int:
+    """One decoder layer's backward, first-session approximation (a new tensor for each residual sum; the
+    caller frees the layer input). Kept for bf16-mixed and ``alloc_sequence_fsdp``; bf16-true one-GPU
+    sequences use :func:`_decoder_layer_bwd`."""
     n, h, c, inter = d.n, d.h, 2, d.inter
     ni = n * inter * c
     wc = sv.get("wc", {})
@@ -311,6 +469,10 @@ def _optimizer(s: _Seq, d: Dims, params: list[tuple[str, int]], grads: dict, sta
     # sgd (no momentum): in-place foreach, nothing large
 
 
+# torch's cuBLAS workspace (CublasHandlePool.cpp, getChosenWorkspaceSize: 4096 * 8 KiB on sm90, the H100 /
+# H200 of every measurement), one per (thread, stream) handle, taken from the caching allocator and kept:
+# the forward's and the autograd engine's device thread (the two never-freed 32 MiB blocks of every trace).
+CUBLAS_WORKSPACE_BYTES = 4096 * 8 * 1024
 DDP_BUCKET_CAP = 25 * 2**20  # DistributedDataParallel(bucket_cap_mb=25)
 DDP_FIRST_BUCKET_CAP = 2**20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES
 DDP_BROADCAST_BUFFER = 250 * 2**20  # _sync_module_states' coalesced broadcast buffer
@@ -391,6 +553,8 @@ def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
     if include_build:
         for _, numel in params:
             s.a(numel * d.wbytes)
+        if d.tied:  # from_pretrained materializes lm_head's own weight, then ties it to the embedding: the
+            s.f(s.a(d.vocab * d.h * d.wbytes))  # copy is freed, its segment stays cached (every tied trace)
     bucket = _ddp_build(s, d, params) if ddp else None
     s.req.append(("reset", 0, 0))
     states: dict = {}
@@ -402,6 +566,8 @@ def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
             for nbytes in _ddp_buckets(d):
                 s.a(nbytes)
         emb = s.a(n * h * d.abytes)
+        if k == 0:  # the forward thread's cuBLAS workspace, at the first matmul (the rotary embedding)
+            s.a(CUBLAS_WORKSPACE_BYTES)
         x = emb
         saved = []
         inputs = []
@@ -428,34 +594,44 @@ def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
         s.f(g1, lsm)
         gb = s.a(n * d.vocab * c)
         s.f(g2)
-        grads["lm"] = s.a(d.vocab * h * d.wbytes)
+        grads["lm_head"] = s.a(d.vocab * h * d.wbytes)
+        if k == 0:  # the autograd thread's own cuBLAS handle and workspace, at its first matmul
+            s.a(CUBLAS_WORKSPACE_BYTES)
         dy = s.a(n * h * c)
         s.f(gb)
         if d.mixed:
             s.f(wlm)
-        dy2 = _norm_bwd(s, d, dy, nf)
-        s.f(dy, yf)
-        dy = dy2
+            dy2 = _norm_bwd(s, d, dy, nf)
+            s.f(dy, yf)
+            dy = dy2
+        else:
+            s.f(yf)
+            dy = _rmsnorm_bwd(s, d, dy, nf, ckpt=False)  # the final norm is outside the checkpoints
         for li in reversed(range(d.layers)):
             sv = saved[li]
             if d.checkpointing:
                 _, sv = _layer_fwd(s, d, inputs[li], keep=True, stop_early=True)
                 s.f(sv.pop("h1"))
-            dy = _layer_bwd(s, d, li, dy, sv, grads)
-            if d.checkpointing:
-                s.f(inputs[li] if li > 0 else None)
-            if d.checkpointing and li == 0:
-                s.f(emb)
+            if d.mixed:
+                dy = _layer_bwd(s, d, li, dy, sv, grads)
+                if d.checkpointing:
+                    s.f(inputs[li])
+            else:  # a checkpointed layer's input dies with its checkpoint frame
+                frame = inputs[li] if d.checkpointing else None
+                dy = _decoder_layer_bwd(s, d, li, dy, sv, grads, frame=frame)
         # embedding backward (+ tied accumulation)
         ge = s.a(d.vocab * h * d.wbytes)
+        # embedding_backward_cuda_kernel (EmbeddingBackwardKernel.cu): fp32 sums per partial segment,
+        # max_partial_segment = numel / NROWS_PER_THREAD (10) + min(numel, num_weights) rows
+        s.f(s.a((n // 10 + min(n, d.vocab)) * h * 4))
         s.f(dy)
-        if d.tied:
+        if d.tied:  # the two gradients of the shared weight summed out of place (the first is a view)
             acc = s.a(d.vocab * h * d.wbytes)
-            s.f(grads.pop("lm"), ge)
+            s.f(grads.pop("lm_head"), ge)
             ge = acc
         grads["embed"] = ge
         _optimizer(s, d, params, grads, states, first=(k == 0))
-        s.f(*grads.values())  # zero_grad(set_to_none=True)
+        s.f(*(grads[name] for name, _ in params if name in grads))  # zero_grad(set_to_none=True)
     return s.req
 
 

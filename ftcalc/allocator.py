@@ -1,4 +1,4 @@
-"""A pure-Python model of PyTorch's CUDA caching allocator (one device, one stream).
+"""A pure-Python model of PyTorch's CUDA caching allocator (one device, any number of streams).
 
 Mirrors ``DeviceCachingAllocator`` in ``c10/cuda/CUDACachingAllocator.cpp`` (torch 2.x, default
 settings: no ``max_split_size_mb``, no ``expandable_segments``, no ``roundup_power2_divisions``, no
@@ -26,6 +26,15 @@ the C++ source:
 - ``free_block`` / ``try_merge_blocks``: a freed block is merged with its ``prev`` and ``next``
   neighbours when these are free. Neighbours are blocks split from the same segment, so merging never
   crosses a segment boundary (two adjacent ``cudaMalloc`` regions stay two blocks).
+- Streams (``Block::stream``, ``BlockPool`` ordered by (stream, size, address)): every block belongs to
+  the stream it was allocated on, and so does its segment; a free block is reused only by a request on
+  that same stream (``get_free_block`` stops at the first block of another stream), in the small and the
+  large pool alike. Merging stays within a segment, hence within a stream. A block used on other streams
+  (``recordStream``) is not returned at ``free``: the allocator records CUDA events on those streams
+  (``insert_events``, trace action ``free_requested``) and returns the block to its pool only when they
+  have completed (``process_events`` at the start of a later ``malloc``, action ``free_completed``).
+  The simulator takes ``free`` to be the moment the block is returned (a recorded trace: its
+  ``free_completed``).
 - Segments are returned to the driver (``release_cached_blocks``: every free, unsplit segment) only
   when a ``cudaMalloc`` fails. With ``capacity`` set, the simulator applies the same sequence as
   ``malloc``: best fit, else ``cudaMalloc``, else release all free whole segments and retry, else OOM.
@@ -100,6 +109,7 @@ class Block:
     size: int
     small: bool
     seg: int  # address of the segment's first byte (identifies the segment)
+    stream: int = 0  # the stream the segment was allocated on (``Block::stream``)
     allocated: bool = False
     requested: int = 0
     prev: Block | None = field(default=None, repr=False)
@@ -140,12 +150,14 @@ class _Pool:
 
 
 class CachingAllocator:
-    """The caching allocator of one device and one stream.
+    """The caching allocator of one device.
 
-    ``malloc(size)`` returns a handle (the block's address) and ``free(handle)`` returns the block to the
-    cache. ``reserved`` is the sum of the segment sizes, ``allocated`` the sum of the allocated block
-    sizes (as ``torch.cuda.memory_reserved`` / ``memory_allocated`` count them); ``peak_reserved`` and
-    ``peak_allocated`` their maxima since construction or :meth:`reset_peaks`.
+    ``malloc(size, stream=0)`` returns a handle (the block's address) and ``free(handle)`` returns the block
+    to the cache of its stream. ``reserved`` is the sum of the segment sizes, ``allocated`` the sum of the
+    allocated block sizes (as ``torch.cuda.memory_reserved`` / ``memory_allocated`` count them, over all
+    streams); ``peak_reserved`` and ``peak_allocated`` their maxima since construction or
+    :meth:`reset_peaks`. ``stream`` is any integer naming a CUDA stream (0: the default stream); each
+    stream has its own small and large pool (``pools[(stream, small)]``).
 
     ``capacity`` (bytes of device memory ``cudaMalloc`` may hand out, None = unlimited) enables the
     allocator's retry path: on failure, all free unsplit segments are released (``release_cached_blocks``)
@@ -160,8 +172,10 @@ class CachingAllocator:
         self.capacity = capacity
         self.address_order = address_order
         self._next_addr = base
-        self.pools = {True: _Pool(True), False: _Pool(False)}
+        self.pools: dict[tuple[int, bool], _Pool] = {}  # (stream, small) -> BlockPool
         self.segments: dict[int, int] = {}  # segment address -> size
+        self._seg_starts: list[int] = []  # sorted segment addresses (overlap check of given addresses)
+        self.segment_stream: dict[int, int] = {}  # segment address -> stream
         self.active: dict[int, Block] = {}  # allocated block address -> block
         self.reserved = 0
         self.allocated = 0
@@ -172,6 +186,13 @@ class CachingAllocator:
         self.num_segment_frees = 0
         self.segment_log: list[tuple[int, int]] = []  # (address, size) of every cudaMalloc, in order
 
+    def pool(self, small: bool, stream: int = 0) -> _Pool:
+        """The free blocks of ``stream``'s small or large pool."""
+        p = self.pools.get((stream, small))
+        if p is None:
+            p = self.pools[(stream, small)] = _Pool(small)
+        return p
+
     # -- segments -------------------------------------------------------------------------------
     def _new_address(self, size: int) -> int:
         if self.address_order == "down":
@@ -181,56 +202,74 @@ class CachingAllocator:
         self._next_addr += size
         return addr
 
-    def _alloc_segment(self, size: int, small: bool, addr: int | None = None) -> Block | None:
-        """``alloc_block``: ``cudaMalloc`` a new segment of ``size`` bytes (None when over ``capacity``)."""
+    def _overlaps(self, addr: int, size: int) -> bool:
+        """True when ``[addr, addr + size)`` overlaps a segment already held (a given address that the
+        simulation cannot honour because its own segments differ from the device's)."""
+        i = bisect.bisect_right(self._seg_starts, addr)
+        if i > 0 and self._seg_starts[i - 1] + self.segments[self._seg_starts[i - 1]] > addr:
+            return True
+        return i < len(self._seg_starts) and self._seg_starts[i] < addr + size
+
+    def _alloc_segment(self, size: int, small: bool, addr: int | None = None, stream: int = 0) -> Block | None:
+        """``alloc_block``: ``cudaMalloc`` a new segment of ``size`` bytes for ``stream`` (None when over
+        ``capacity``)."""
         if self.capacity is not None and self.reserved + size > self.capacity:
             return None
-        if addr is None:
+        if addr is None or self._overlaps(addr, size):
             addr = self._new_address(size)
+            while self._overlaps(addr, size):
+                addr = self._new_address(size)
         self.segments[addr] = size
+        bisect.insort(self._seg_starts, addr)
+        self.segment_stream[addr] = stream
         self.segment_log.append((addr, size))
         self.reserved += size
         self.peak_reserved = max(self.peak_reserved, self.reserved)
         self.num_segment_allocs += 1
-        return Block(addr, size, small, addr)
+        return Block(addr, size, small, addr, stream)
 
     def release_cached_blocks(self) -> int:
-        """``release_cached_blocks``: ``cudaFree`` every free segment that is not split; returns bytes freed."""
+        """``release_cached_blocks``: ``cudaFree`` every free segment that is not split (all streams);
+        returns bytes freed."""
         freed = 0
         for pool in self.pools.values():
             for b in [b for b in pool.blocks.values() if b.prev is None and b.next is None]:
                 pool.erase(b)
                 del self.segments[b.seg]
+                del self.segment_stream[b.seg]
+                self._seg_starts.remove(b.seg)
                 self.reserved -= b.size
                 self.num_segment_frees += 1
                 freed += b.size
         return freed
 
     # -- malloc / free ------------------------------------------------------------------------------
-    def malloc(self, nbytes: int, *, segment_addr: int | None = None) -> int:
-        """Allocate ``nbytes`` (the tensor's byte size, before rounding); returns the block's address.
+    def malloc(self, nbytes: int, *, stream: int = 0, segment_addr: int | None = None) -> int:
+        """Allocate ``nbytes`` (the tensor's byte size, before rounding) on ``stream``; returns the block's
+        address.
 
-        Follows ``DeviceCachingAllocator::malloc``: round, pick the pool, best fit, else a new segment of
-        ``allocation_size`` bytes (at ``segment_addr`` if given), else release the cache and retry, then
-        ``alloc_found_block`` (split when ``should_split``).
+        Follows ``DeviceCachingAllocator::malloc``: round, pick the stream's pool, best fit among that
+        stream's free blocks, else a new segment of ``allocation_size`` bytes (at ``segment_addr`` if
+        given), else release the cache and retry, then ``alloc_found_block`` (split when ``should_split``).
         """
         size = round_size(nbytes)
         small = is_small(size)
-        pool = self.pools[small]
+        pool = self.pool(small, stream)
         block = pool.best_fit(size)
         if block is not None:
             pool.erase(block)
         else:
             seg_size = allocation_size(size)
-            block = self._alloc_segment(seg_size, small, segment_addr)
+            block = self._alloc_segment(seg_size, small, segment_addr, stream)
             if block is None:
                 self.release_cached_blocks()
-                block = self._alloc_segment(seg_size, small, segment_addr)
+                block = self._alloc_segment(seg_size, small, segment_addr, stream)
             if block is None:
                 raise OutOfMemory(f"cannot allocate {nbytes} B: reserved {self.reserved} B, "
                                   f"capacity {self.capacity} B")
         if _should_split(small, block.size, size):
-            rest = Block(block.addr + size, block.size - size, small, block.seg, prev=block, next=block.next)
+            rest = Block(block.addr + size, block.size - size, small, block.seg, stream, prev=block,
+                         next=block.next)
             if block.next is not None:
                 block.next.prev = rest
             block.next = rest
@@ -245,12 +284,12 @@ class CachingAllocator:
         return block.addr
 
     def free(self, addr: int) -> None:
-        """``free_block``: return the block at ``addr`` to its pool, merged with free neighbours."""
+        """``free_block``: return the block at ``addr`` to its stream's pool, merged with free neighbours."""
         block = self.active.pop(addr)
         block.allocated = False
         self.allocated -= block.size
         self.requested -= block.requested
-        pool = self.pools[block.small]
+        pool = self.pool(block.small, block.stream)
         prev, nxt = block.prev, block.next
         if prev is not None and not prev.allocated:  # try_merge_blocks(block, prev)
             pool.erase(prev)
@@ -276,10 +315,26 @@ class CachingAllocator:
         """Reserved minus allocated bytes now (cached free blocks + rounding)."""
         return self.reserved - self.allocated
 
-    def largest_free(self, small: bool = False) -> int:
-        """Size of the largest cached free block of a pool (0 when none)."""
-        keys = self.pools[small].keys
+    def largest_free(self, small: bool = False, stream: int = 0) -> int:
+        """Size of the largest cached free block of a stream's pool (0 when none)."""
+        keys = self.pool(small, stream).keys
         return keys[-1][0] if keys else 0
+
+    def reserved_by_stream(self) -> dict[int, int]:
+        """Bytes of the segments held now, per stream."""
+        out: dict[int, int] = {}
+        for seg, size in self.segments.items():
+            st = self.segment_stream[seg]
+            out[st] = out.get(st, 0) + size
+        return out
+
+    def free_by_stream(self) -> dict[int, int]:
+        """Bytes of cached free blocks now, per stream (the part of ``reserved`` nothing is allocated in,
+        rounding excluded)."""
+        out: dict[int, int] = {}
+        for (st, _), pool in self.pools.items():
+            out[st] = out.get(st, 0) + sum(k[0] for k in pool.keys)
+        return out
 
 
 @dataclass
@@ -298,24 +353,27 @@ class SimResult:
         return self.peak_reserved - self.peak_allocated
 
 
-def simulate(requests: Sequence[tuple[str, int, int]] | Iterable[tuple[str, int, int]],
+def simulate(requests: Sequence[tuple] | Iterable[tuple],
              allocator: CachingAllocator | None = None, reset_at: int | None = None) -> SimResult:
     """Run a request sequence through the allocator.
 
-    ``requests``: ``("alloc", id, nbytes)`` or ``("free", id, 0)`` tuples (or ``("reset", 0, 0)`` to reset
-    the peaks, as ``torch.cuda.reset_peak_memory_stats``); ``id`` is any hashable naming the tensor.
-    ``reset_at``: index of the request before which the peaks are reset (alternative to "reset").
-    Returns the peaks and the reserved / allocated bytes after every request.
+    ``requests``: ``("alloc", id, nbytes)`` or ``("alloc", id, nbytes, stream)`` (default stream 0),
+    ``("free", id, 0)`` tuples (or ``("reset", 0, 0)`` to reset the peaks, as
+    ``torch.cuda.reset_peak_memory_stats``); ``id`` is any hashable naming the tensor. A free returns the
+    block to the pool of the stream it was allocated on. ``reset_at``: index of the request before which
+    the peaks are reset (alternative to "reset"). Returns the peaks and the reserved / allocated bytes
+    after every request.
     """
     a = allocator or CachingAllocator()
     handles: dict = {}
     reserved: list[int] = []
     allocated: list[int] = []
-    for i, (op, tid, nbytes) in enumerate(requests):
+    for i, req in enumerate(requests):
+        op, tid, nbytes = req[0], req[1], req[2]
         if i == reset_at:
             a.reset_peaks()
         if op == "alloc":
-            handles[tid] = a.malloc(nbytes)
+            handles[tid] = a.malloc(nbytes, stream=req[3] if len(req) > 3 else 0)
         elif op == "free":
             a.free(handles.pop(tid))
         elif op == "reset":
@@ -338,9 +396,13 @@ class ReplayResult:
     recorded_peak_allocated: int
     segment_allocs: int  # simulated
     recorded_segment_allocs: int
-    segment_size_mismatches: int  # recorded segment_alloc events whose size the simulation did not produce
+    segment_size_mismatches: int  # recorded segment_alloc events whose size (or stream) the simulation did not produce
     reserved_at_marks: list[tuple[str, int, int]]  # (mark, simulated, recorded)
     address_mismatches: int  # allocations placed elsewhere than on the device (meaningful with recorded addresses)
+    peak_reserved_event: int = 0  # index of the trace event at which the simulated reserved peak was first reached
+    reserved_by_stream_at_peak: dict[int, int] = field(default_factory=dict)  # segments per stream there
+    allocated_by_stream_at_peak: dict[int, int] = field(default_factory=dict)  # allocated blocks per stream there
+    streams: list[int] = field(default_factory=list)  # the trace's streams, in order of first use
 
     @property
     def reserved_error(self) -> float:
@@ -348,58 +410,82 @@ class ReplayResult:
         return self.peak_reserved / self.recorded_peak_reserved - 1.0
 
 
+def _allocated_by_stream(a: CachingAllocator) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for b in a.active.values():
+        out[b.stream] = out.get(b.stream, 0) + b.size
+    return out
+
+
 def replay_trace(trace: dict, *, use_recorded_addresses: bool = False,
                  address_order: str = "down") -> ReplayResult:
     """Replay a recorded device trace (``scripts/alloc_trace.py`` JSON) through the simulator.
 
     The ``alloc`` events carry the requested byte size (torch records ``orig_size``; the simulator
-    rounds it) and the ``free_completed`` events are matched to their allocation by address. The recorder
-    ran ``torch.empty(1)`` before recording, which left one free 2 MiB small-pool segment; it is
-    recreated first. Peaks are reset at the "built" mark as the recorder did. Segment allocations of the
-    simulation are compared in order with the recorded ``segment_alloc`` events (sizes).
-    ``use_recorded_addresses``: give each new simulated segment the address of the corresponding recorded
-    one (best-fit ties then break exactly as on the device).
+    rounds it) and the stream they were made on; each is allocated on that stream. A block is returned to
+    its stream's pool at its ``free_completed`` event, matched to the allocation by address: for a block
+    used on other streams (``record_stream``, as FSDP2's all-gather outputs and reduce-scatter inputs
+    are) the ``free_requested`` event comes first and the block stays allocated until its CUDA events
+    complete (``insert_events`` / ``process_events``), so ``free_requested`` is not a return to the pool.
+    The recorder ran ``torch.empty(1)`` before recording, which left one free 2 MiB small-pool segment
+    on the default stream; it is recreated first. Peaks are reset at the "built" mark as the recorder did.
+    Segment allocations of the simulation are compared in order with the recorded ``segment_alloc``
+    events (size and stream). ``use_recorded_addresses``: give each new simulated segment the address of
+    the corresponding recorded one (best-fit ties then break exactly as on the device; an address that
+    would overlap a simulated segment, possible only once the simulation has diverged, is replaced by a
+    synthetic one).
     """
     events = trace["trace"]
     a = CachingAllocator(address_order=address_order)
     rec_segs = [e for e in events if e["action"] == "segment_alloc"]
+    streams = list(dict.fromkeys(e.get("stream", 0) for e in events if e["action"] == "alloc"))
+    default_stream = streams[0] if streams else 0
     # the small segment left by torch.empty(1) before recording: placed at the first small alloc
-    first_small = next((e for e in events if e["action"] == "alloc" and is_small(round_size(e["size"]))), None)
+    first_small = next((e for e in events if e["action"] == "alloc" and is_small(round_size(e["size"]))
+                        and e.get("stream", 0) == default_stream), None)
     pre_addr = first_small["addr"] if first_small is not None else None
-    pre_seg = a._alloc_segment(K_SMALL_BUFFER, True, pre_addr)
-    a.pools[True].insert(pre_seg)
+    pre_seg = a._alloc_segment(K_SMALL_BUFFER, True, pre_addr, default_stream)
+    a.pool(True, default_stream).insert(pre_seg)
     marks = {m["event_index"]: m for m in trace.get("marks", [])}
     built = next((m["event_index"] for m in trace.get("marks", []) if m["name"] == "built"), 0)
     handles: dict[int, int] = {}
     rec_iter = iter(rec_segs)
     at_marks: list[tuple[str, int, int]] = []
-    sim_seg_sizes: list[int] = []
+    sim_segs: list[tuple[int, int]] = []  # (size, stream) of every simulated cudaMalloc
     addr_mism = 0
+    peak_event, by_stream, alloc_by_stream = 0, {}, {}
     for i, e in enumerate(events):
         if i == built:
             a.reset_peaks()
+            peak_event, by_stream, alloc_by_stream = i, a.reserved_by_stream(), _allocated_by_stream(a)
         if i in marks:
             at_marks.append((marks[i]["name"], a.reserved, marks[i]["reserved"]))
         act = e["action"]
         if act == "alloc":
+            stream = e.get("stream", 0)
             n_before = a.num_segment_allocs
             addr = None
             if use_recorded_addresses:
                 size = round_size(e["size"])
-                if a.pools[is_small(size)].best_fit(size) is None:
+                if a.pool(is_small(size), stream).best_fit(size) is None:
                     nxt = next(rec_iter, None)
                     addr = nxt["addr"] if nxt is not None else None
-            handles[e["addr"]] = got = a.malloc(e["size"], segment_addr=addr)
+            peak_before = a.peak_reserved
+            handles[e["addr"]] = got = a.malloc(e["size"], stream=stream, segment_addr=addr)
             addr_mism += got != e["addr"]
             if a.num_segment_allocs > n_before:
-                sim_seg_sizes.append(a.segment_log[-1][1])
+                sim_segs.append((a.segment_log[-1][1], stream))
+            if i >= built and a.peak_reserved > peak_before:
+                peak_event, by_stream, alloc_by_stream = i, a.reserved_by_stream(), _allocated_by_stream(a)
         elif act == "free_completed":
             a.free(handles.pop(e["addr"]))
-    rec_sizes = [e["size"] for e in rec_segs]
-    mism = sum(1 for x, y in zip(sim_seg_sizes, rec_sizes, strict=False) if x != y)
-    mism += abs(len(sim_seg_sizes) - len(rec_sizes))
+    rec = [(e["size"], e.get("stream", 0)) for e in rec_segs]
+    mism = sum(1 for x, y in zip(sim_segs, rec, strict=False) if x != y)
+    mism += abs(len(sim_segs) - len(rec))
     return ReplayResult(
         run_id=trace.get("run_id", "?"), peak_reserved=a.peak_reserved, peak_allocated=a.peak_allocated,
         recorded_peak_reserved=trace["peak_reserved_bytes"], recorded_peak_allocated=trace["peak_allocated_bytes"],
         segment_allocs=a.num_segment_allocs - 1, recorded_segment_allocs=len(rec_segs),
-        segment_size_mismatches=mism, reserved_at_marks=at_marks, address_mismatches=addr_mism)
+        segment_size_mismatches=mism, reserved_at_marks=at_marks, address_mismatches=addr_mism,
+        peak_reserved_event=peak_event, reserved_by_stream_at_peak=by_stream,
+        allocated_by_stream_at_peak=alloc_by_stream, streams=streams)

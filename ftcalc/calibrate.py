@@ -26,7 +26,7 @@ from ftcalc.hardware import get_gpu
 from ftcalc.inventory import inventory
 from ftcalc.memory import Coefficients, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
-from ftcalc.throughput import ThroughputCoefficients, tokens_per_second
+from ftcalc.throughput import ThroughputCoefficients, step_parts, tokens_per_second
 
 __all__ = ["load_measurements", "is_validation", "is_multi_gpu_validation", "predict_row", "predict_multi_gpu_row", "fit_memory",
            "fit_throughput", "fit_gpu_speed", "validate_rows", "validate_multi_gpu_rows", "summarize",
@@ -276,25 +276,46 @@ _TP_BOUNDS = {
     "lora_module_overhead_s": (0.0, 0.003),
     "qlora_module_overhead_s": (0.0, 0.003),
     "eager_bytes_per_score": (2.0, 64.0),
-    "opt_bytes_8bit": (4.0, 200.0),
+    "opt_flops_8bit": (1e3, 1e5),
     "opt_bytes_paged": (4.0, 400.0),
     "opt_fixed_paged_s": (0.0, 0.3),
     "overlap_power": (1.0, 12.0),
     "fp32_rate_ratio": (0.03, 0.5),
     "opt_bytes_adafactor": (4.0, 200.0),
-    "opt_bytes_adamw": (8.0, 60.0),
+    "opt_bytes_adamw": (8.0, 80.0),
+    "opt_bytes_adamw_fused": (4.0, 60.0),
+    "opt_tensor_s": (0.0, 2e-4),
     "efficiency_half_hidden": (0.0, 8192.0),
     "norm_overhead_s": (0.0, 0.002),
     "speed_h200": (0.7, 1.5),
 }
 
 
+def measured_phases(row: dict[str, Any]) -> tuple[float, float] | None:
+    """A one-GPU row's median (forward + backward of all micro-batches, optimizer update) seconds after the
+    warm-up steps, when the row recorded them (``step_phase_seconds``, plan j on)."""
+    phases = row.get("step_phase_seconds")
+    if not phases or (row.get("num_gpus") or 1) > 1:
+        return None
+    timed = phases[int(row.get("warmup_steps") or 0):] or phases
+    return statistics.median(p[0] for p in timed), statistics.median(p[1] for p in timed)
+
+
 def _tp_loss(rows: list[dict[str, Any]], tc: ThroughputCoefficients) -> float:
+    """Mean |log error| of tokens/s over the rows, plus, where a row recorded its two phases, of each phase
+    (forward + backward, optimizer update): the mechanism's parts are fitted where they were measured."""
     errs = []
     for row in rows:
         spec = resolve_model(row["model"])
-        pred = tokens_per_second(spec, row_options(row), get_gpu(row["gpu_name"]), tc)
+        opts = row_options(row)
+        parts = step_parts(spec, opts, get_gpu(row["gpu_name"]), tc)
+        pred = opts.tokens_per_step / (parts.micro_batch_s + parts.optimizer_s / opts.gradient_accumulation_steps)
         errs.append(abs(math.log(pred / row["tokens_per_second"])))
+        phases = measured_phases(row)
+        if phases:
+            ga = opts.gradient_accumulation_steps
+            errs.append(abs(math.log(ga * parts.micro_batch_s / phases[0])))
+            errs.append(abs(math.log(parts.optimizer_s / phases[1])))
     return sum(errs) / max(1, len(errs))
 
 

@@ -646,11 +646,23 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         bwd_parts = ({"activations": all_act + copies["all_layers"]} if all_act + copies["all_layers"] >= grads
                      else {"gradients": grads})
         bwd_parts.update({"backward_transient": bwd_tmp + deq, "autocast_weight_copies": copies["head"]})
+    # Full fine-tuning ends its backward with the embedding's: a dense V x h gradient (in the weights' dtype)
+    # through an fp32 buffer of (N/10 + min(N, V)) x h (alloc_sequence.py, traces t-*); with tied embeddings
+    # the head's gradient is already waiting for the same weight, and autograd sums the two into a third
+    # V x h tensor before dropping them (trace t-sgd1: three V x h blocks alive at once, the run's peak with
+    # SGD, which has no optimizer-step temporaries to peak later)
+    emb_tmp = 0.0
+    if opts.method == "full":
+        emb_tmp = 4.0 * (n / 10.0 + min(n, arch.vocab_size)) * arch.hidden_size
+        if inv.tied_embeddings:  # the buffer beside the new gradient, then the sum beside both
+            v_h = arch.vocab_size * arch.hidden_size * _trainable_bytes_per_param(opts)
+            emb_tmp = max(emb_tmp + v_h, 2.0 * v_h)
     phase_parts = {
         "loss_backward": {**base, "activations": all_act + head_saved, "logits_and_loss": loss_peak,
                           "gradients": accum_grads,
                           "autocast_weight_copies": copies["head"] + copies["all_layers"], "backward_transient": deq},
         "layer_backward": {**base, **bwd_parts},
+        "embedding_backward": {**base, "gradients": grads, "backward_transient": emb_tmp},
         "optimizer_step": {**base, "gradients": grads, "optimizer_step_transient": step_tmp},
     }
     phases = {k: sum(v.values()) for k, v in phase_parts.items()}
@@ -684,6 +696,7 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     phase_gap = {
         "loss_backward": gap + c.reserved_gap_cached_step_tmp * min(step_tmp, logits),
         "layer_backward": gap,
+        "embedding_backward": gap,
         "optimizer_step": gap + c.reserved_gap_optimizer_logits * logits,
     }
     reserved = max(phases[k] * (1 + c.reserved_gap_fraction) + phase_gap[k] for k in phases)

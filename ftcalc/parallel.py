@@ -11,7 +11,8 @@ compared with its prediction (``ftcalc validate --multi-gpu``, docs/multi-gpu.md
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from ftcalc.catalog import ModelSpec, resolve_model
@@ -19,7 +20,8 @@ from ftcalc.errors import InvalidArgumentError
 from ftcalc.hardware import get_gpu
 from ftcalc.options import TrainingOptions
 
-__all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "strategy_of", "STRATEGIES"]
+__all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "strategy_of", "STRATEGIES",
+           "simulated_fsdp_gap_bytes"]
 
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload", "fsdp_grad_op")  # = ftcalc.sharding.SHARDINGS
 
@@ -64,16 +66,20 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
     opts_list, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size,
                                  checkpointing=(opts.checkpointing,))
     one = st.take(np.array([0]))
+    if strategy in ("fsdp", "fsdp_grad_op"):
+        gap = simulated_fsdp_gap_bytes(spec, opts, num_gpus, strategy == "fsdp")
+        if gap is not None:
+            one = replace(one, gap_fsdp=np.array([gap]))
     code = STRATEGIES.index(strategy)
     ga = opts.gradient_accumulation_steps
     used = sh.device_used_per_gpu(one, np.array([code]), np.array([float(num_gpus)]), np.array([ga]),
                                   a.nccl_buffer_bytes)
     alloc = sh.allocated_per_gpu(one, np.array([code]), np.array([float(num_gpus)]), np.array([ga]))
-    micro, opt = _micro_batch_times(spec, opts_list, [g])
+    times = _micro_batch_times(spec, opts_list, [g]).take(0, 0)
     bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, sh.link_efficiency(g.interconnect, a), g.p2p,
                                        num_instances, a)
     step, compute = sh.step_seconds_parallel(
-        micro[0, 0], opt[0, 0], code, num_gpus, ga, float(one.weights[0] + one.adapters[0]), float(one.grads[0]),
+        times, code, num_gpus, ga, float(one.weights[0] + one.adapters[0]), float(one.grads[0]),
         float(one.trainable_params[0]), num_instances, bw, a, units=float(one.units[0]))
     per_gpu = opts.tokens_per_step * ga / step
     return ParallelEstimate(model=spec.id, gpu=g.gpu, strategy=strategy, num_gpus=num_gpus,
@@ -81,6 +87,28 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
                             peak_allocated_bytes=float(np.asarray(alloc).ravel()[0]), step_seconds=float(step),
                             compute_seconds=float(compute), tokens_per_second=per_gpu * num_gpus,
                             tokens_per_second_per_gpu=per_gpu, scaling_efficiency=float(compute / step))
+
+
+def simulated_fsdp_gap_bytes(spec: ModelSpec, opts: TrainingOptions, num_gpus: int,
+                             reshard_after_forward: bool = True) -> float | None:
+    """Peak reserved - peak allocated of one FSDP2 rank, from its simulated three-stream allocation sequence
+    (ftcalc/alloc_sequence_fsdp.py: all-gather buffers, gradient shards on the reduce-scatter stream, the
+    compute stream's own fragmentation); None where the sequence does not cover the configuration
+    (``fsdp_sequence_supported``: full fine-tuning of untied decoders). About 0.1 s, cached."""
+    from ftcalc.alloc_sequence_fsdp import fsdp_sequence_supported
+
+    if num_gpus < 2 or not fsdp_sequence_supported(spec, opts):
+        return None
+    return _simulated_fsdp_gap(spec.id, opts.model_dump_json(), num_gpus, reshard_after_forward)
+
+
+@lru_cache(maxsize=256)
+def _simulated_fsdp_gap(model_id: str, opts_json: str, num_gpus: int, reshard_after_forward: bool) -> float:
+    from ftcalc.alloc_sequence_fsdp import simulate_fsdp
+
+    opts = TrainingOptions.model_validate_json(opts_json)
+    return float(simulate_fsdp(resolve_model(model_id), opts, num_gpus, steps=2,
+                               reshard_after_forward=reshard_after_forward).gap)
 
 
 def default_strategy(model: str | ModelSpec, opts: TrainingOptions, gpu: str | None, num_gpus: int) -> str:

@@ -70,7 +70,7 @@ backward's compute (``ddp_comm_overlap`` 0: scripts/nccl_bench.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -79,12 +79,13 @@ import numpy as np
 
 from ftcalc._paths import data_dir
 from ftcalc.errors import DataFileError
+from ftcalc.throughput import overlap
 
 __all__ = [
     "SHARDINGS", "SINGLE", "DDP", "FSDP", "FSDP_OFFLOAD", "FSDP_GRAD_OP",
     "Assumptions", "load_assumptions", "ModelStates",
-    "device_used_per_gpu", "allocated_per_gpu", "collective_pool_bytes", "link_efficiency",
-    "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
+    "device_used_per_gpu", "allocated_per_gpu", "compute_stream_peak", "collective_pool_bytes", "link_efficiency",
+    "comm_bandwidth_bytes_per_s", "step_seconds_parallel", "MicroBatchTimes",
     "startup_seconds", "checkpoint_seconds", "host_bytes_offload",
 ]
 
@@ -155,8 +156,9 @@ class ModelStates:
     step_tmp: np.ndarray  # optimizer.step() temporaries
     phase_loss: np.ndarray  # estimate_memory phases, allocated bytes
     phase_layer: np.ndarray
+    phase_emb: np.ndarray  # the embedding's backward (full fine-tuning: its gradient, the tied sum)
     phase_opt: np.ndarray
-    peak: np.ndarray  # max of the three
+    peak: np.ndarray  # max of the phases
     gap: np.ndarray  # reserved - allocated at the peak (caching-allocator fragmentation, fitted)
     gap_single: np.ndarray  # the same on one GPU as `ftcalc estimate` predicts it (simulated where supported)
     gap_ddp: np.ndarray  # the same on one DDP rank (simulated where supported, else gap_single)
@@ -173,6 +175,14 @@ class ModelStates:
     units: np.ndarray  # FSDP units: decoder layers + embedding + tail (+ the root's leftovers, not counted)
     trainable_params: np.ndarray
     gap_fraction: float  # memory coefficient reserved_gap_fraction (gap share proportional to the peak)
+    # reserved - allocated of one FSDP rank from the simulated three-stream sequence
+    # (ftcalc/alloc_sequence_fsdp.py) at this candidate's GPU count and strategy; NaN where not simulated
+    # (set by ftcalc.parallel.estimate_parallel; a builder that leaves it empty gets NaN)
+    gap_fsdp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        if np.size(self.gap_fsdp) == 0 and np.size(self.weights) > 0:
+            object.__setattr__(self, "gap_fsdp", np.full(np.shape(self.weights), np.nan))
 
     def take(self, i: Any) -> ModelStates:
         """The states of configuration(s) ``i`` (an index or an index array)."""
@@ -180,12 +190,9 @@ class ModelStates:
         return ModelStates(**kw)
 
 
-def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> Any:
-    """Peak allocated bytes per GPU (what ``torch.cuda.max_memory_allocated`` reports on each rank).
-
-    The single-GPU phases of ftcalc.memory with the model states replaced as the module docstring says:
-    sharded 1/N under FSDP, the gathered units in full, DDP's gradient buckets.
-    """
+def _phases(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Allocated bytes per GPU at the loss, in a layer's backward and at the optimizer step, DDP's buckets,
+    and the gradient shards held at each phase's peak (FSDP: on the reduce-scatter stream)."""
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
     fsdp = _fsdp(sh)
@@ -214,9 +221,33 @@ def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum:
     layer_nockpt = nk_base + np.where(grad_op, np.maximum(x + whole, np.where(accum, x, 0.0) + grads_g + g_layer),
                                       nk_grads)
     layer = np.where(st.ckpt, layer_ckpt, layer_nockpt) + unit_grad
+    # the embedding's backward closes the backward (its transient is not sharded: the full gradient is
+    # computed before FSDP reduce-scatters it)
+    layer = np.maximum(layer, st.phase_emb - states - st.grads + states_g + grads_g)
     opt = st.phase_opt - states - st.grads - st.step_tmp + states_g + grads_g + st.step_tmp * keep
     bucket = np.where(sh == DDP, st.grads, 0.0)
+    return loss, layer, opt, bucket, np.where(accum, grads_g, 0.0)
+
+
+def allocated_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> Any:
+    """Peak allocated bytes per GPU (what ``torch.cuda.max_memory_allocated`` reports on each rank).
+
+    The single-GPU phases of ftcalc.memory with the model states replaced as the module docstring says:
+    sharded 1/N under FSDP, the gathered units in full, DDP's gradient buckets.
+    """
+    loss, layer, opt, bucket, _ = _phases(st, sharding, num_gpus, grad_accum)
     out = np.maximum(np.maximum(loss, layer), opt) + bucket
+    return out if np.ndim(out) else float(out)
+
+
+def compute_stream_peak(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> Any:
+    """Peak allocated bytes of an FSDP rank's compute (default) stream: the phases of
+    :func:`allocated_per_gpu` less the gradient shards, which FSDP2 allocates on its reduce-scatter stream
+    (the reduce-scatter output is the sharded ``.grad``; t-fsdp8, docs/notes/allocator.md)."""
+    n = np.asarray(num_gpus, dtype=float)
+    loss, layer, opt, _, accum_grads = _phases(st, sharding, num_gpus, grad_accum)
+    grads_g = st.grads * _keep(np.asarray(sharding), n)
+    out = np.maximum(np.maximum(loss - accum_grads, layer - grads_g), opt - grads_g)
     return out if np.ndim(out) else float(out)
 
 
@@ -230,41 +261,76 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     """Device memory used per GPU (what nvidia-smi shows), unconstrained, for each candidate.
 
     ``st`` holds one configuration per candidate (already indexed); ``sharding`` is SINGLE/DDP/FSDP/
-    FSDP_OFFLOAD. With ``sharding=SINGLE`` and ``grad_accum=1`` it returns estimate_memory's
-    device_used_bytes exactly. Peak allocated (``allocated_per_gpu``) + the fragmentation of the
-    single-GPU model + FSDP's collective pools + what lives outside the allocator (context, NCCL).
+    FSDP_OFFLOAD/FSDP_GRAD_OP. With ``sharding=SINGLE`` and ``grad_accum=1`` it returns estimate_memory's
+    device_used_bytes exactly. Peak allocated (``allocated_per_gpu``) + the caching allocator's
+    fragmentation + what lives outside the allocator (context, NCCL).
     """
     sh = np.asarray(sharding)
+    n = np.asarray(num_gpus, dtype=float)
     peak = np.asarray(allocated_per_gpu(st, sh, num_gpus, grad_accum))
-    keep = _keep(sh, np.asarray(num_gpus, dtype=float))
+    keep = _keep(sh, n)
     # fragmentation: on one GPU the single-GPU estimate's own (the allocator simulation for supported full
     # fine-tuning); under DDP the simulation of one rank's sequence (its gradient buckets are rebuilt at the
-    # second step into the holes the first left: run t-ddp3's trace, docs/notes/allocator.md); under FSDP,
-    # whose allocation sequence differs, the fitted gap, its share proportional to the peak following the
-    # new peak, plus the collective pools below
-    gap = np.where(sh == SINGLE, st.gap_single,
-                   np.where(sh == DDP, st.gap_ddp, np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)))
-    out = peak + gap + collective_pool_bytes(st, sh) + outside_allocator_bytes(st, sh, keep, nccl_buffer_bytes)
+    # second step into the holes the first left: run t-ddp3's trace, docs/notes/allocator.md)
+    gap = np.where(sh == SINGLE, st.gap_single, st.gap_ddp)
+    used = peak + gap
+    # FSDP (full-shard, shard-grad-op; rank 0's trace t-fsdp8, docs/notes/allocator.md "Fourth session"): the
+    # allocator keeps a pool per stream and its reservation only grows, so the peak reserved is the sum of the
+    # three streams' reservations. Where the three-stream sequence was simulated (gap_fsdp, full fine-tuning):
+    # peak + its gap. Elsewhere: the compute stream's peak plus the one-GPU estimate's fragmentation (its
+    # share proportional to the peak following the smaller peak), plus the collective streams' pools
+    fsdp = _fsdp(sh) & (sh != FSDP_OFFLOAD)
+    c_peak = np.asarray(compute_stream_peak(st, sh, num_gpus, grad_accum))
+    c_gap = np.maximum(st.gap_single - st.gap_fraction * (st.peak - c_peak), 0.0)
+    analytic = c_peak + c_gap + collective_pool_bytes(st, sh, num_gpus)
+    simulated = peak + np.nan_to_num(st.gap_fsdp)
+    used = np.where(fsdp, np.where(np.isnan(st.gap_fsdp), np.maximum(analytic, peak), simulated), used)
+    # FSDP CPU offload: no shard on the GPU, no gradient shards: the fitted gap, its share proportional to the
+    # peak following the new peak, plus the all-gather stream's pool
+    off = sh == FSDP_OFFLOAD
+    used = np.where(off, peak + np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)
+                    + collective_pool_bytes(st, sh, num_gpus), used)
+    out = used + outside_allocator_bytes(st, sh, keep, nccl_buffer_bytes)
     return out if np.ndim(out) else float(out)
 
 
-def collective_pool_bytes(st: ModelStates, sharding: Any) -> Any:
-    """FSDP2's buffers cached in the collective streams' own pools of the caching allocator.
+def collective_pool_bytes(st: ModelStates, sharding: Any, num_gpus: Any = 2.0) -> Any:
+    """Bytes FSDP2 holds reserved in its collective streams' own pools of the caching allocator.
 
-    FSDP2 all-gathers each unit into a flat buffer allocated on its all-gather streams (copy-in, then
-    all-gather; torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py) and reduce-scatters gradients from
-    a flat buffer on its reduce-scatter stream. The caching allocator keeps one pool per stream: blocks freed
-    there are not reused by the compute stream, so they stay reserved beyond what is allocated at the peak.
-    Counted: the all-gather buffers of three units in flight (the unit computing, the prefetched one, and a
-    root unit: 2 x the largest unit + 1 decoder layer) and, when the units have gradients to reduce
-    (full fine-tuning), one reduce-scatter buffer of the largest unit. The count is set from the 2xH200
-    runs e-002..e-006 (docs/multi-gpu.md), where it matches the reserved-minus-allocated excess of the
-    FSDP runs over the single-GPU model to within about 1 GiB.
+    Mechanism from rank 0's trace t-fsdp8 (docs/notes/allocator.md "Fourth session"): FSDP2 all-gathers each
+    unit into a flat buffer of the unit's full size on its all-gather stream (two alive at a time in forward:
+    the next unit's is allocated before the previous one's copy-out has finished) and allocates each unit's
+    gradient shard, the reduce-scatter output that becomes the sharded ``.grad``, on its reduce-scatter
+    stream (freed by zero_grad, its blocks cached there for the next step). A stream's free blocks serve only
+    that stream. Simulated per distinct (units, N) by ``alloc_sequence_fsdp.collective_pool_bytes`` (cached);
+    units: the input embedding, the decoder layers, the tail, in storage bytes. Under CPU offload only the
+    all-gather buffers (the gradient shards go to the host).
     """
+    from ftcalc.alloc_sequence_fsdp import collective_pool_bytes as pools
+
     sh = np.asarray(sharding)
-    fsdp = _fsdp(sh)
-    pool = 2.0 * st.unit_max_bytes + st.layer_bytes + np.where(st.full, st.unit_max_bytes, 0.0)
-    return np.where(fsdp, pool, 0.0)
+    n = np.broadcast_to(np.asarray(num_gpus, dtype=float), np.shape(st.weights))
+    shb = np.broadcast_to(sh, np.shape(st.weights))
+    embed = np.maximum(st.root_bytes - st.tail_bytes, 0.0)
+    layers = st.units - 2.0
+    full = np.asarray(st.full, dtype=bool)
+    layer_grad = np.where(full, st.layer_grad_bytes, st.adapters / np.maximum(layers, 1.0))
+    keys = np.stack(np.broadcast_arrays(embed, st.layer_bytes, st.tail_bytes, layers, n,
+                                        np.where(full, embed, 0.0), layer_grad, np.where(full, st.tail_bytes, 0.0),
+                                        np.where(shb == FSDP_GRAD_OP, 1.0, 0.0),
+                                        np.where(shb == FSDP_OFFLOAD, 1.0, 0.0)), axis=-1).reshape(-1, 10)
+    fsdp = _fsdp(shb).reshape(-1)
+    out = np.zeros(keys.shape[0])
+    if fsdp.any():
+        uniq, inv = np.unique(keys[fsdp], axis=0, return_inverse=True)
+        vals = np.empty(len(uniq))
+        for j, (e, lb, tb, nl, ng, eg, lg, tg, op, offl) in enumerate(uniq):
+            ag, rs = pools(int(e), int(lb), int(tb), int(nl), int(ng), int(eg), int(lg), int(tg),
+                           reshard_after_forward=not op)
+            vals[j] = ag + (0 if offl else rs)
+        out[fsdp] = vals[np.ravel(inv)]
+    out = out.reshape(np.shape(st.weights)) if np.ndim(st.weights) else out[0]
+    return out if np.ndim(out) else float(out)
 
 
 def outside_allocator_bytes(st: ModelStates, sharding: Any, keep: Any, nccl_buffer_bytes: float) -> Any:
@@ -298,15 +364,34 @@ def comm_bandwidth_bytes_per_s(interconnect_gbps: Any, link_efficiency: Any, p2p
     return out if np.ndim(out) else float(out)
 
 
-def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, num_gpus: Any, grad_accum: Any,
+@dataclass(frozen=True)
+class MicroBatchTimes:
+    """One GPU's step in parts (ftcalc.throughput.step_parts), arrays over candidates: a micro-batch's forward +
+    backward on the GPU (``gpu_s``) and the host's launch time for it (``cpu_s``), one optimizer update holding
+    all states (``optimizer_s``), and the overlap exponent of the two sides."""
+
+    gpu_s: Any
+    cpu_s: Any
+    optimizer_s: Any
+    power: float
+
+    @property
+    def micro_batch_s(self) -> Any:
+        return overlap(self.gpu_s, self.cpu_s, self.power)
+
+    def take(self, *index: Any) -> MicroBatchTimes:
+        return replace(self, gpu_s=np.asarray(self.gpu_s)[index], cpu_s=np.asarray(self.cpu_s)[index],
+                       optimizer_s=np.asarray(self.optimizer_s)[index])
+
+
+def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, grad_accum: Any,
                           gather_bytes: Any, grad_bytes: Any, trainable_params: Any, num_instances: Any,
                           bandwidth_bytes_per_s: Any, a: Assumptions, units: Any = 0.0) -> tuple[Any, Any]:
     """Seconds per optimizer step on each GPU, and the compute-only part of it (for scaling efficiency).
 
     Args:
-        micro_batch_s: one micro-batch's forward + backward on one GPU, without the optimizer update
-            (ftcalc.throughput with the optimizer traffic set to zero).
-        optimizer_s: the optimizer update's time on one GPU holding all states (ftcalc.throughput).
+        times: one micro-batch's forward + backward on one GPU (GPU and host-launch sides) and the
+            optimizer update's time on one GPU holding all states (ftcalc.throughput.step_parts).
         gather_bytes: weight + adapter bytes FSDP all-gathers (storage dtype).
         grad_bytes: gradient bytes (all-reduced / reduce-scattered).
         trainable_params: for the CPU optimizer under offload.
@@ -318,9 +403,14 @@ def step_seconds_parallel(micro_batch_s: Any, optimizer_s: Any, sharding: Any, n
     fsdp = _fsdp(sh)
     off = sh == FSDP_OFFLOAD
     ring = (n - 1.0) / n
+    micro_batch_s = times.micro_batch_s
+    optimizer_s = times.optimizer_s
     hide = a.comm_overlap * micro_batch_s
-    # DDP: 25 MB buckets run below the large-message rate and did not overlap the backward's compute
-    # (scripts/nccl_bench.py, data/solver_assumptions.json ddp_bucket_share / ddp_comm_overlap)
+    # DDP: the gradient all-reduce of the last micro-batch (no_sync before) in 25 MB buckets, below the
+    # large-message rate, exposed in full: it did not overlap the backward's compute in the NCCL benchmark
+    # (scripts/nccl_bench.py, data/solver_assumptions.json ddp_bucket_share / ddp_comm_overlap), nor did it
+    # hide behind a launch-bound backward (Llama-3-8B at 1024 tokens: j-008 0.48 s per step on 2 GPUs
+    # against 0.43 s for j-004 on one; 4 GPUs: g-005 0.49 s against g1-001 0.40 s)
     share = np.where(n <= 2.0, a.ddp_bucket_share["2"], a.ddp_bucket_share["4"])
     ddp_exposed = np.maximum(2.0 * ring * grad_bytes / (bandwidth_bytes_per_s * share)
                              - a.ddp_comm_overlap * micro_batch_s, 0.0)

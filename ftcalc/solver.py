@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +261,7 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["step_tmp"].append(optimizer_step_transient_bytes(inv, opts))
                 cols["phase_loss"].append(mem.phases["loss_backward"])
                 cols["phase_layer"].append(mem.phases["layer_backward"])
+                cols["phase_emb"].append(mem.phases["embedding_backward"])
                 cols["phase_opt"].append(mem.phases["optimizer_step"])
                 cols["peak"].append(mem.peak_allocated_bytes)
                 cols["gap"].append(mem.peak_reserved_bytes - mem.peak_allocated_bytes)
@@ -290,25 +291,19 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
     return opts_list, sh.ModelStates(**arrays, gap_fraction=c.reserved_gap_fraction)
 
 
-def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: list[GPU]) -> tuple[np.ndarray, np.ndarray]:
-    """(micro-batch seconds without the optimizer update, optimizer-update seconds), each [config, gpu].
-
-    ftcalc.throughput's step covers one micro-batch and one update; the update's share is the
-    difference with the same model when every optimizer-traffic coefficient (``opt_*``) is zero.
-    """
-    from ftcalc.throughput import load_throughput, step_seconds
+def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: list[GPU]) -> sh.MicroBatchTimes:
+    """Each [config, gpu]: one micro-batch's forward + backward (with its GPU and host-launch sides) and one
+    optimizer update (ftcalc.throughput.step_parts)."""
+    from ftcalc.throughput import load_throughput, step_parts
 
     tc = load_throughput()
-    tc0 = replace(tc, **{f.name: 0.0 for f in fields(tc) if f.name.startswith("opt_")})
-    micro = np.empty((len(opts_list), len(gpus)))
-    opt = np.empty_like(micro)
+    shape = (len(opts_list), len(gpus))
+    gpu_s, cpu_s, opt_s = np.empty(shape), np.empty(shape), np.empty(shape)
     for i, opts in enumerate(opts_list):
         for j, g in enumerate(gpus):
-            full = step_seconds(spec, opts, g, tc)
-            bare = step_seconds(spec, opts, g, tc0)
-            micro[i, j] = bare
-            opt[i, j] = max(full - bare, 0.0)
-    return micro, opt
+            parts = step_parts(spec, opts, g, tc)
+            gpu_s[i, j], cpu_s[i, j], opt_s[i, j] = parts.gpu_s, parts.cpu_s, parts.optimizer_s
+    return sh.MicroBatchTimes(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=tc.overlap_power)
 
 
 class _Offers:
@@ -467,9 +462,9 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target)
     if not opts_list:
         raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
-    micro_s, opt_s = _micro_batch_times(spec, opts_list, gpus)
+    times = _micro_batch_times(spec, opts_list, gpus)
     a = sh.load_assumptions()
-    cand = _Candidates(spec, opts_list, states, micro_s, opt_s, gpus, offers, target, seq_len,
+    cand = _Candidates(spec, opts_list, states, times, gpus, offers, target, seq_len,
                        tokens_per_epoch * epochs, headroom, a)
     c = cand
     in_time = np.ones_like(c.fits) if deadline_hours is None else c.hours <= deadline_hours
@@ -505,6 +500,23 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         coefficients=load_coefficients().source, assumptions=a.source, notes=notes)
 
 
+def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,
+                    si: np.ndarray, n: np.ndarray) -> sh.ModelStates:
+    """``st`` (one row per candidate) with the simulated FSDP gap of each full-shard candidate whose
+    three-stream allocation sequence ftcalc simulates (full fine-tuning of untied decoders:
+    ftcalc.parallel.simulated_fsdp_gap_bytes, cached per configuration and GPU count, ~0.1 s each); NaN
+    elsewhere, where sharding.device_used_per_gpu takes its analytic path."""
+    from ftcalc.parallel import simulated_fsdp_gap_bytes
+
+    gaps = np.full(len(ci), np.nan)
+    for k in np.flatnonzero(si == sh.FSDP):
+        opts = opts_list[ci[k]]
+        if opts.method == "full":
+            g = simulated_fsdp_gap_bytes(spec, opts, int(n[k]))
+            gaps[k] = np.nan if g is None else g
+    return replace(st, gap_fsdp=gaps)
+
+
 class _Candidates:
     """Every (configuration, sharding, offer) that makes sense, evaluated at once: one array element each.
 
@@ -514,7 +526,7 @@ class _Candidates:
     """
 
     def __init__(self, spec: ModelSpec, opts_list: list[TrainingOptions], states: sh.ModelStates,
-                 micro_s: np.ndarray, opt_s: np.ndarray, gpus: list[GPU], offers: _Offers, target: int,
+                 times: sh.MicroBatchTimes, gpus: list[GPU], offers: _Offers, target: int,
                  seq_len: int, total_tokens: float, headroom: float, a: sh.Assumptions) -> None:
         self.opts_list, self.states, self.gpus, self.offers, self.seq_len = opts_list, states, gpus, offers, seq_len
         ci, si, ki = (x.ravel() for x in np.meshgrid(np.arange(len(opts_list)), np.arange(len(sh.SHARDINGS)),
@@ -533,7 +545,7 @@ class _Candidates:
         self.gi = gi = offers.gpu_idx[ki]
         self.ga = ga = np.maximum(1.0, np.ceil(target / (mb * n)))
         self.global_seqs = mb * n * ga
-        st = states.take(ci)
+        st = _with_fsdp_gaps(spec, opts_list, states.take(ci), ci, si, n)
 
         self.mem_cap = np.array([g.memory_bytes for g in gpus], dtype=float)[gi]
         self.usable = self.mem_cap * (1.0 - headroom)
@@ -557,7 +569,7 @@ class _Candidates:
         bw = sh.comm_bandwidth_bytes_per_s(np.array([g.interconnect_gbps for g in gpus])[gi], link_eff,
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
         self.step_s, self.compute_s = sh.step_seconds_parallel(
-            micro_s[ci, gi], opt_s[ci, gi], si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
+            times.take(ci, gi), si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
             offers.instances[ki], bw, a, units=st.units)
         self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
         train_s = self.steps * self.step_s

@@ -1,12 +1,26 @@
-"""The time model: FLOPs per trained token over an achieved rate, plus memory-bound per-step work.
+"""The time model: FLOPs per trained token over an achieved rate, memory-bound work, and host launch time.
 
     ftcalc estimate --model 8b --method qlora --gpu h100 --dataset-tokens 50M
 
-step time = max(GPU time, CPU launch time)    (the GPU runs asynchronously behind the Python thread)
-GPU time  = FLOPs per step / (efficiency x dense bf16 peak)          (compute)
-          + QLoRA dequantization bytes / memory bandwidth              (4-bit weights -> bf16, each use)
-          + optimizer bytes / memory bandwidth                         (AdamW reads and writes its states)
-CPU time  = decoder layers x passes x per-layer launch cost             (norms, RoPE, LoRA modules: small kernels)
+A step of the recipe (ftcalc/recipe.py, the loop ``ftcalc profile`` times) has two phases, separated by the
+read of the loss, which waits for the backward to finish:
+
+forward + backward (each micro-batch)  = overlap(GPU time, CPU launch time)
+    GPU time  = FLOPs / (efficiency x dense bf16 peak)                  (compute)
+              + QLoRA dequantization bytes / memory bandwidth            (4-bit weights -> bf16, each use)
+              + other memory-bound bytes (eager attention scores, autocast weight casts, MoE expert LoRA)
+    CPU time  = decoder layers x passes x per-layer launch cost           (norms, RoPE, LoRA modules: small kernels)
+    overlap(g, c) = (g^p + c^p)^(1/p): the GPU runs asynchronously behind the Python thread, so the phase takes
+    about the longer of the two (small batches are launch-bound);
+optimizer update (once per step)        = optimizer bytes / memory bandwidth + trainable tensors x per-tensor host cost
+    (it starts on an idle GPU after the loss read: foreach AdamW computes its bias corrections per tensor in
+    Python before its kernels, bitsandbytes launches per tensor).
+
+Measured on plan j (data/measurements/runs-h200x2-j.jsonl, ``step_phase_seconds``): at 128 tokens the
+forward + backward is launch-bound (Llama-3.2-3B with checkpointing: 0.17 s, 2.05 ms per layer and pass), and
+the update adds after it (3B foreach AdamW 0.040 s, 8B 8-bit AdamW 0.23 s). Under DDP the gradient all-reduce
+runs on the GPU during the backward: it adds to the GPU side of the last micro-batch and hides behind the
+launch time when that is longer (ftcalc.sharding.step_seconds_parallel).
 
 FLOPs per token (Kaplan et al. 2020; PaLM appendix B for the attention term):
 - forward: 2 x (decoder Linear params + LM head) + 2 x L x T x (q_dim) for QK^T and PV with a causal mask
@@ -31,7 +45,8 @@ from ftcalc.inventory import inventory
 from ftcalc.memory import expert_lora_bytes, lora_params, resolve_attention
 from ftcalc.options import TrainingOptions
 
-__all__ = ["ThroughputCoefficients", "flops_per_token", "step_seconds", "tokens_per_second", "load_throughput"]
+__all__ = ["ThroughputCoefficients", "StepParts", "flops_per_token", "step_parts", "step_seconds", "tokens_per_second",
+           "load_throughput", "overlap", "trainable_tensors"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +67,14 @@ class ThroughputCoefficients:
     # optimizer step, bytes of memory traffic per trainable parameter (read/write of states, temporaries)
     opt_bytes_adamw: float = 18.0  # foreach AdamW on bf16 params: p, g, m, v read, p, m, v written, sqrt copy
     opt_bytes_adamw_fused: float = 14.0
-    opt_bytes_8bit: float = 40.0  # bitsandbytes blockwise 8-bit: dequantize, update, requantize
-    opt_bytes_paged: float = 80.0  # paged states in unified memory
+    # bitsandbytes blockwise 8-bit AdamW (and its paged variant, whose states stay resident when they fit):
+    # bound by arithmetic, not memory: 0.23-0.24 s per update of Llama-3-8B on both the H100 and the H200
+    # (plans k, l; 3.35 vs 4.8 TB/s), so it scales with the GPU's compute: bf16-peak FLOP-equivalents per
+    # parameter
+    opt_flops_8bit: float = 3.0e4
+    opt_bytes_paged: float = 80.0  # bitsandbytes 32-bit paged AdamW, states in unified memory
     opt_fixed_paged_s: float = 0.04  # per step: paged optimizers synchronize and prefetch their pages
+    opt_tensor_s: float = 2.5e-5  # per trainable tensor per update: host work (foreach AdamW's Python bias corrections)
     overlap_power: float = 4.0  # step = (gpu^p + cpu^p)^(1/p): p -> inf is perfect overlap (max), p = 1 none
     opt_bytes_adafactor: float = 40.0  # per-tensor fp32 copies
     opt_bytes_sgd: float = 6.0
@@ -114,8 +134,45 @@ def flops_per_token(spec: ModelSpec, opts: TrainingOptions) -> dict[str, float]:
     return {"dense": fwd_dense * passes + adapters, "attention": fwd_attn * attn_passes}
 
 
-def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:
-    """Predicted seconds per micro-batch on one GPU, the optimizer update's share included."""
+@dataclass(frozen=True)
+class StepParts:
+    """One step of one GPU in its parts (seconds, already on the GPU's speed).
+
+    ``gpu_s`` / ``cpu_s``: one micro-batch's forward + backward on the GPU and the host's launch time for it;
+    ``optimizer_s``: one optimizer update; ``power``: the overlap exponent of the two sides."""
+
+    gpu_s: float
+    cpu_s: float
+    optimizer_s: float
+    power: float
+
+    @property
+    def micro_batch_s(self) -> float:
+        """One micro-batch's forward + backward (to the loss read)."""
+        return overlap(self.gpu_s, self.cpu_s, self.power)
+
+
+def overlap(gpu_s: Any, cpu_s: Any, power: float) -> Any:
+    """The duration of GPU work queued by a host thread that launches it: (g^p + c^p)^(1/p), between the
+    longer of the two (p -> infinity: perfect overlap) and their sum (p = 1)."""
+    return (gpu_s**power + cpu_s**power) ** (1.0 / power)
+
+
+def trainable_tensors(spec: ModelSpec, opts: TrainingOptions) -> int:
+    """Trainable parameter tensors: what per-tensor optimizer work (and launches) scales with."""
+    arch = spec.arch
+    inv = inventory(arch)
+    if opts.uses_adapters:  # lora_A and lora_B of every targeted Linear
+        return 2 * sum(g.count for g in inv.linears if opts.is_target(g.kind))
+    n = sum(g.count * (2 if g.bias else 1) for g in inv.linears)
+    if arch.is_moe:  # fused gate_up and down expert tensors and the router, per layer
+        n += 3 * arch.num_layers
+    norms = arch.num_layers * (arch.norms_per_layer + (2 if arch.qk_norm else 0)) + 1
+    return n + norms + (1 if inv.tied_embeddings else 2)
+
+
+def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> StepParts:
+    """The parts of one step on one GPU: forward + backward of a micro-batch (GPU and host sides) and the update."""
     tc = tc or load_throughput()
     arch = spec.arch
     f = flops_per_token(spec, opts)
@@ -136,29 +193,37 @@ def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: Throughpu
         traffic += inv.linear_weight_params * 2.5 * passes / tc.dequant_bandwidth_share
     if opts.precision == "bf16-mixed" and opts.method != "qlora":  # autocast casts fp32 weights to bf16
         traffic += inv.linear_weight_params * 6.0 * passes
-    per_param = {"adamw_torch": tc.opt_bytes_adamw, "adamw_torch_fused": tc.opt_bytes_adamw_fused,
-                 "adamw_8bit": tc.opt_bytes_8bit, "paged_adamw_8bit": tc.opt_bytes_paged,
-                 "paged_adamw_32bit": tc.opt_bytes_paged, "adafactor": tc.opt_bytes_adafactor,
-                 "sgd": tc.opt_bytes_sgd}[opts.optimizer]
     moe = expert_lora_bytes(inv, opts)["per_layer_saved"]
     if moe:  # checkpointing repeats the forward's merge (about a third of the traffic, an assumption)
         traffic += arch.num_layers * tc.expert_lora_traffic_stacks * moe * (4.0 / 3.0 if opts.checkpointing else 1.0)
-    n_train = inv.total_params if opts.method == "full" else lora_params(inv, opts)
-    # one optimizer update per gradient_accumulation_steps micro-batches: its share per micro-batch
-    traffic += n_train * per_param / opts.gradient_accumulation_steps
     per_layer = tc.layer_overhead_s + tc.norm_overhead_s * (arch.norms_per_layer + (2 if arch.qk_norm else 0))
     if opts.uses_adapters:
         per_layer += tc.lora_module_overhead_s * sum(g.count for g in inv.linears if opts.is_target(g.kind)) / arch.num_layers
     if opts.method == "qlora":
         per_layer += tc.qlora_module_overhead_s * sum(g.count for g in inv.linears) / arch.num_layers
-    # The GPU runs asynchronously behind the Python/autograd thread: a step takes the longer of the GPU
-    # work and the CPU time spent launching kernels (small batches are launch-bound).
-    paged = tc.opt_fixed_paged_s / opts.gradient_accumulation_steps if opts.optimizer.startswith("paged") else 0.0
-    gpu_time = compute + traffic / bw + paged
-    cpu_time = arch.num_layers * passes * per_layer
-    p = tc.overlap_power
-    step = (gpu_time**p + cpu_time**p) ** (1.0 / p)
-    return step / tc.speed_h200 if getattr(gpu, "gpu", None) == "h200" else step
+    # the optimizer update: its states' memory traffic, the host's per-tensor work, paged optimizers' sync
+    n_train = inv.total_params if opts.method == "full" else lora_params(inv, opts)
+    if opts.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        update = n_train * tc.opt_flops_8bit / (gpu.bf16_dense_tflops * 1e12)
+    else:
+        per_param = {"adamw_torch": tc.opt_bytes_adamw, "adamw_torch_fused": tc.opt_bytes_adamw_fused,
+                     "paged_adamw_32bit": tc.opt_bytes_paged, "adafactor": tc.opt_bytes_adafactor,
+                     "sgd": tc.opt_bytes_sgd}[opts.optimizer]
+        update = n_train * per_param / bw
+    update += trainable_tensors(spec, opts) * tc.opt_tensor_s
+    if opts.optimizer.startswith("paged"):
+        update += tc.opt_fixed_paged_s
+    # per-GPU speed calibration (H200 runs vs the datasheet transfer from the H100)
+    scale = 1.0 / tc.speed_h200 if getattr(gpu, "gpu", None) == "h200" else 1.0
+    return StepParts(gpu_s=(compute + traffic / bw) * scale, cpu_s=arch.num_layers * passes * per_layer * scale,
+                     optimizer_s=update * scale, power=tc.overlap_power)
+
+
+def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:
+    """Predicted seconds per micro-batch on one GPU, the optimizer update's share included (one update per
+    ``gradient_accumulation_steps`` micro-batches)."""
+    parts = step_parts(spec, opts, gpu, tc)
+    return parts.micro_batch_s + parts.optimizer_s / opts.gradient_accumulation_steps
 
 
 def tokens_per_second(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:

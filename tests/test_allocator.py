@@ -135,3 +135,117 @@ def test_generated_sequence_gap():
     # t-c004: measured peak allocated 19.54 GiB, gap 0.36 GiB
     assert abs(sim.peak_allocated / 2**30 - 19.54) < 0.2
     assert abs(sim.gap / 2**30 - 0.36) < 0.15
+
+
+def _qwen3_opts():
+    from ftcalc.options import make_options
+
+    # t-qwen3 / g1-002: Qwen2.5-3B (tied embeddings), checkpointing, bf16-true, adamw_torch (foreach)
+    return make_options(method="full", seq_len=1024, batch_size=4, gradient_checkpointing=True,
+                        optimizer="adamw_torch", precision="bf16-true")
+
+
+def test_tied_build_frees_the_lm_head_copy():
+    from ftcalc.alloc_sequence import step_sequence
+    from ftcalc.catalog import resolve_model
+
+    opts = _qwen3_opts()
+    req = step_sequence(resolve_model("Qwen/Qwen2.5-3B"), opts, steps=1)
+    reset = req.index(("reset", 0, 0))
+    (op1, id1, nbytes), (op2, id2, _) = req[reset - 2:reset]
+    assert (op1, op2, id1, nbytes) == ("alloc", "free", id2, 151936 * 2048 * 2)  # V x h bf16, freed
+    untied = step_sequence(resolve_model("meta-llama/Meta-Llama-3-8B"), opts, steps=1)
+    assert untied[untied.index(("reset", 0, 0)) - 1][0] == "alloc"  # the untied lm_head is kept
+
+
+def test_checkpointed_layer_backward_accumulates_residual_in_place():
+    from ftcalc.alloc_sequence import _decoder_layer_bwd, _layer_fwd, _Seq, dims_for
+    from ftcalc.catalog import resolve_model
+
+    d = dims_for(resolve_model("Qwen/Qwen2.5-3B"), _qwen3_opts())
+    s = _Seq()
+    x, dy = s.a(d.n * d.h * 2), s.a(d.n * d.h * 2)
+    _, sv = _layer_fwd(s, d, x, keep=True, stop_early=True)
+    s.f(sv.pop("h1"))
+    start = len(s.req)
+    dx = _decoder_layer_bwd(s, d, 0, dy, sv, {}, frame=x)
+    body = s.req[start:]
+    assert dx == dy and ("free", dy, 0) not in body  # both residual adds accumulate into dy
+    assert ("free", x, 0) in body  # the layer input dies with the checkpoint frame
+    nh = [r for r in body if r[0] == "alloc" and r[2] == d.n * d.h * 2]
+    assert len(nh) == 20  # q_dim == h here: 20 allocations of N x h bf16, as in t-qwen3 events 16698-16947
+
+
+def test_generated_sequence_reproduces_the_pinned_logits_segment():
+    from ftcalc.alloc_sequence import simulate_training, step_sequence
+    from ftcalc.allocator import allocation_size, round_size, simulate
+    from ftcalc.catalog import resolve_model
+
+    spec, opts = resolve_model("Qwen/Qwen2.5-3B"), _qwen3_opts()
+    r = simulate(step_sequence(spec, opts, steps=2))
+    logits_segment = allocation_size(round_size(4096 * 151936 * 2))
+    # step 0's logits segment keeps layer 0's q exp_avg / exp_avg_sq (the recomputed input-norm output's
+    # 16 MiB slot), so step 1's logits take a second one, as on the device (t-qwen3)
+    assert [size for _, size in r.allocator.segment_log].count(logits_segment) == 2
+    sim = simulate_training(spec, opts)
+    assert abs(sim.gap / 2**30 - 8.69) < 0.3  # measured 8.69 GiB (g1-002, b-015)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Multi-stream allocator and FSDP (fourth session: rank 0's FSDP2 trace t-fsdp8). Separate block: the
+# generated-sequence tests above are edited elsewhere.
+
+
+def test_free_blocks_serve_only_their_own_stream():
+    a = CachingAllocator()
+    x = a.malloc(40 * MiB, stream=1)
+    a.free(x)
+    a.malloc(30 * MiB, stream=0)  # the cached 40 MiB block belongs to stream 1: a new segment
+    assert a.reserved == 70 * MiB
+    a.malloc(30 * MiB, stream=1)  # stream 1 reuses its own block
+    assert a.reserved == 70 * MiB and a.reserved_by_stream() == {1: 40 * MiB, 0: 30 * MiB}
+    s = a.malloc(1000, stream=1)  # small pool per stream too
+    a.free(s)
+    a.malloc(1000, stream=0)
+    assert a.reserved == 70 * MiB + 2 * K_SMALL_BUFFER
+
+
+def test_replay_fsdp_trace_with_streams():
+    path = "data/traces/fsdp/t-fsdp8.json.gz"
+    with gzip.open(path, "rt") as f:
+        tr = json.load(f)
+    assert tr["num_gpus"] == 4 and tr["distribution"] == "fsdp" and len(tr["trace"]) > 50_000
+    r = replay_trace(tr, use_recorded_addresses=True)
+    assert len(r.streams) == 3
+    assert r.peak_reserved == r.recorded_peak_reserved  # 28.06 GiB, to the byte
+    assert r.peak_allocated == r.recorded_peak_allocated
+    assert r.segment_size_mismatches == 0 and r.address_mismatches == 0
+    # the reserved peak: step 1's third 2004 MiB loss segment on the compute stream, with the all-gather
+    # stream holding 2.37 GiB and the reduce-scatter stream 3.80 GiB (the gradient shards' segments)
+    by = sorted(r.reserved_by_stream_at_peak.values())
+    assert [round(v / 2**30, 2) for v in by] == [2.37, 3.8, 21.89]
+    assert abs(replay_trace(tr).reserved_error) < 0.001  # synthetic addresses
+
+
+def test_fsdp_collective_pools_of_the_trace():
+    from ftcalc.alloc_sequence_fsdp import collective_pool_bytes
+
+    layer = 218_112_000 * 2  # Llama-3-8B decoder layer, bf16
+    embed = 128_256 * 4096 * 2
+    tail = embed + 4096 * 2
+    ag, rs = collective_pool_bytes(embed, layer, tail, 32, 4, embed, layer, tail)
+    assert ag == (1002 + 418 + 1004) * MiB  # t-fsdp8's three all-gather segments
+    assert rs == (32 * 106 + 2 * 252) * MiB  # its 34 reduce-scatter segments
+
+
+def test_simulated_fsdp_rank_matches_measured_gap():
+    from ftcalc.alloc_sequence_fsdp import simulate_fsdp
+    from ftcalc.catalog import resolve_model
+    from ftcalc.options import make_options
+
+    opts = make_options(method="full", seq_len=4096, batch_size=2, gradient_checkpointing=True,
+                        optimizer="adamw_torch", precision="bf16-true")
+    sim = simulate_fsdp(resolve_model("meta-llama/Meta-Llama-3-8B"), opts, 2)
+    # e-005 (2 x H200, rank 0): peak allocated 37.48 GiB, reserved - allocated 16.13 GiB
+    assert abs(sim.peak_allocated / 2**30 - 37.48) < 0.2
+    assert abs(sim.gap / 2**30 - 16.13) < 0.5

@@ -7,7 +7,7 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,22 +81,42 @@ def test_gradient_accumulation_keeps_gradients_alive():
     assert four > one
 
 
+def _times(gpu_s, cpu_s=0.0, opt_s=0.1, power=4.0):
+    return sh.MicroBatchTimes(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=power)
+
+
 def test_communication_exposes_only_what_compute_cannot_hide():
     a = sh.load_assumptions()
     bw = sh.comm_bandwidth_bytes_per_s(900, 0.8, True, 1, a)
     assert bw == pytest.approx(360e9)
     # DDP's bucket all-reduce does not hide behind compute (measured): all of it is exposed, at the bucket
     # share of the link rate; LoRA gradients are tiny, so it stays under 1% of the step
-    step, compute = sh.step_seconds_parallel(1.0, 0.1, sh.DDP, 8, 4, 141e9, 0.17e9, 42e6, 1, bw, a)
+    step, compute = sh.step_seconds_parallel(_times(1.0), sh.DDP, 8, 4, 141e9, 0.17e9, 42e6, 1, bw, a)
     allreduce = 2 * 7 / 8 * 0.17e9 / (bw * a.ddp_bucket_share["4"])
     assert a.ddp_comm_overlap == 0.0
     assert step == pytest.approx(compute + allreduce) and step < 1.01 * compute
-    step2, _ = sh.step_seconds_parallel(1.0, 0.1, sh.DDP, 2, 4, 141e9, 0.17e9, 42e6, 1, bw, a)
+    step2, _ = sh.step_seconds_parallel(_times(1.0), sh.DDP, 2, 4, 141e9, 0.17e9, 42e6, 1, bw, a)
     assert step2 - compute == pytest.approx(2 * 1 / 2 * 0.17e9 / (bw * a.ddp_bucket_share["2"]))
     # full FSDP of 70B on PCIe: communication dominates
     pcie = sh.comm_bandwidth_bytes_per_s(64, 0.6, True, 1, a)
-    step, compute = sh.step_seconds_parallel(1.0, 0.1, sh.FSDP, 8, 4, 141e9, 141e9, 70e9, 1, pcie, a)
+    step, compute = sh.step_seconds_parallel(_times(1.0), sh.FSDP, 8, 4, 141e9, 141e9, 70e9, 1, pcie, a)
     assert step > 2 * compute
+
+
+def test_ddp_all_reduce_is_exposed_once_per_optimizer_step():
+    """The all-reduce runs after the last micro-batch only (no_sync before), and is not hidden behind a
+    launch-bound backward either."""
+    a = sh.load_assumptions()
+    bw = sh.comm_bandwidth_bytes_per_s(900, 0.8, True, 1, a)
+    grads = 6.4e9  # Llama-3.2-3B bf16 gradients
+    comm = 2 * 1 / 2 * grads / (bw * a.ddp_bucket_share["2"])
+    launch_bound = _times(0.05, cpu_s=0.2)
+    step, compute = sh.step_seconds_parallel(launch_bound, sh.DDP, 2, 1, 6.4e9, grads, 3.2e9, 1, bw, a)
+    assert compute == pytest.approx(launch_bound.micro_batch_s + 0.1)
+    assert step - compute == pytest.approx(comm)
+    step4, compute4 = sh.step_seconds_parallel(launch_bound, sh.DDP, 2, 4, 6.4e9, grads, 3.2e9, 1, bw, a)
+    assert compute4 == pytest.approx(4 * launch_bound.micro_batch_s + 0.1)
+    assert step4 - compute4 == pytest.approx(comm)
 
 
 # ------------------------------------------------------------------------------------------ recommend
@@ -254,14 +274,14 @@ def test_prices_file_replaces_the_table(tmp_path):
 def _brute_force(model, methods, gpus, providers, max_gpus, tokens, seq_len=2048, target=16, headroom=0.05):
     """The search as a plain loop over every candidate, using pricing.cheapest_instances and
     InstanceChoice.cost_usd for the money (the vectorized path has its own billing code)."""
-    from ftcalc.throughput import load_throughput, step_seconds
+    from ftcalc.parallel import simulated_fsdp_gap_bytes
+    from ftcalc.throughput import load_throughput, step_parts
 
     spec = resolve_model(model)
     base = make_options(method="lora", seq_len=seq_len)
     opts_list, states = solver._config_grid(spec, base, methods, solver.MICRO_BATCH_SIZES, target)
     a = sh.load_assumptions()
     tc = load_throughput()
-    tc0 = replace(tc, **{f.name: 0.0 for f in fields(tc) if f.name.startswith("opt_")})
     start_s = sh.startup_seconds(2.0 * inventory(spec.arch).total_params, a)
     cands = []
     for name in gpus:
@@ -274,17 +294,21 @@ def _brute_force(model, methods, gpus, providers, max_gpus, tokens, seq_len=2048
                         continue
                     ga = max(1, math.ceil(target / (mb * n)))
                     st = states.take(i)
-                    full_s, bare_s = step_seconds(spec, opts, g, tc), step_seconds(spec, opts, g, tc0)
+                    parts = step_parts(spec, opts, g, tc)
+                    times = sh.MicroBatchTimes(parts.gpu_s, parts.cpu_s, parts.optimizer_s, parts.power)
                     for s in ((sh.SINGLE, sh.FSDP_OFFLOAD) if n == 1 else (sh.DDP, sh.FSDP, sh.FSDP_OFFLOAD)):
-                        used = sh.device_used_per_gpu(st, s, n, ga, a.nccl_buffer_bytes)
+                        gap = simulated_fsdp_gap_bytes(spec, opts, n) if s == sh.FSDP and opts.method == "full" else None
+                        st_s = replace(st, gap_fsdp=np.array(np.nan if gap is None else gap))
+                        used = sh.device_used_per_gpu(st_s, s, n, ga, a.nccl_buffer_bytes)
                         fits = used <= g.memory_bytes * (1 - headroom)
                         if s == sh.FSDP_OFFLOAD:
                             fits &= sh.host_bytes_offload(st) <= 0.9 * a.host_memory_bytes_per_gpu * ch.gpus_paid
                         bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, a.link_efficiency[g.interconnect],
                                                            g.p2p, ch.num_instances, a)
-                        step, _ = sh.step_seconds_parallel(bare_s, max(full_s - bare_s, 0.0), s, n, ga,
+                        step, _ = sh.step_seconds_parallel(times, s, n, ga,
                                                            st.weights + st.adapters, st.grads,
-                                                           st.trainable_params, ch.num_instances, bw, a)
+                                                           st.trainable_params, ch.num_instances, bw, a,
+                                                           units=st.units)
                         steps = math.ceil(tokens / (mb * n * ga * seq_len))
                         train = steps * step
                         resume = (st.weights if st.full else st.adapters) + st.opt_states + st.opt_paged

@@ -1,0 +1,279 @@
+"""The allocation sequence of one FSDP2 rank, on its three CUDA streams, generated from the model config.
+
+    >>> from ftcalc.alloc_sequence_fsdp import simulate_fsdp
+    >>> sim = simulate_fsdp(resolve_model("8b"), make_options(method="full", seq_len=2048, batch_size=2), 4)
+    >>> sim.peak_reserved / 2**30, sim.reserved_by_stream
+
+A mechanism model of what ``fully_shard`` (torch.distributed.fsdp, FSDP2, as accelerate 1.15's
+``fsdp2_prepare_model`` wraps a causal LM: one unit per decoder layer, one for the input embedding, a tail unit
+[final norm, LM head] not resharded after forward) asks of the caching allocator, read off rank 0's trace of
+4-GPU Llama-3-8B full fine-tuning (``data/traces/fsdp/t-fsdp8.json.gz``, docs/notes/allocator.md "Fourth
+session"). Three streams, and the allocator keeps a pool per stream (ftcalc/allocator.py):
+
+- **all-gather stream** (``ALL_GATHER``): each unit is all-gathered into one flat buffer of the unit's full
+  size (``foreach_all_gather``); the buffer is freed once the copy-out into the parameters has run, which in
+  forward is after the *next* unit's buffer was allocated (prefetch: two buffers alive at a time), in
+  backward before it (one at a time).
+- **reduce-scatter stream** (``REDUCE_SCATTER``): each unit's gradient shard (the reduce-scatter output,
+  1/N of the unit) is allocated there and *is* the sharded ``.grad`` until ``zero_grad(set_to_none=True)``
+  frees it; the next step's shards reuse those blocks, so this pool holds the gradient shards' segments
+  whether they are alive (backward, optimizer) or not (forward, loss).
+- **compute stream** (``COMPUTE``, the default stream): the parameter shards (build), the unsharded
+  parameters of a gathered unit (one block per parameter, ``all_gather_outputs``; freed at reshard, after the
+  unit's forward, or after its backward), the activations and loss tensors (ftcalc/alloc_sequence.py, the
+  one-GPU op model), the unsharded gradients (one block per parameter, as autograd makes them), the
+  reduce-scatter input (one flat block of the unit's size, freed just before the next unit's is allocated),
+  and the optimizer states and temporaries of the shards.
+
+Covered: full fine-tuning of untied Llama-style decoders (what ``alloc_sequence.simulation_supported``
+covers), full-shard and shard-grad-op (``reshard_after_forward=False``: no re-gather in backward, the
+parameters freed after the unit's backward). :func:`collective_pool_bytes` gives the two collective streams'
+reservation alone (any method, LoRA included: only the unit sizes matter); it is what ftcalc.sharding adds to
+the compute stream's estimate where the full sequence is not covered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ftcalc.alloc_sequence import (  # the one-GPU op model: forward/backward of a decoder layer, loss, optimizer
+    Dims,
+    _layer_bwd,
+    _layer_fwd,
+    _norm_bwd,
+    _norm_fwd,
+    _optimizer,
+    _params,
+    _Seq,
+    dims_for,
+)
+from ftcalc.allocator import CachingAllocator, simulate
+
+__all__ = ["COMPUTE", "ALL_GATHER", "REDUCE_SCATTER", "fsdp_step_sequence", "simulate_fsdp", "FsdpSim",
+           "collective_pool_bytes", "fsdp_sequence_supported"]
+
+COMPUTE, ALL_GATHER, REDUCE_SCATTER = 0, 1, 2  # stream ids of the simulation
+
+
+class _SSeq(_Seq):
+    """``_Seq`` with a stream per allocation (the ops of alloc_sequence allocate on the current stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream = COMPUTE
+
+    def a(self, nbytes: int) -> int:
+        i = next(self._ids)
+        self.req.append(("alloc", i, int(nbytes), self.stream))
+        return i
+
+    def on(self, stream: int, nbytes: int) -> int:
+        """Allocate on another stream (the current one unchanged)."""
+        i = next(self._ids)
+        self.req.append(("alloc", i, int(nbytes), stream))
+        return i
+
+
+def _shard(numel: int, n: int) -> int:
+    """Elements of one rank's shard (FSDP2 pads each parameter to a multiple of N, ``_chunk_with_empty``)."""
+    return -(-numel // n)
+
+
+def fsdp_sequence_supported(spec, opts) -> bool:
+    """True when :func:`fsdp_step_sequence` models the configuration: full fine-tuning, untied embeddings,
+    the decoders, attention, loss and optimizers the one-GPU sequence covers, one micro-batch per step."""
+    from ftcalc.memory import simulation_supported
+
+    return (opts.method == "full" and not spec.arch.tie_word_embeddings
+            and opts.gradient_accumulation_steps == 1 and simulation_supported(spec.arch, opts, "sdpa"))
+
+
+def _units(d: Dims) -> tuple[list[tuple[str, int]], list[list[tuple[str, int]]], list[tuple[str, int]]]:
+    """(embedding unit, decoder-layer units, tail unit): each a list of (parameter, numel) in module order."""
+    ps = _params(d)
+    layers = [[p for p in ps if p[0].split(".")[0] == str(li)] for li in range(d.layers)]
+    tail = [p for p in ps if p[0] in ("norm", "lm_head")]
+    return [ps[0]], layers, tail
+
+
+def fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2, reshard_after_forward: bool = True,
+                       include_build: bool = True) -> list[tuple]:
+    """The requests (``("alloc", id, nbytes, stream)`` / ``("free", id, 0)`` / ``("reset", 0, 0)``) of one
+    FSDP2 rank: building the sharded model and ``steps`` training steps (order as in t-fsdp8, see the module
+    docstring). Untied full fine-tuning only (:func:`fsdp_sequence_supported`)."""
+    d = dims_for(spec, opts)
+    n, h, c, w = d.n, d.h, 2, d.wbytes
+    s = _SSeq()
+    emb_unit, layer_units, tail_unit = _units(d)
+    shards = [(name, _shard(numel, num_gpus)) for name, numel in _params(d)]
+    if include_build:
+        for _, numel in shards:
+            s.a(numel * w)
+    s.req.append(("reset", 0, 0))
+    states: dict = {}
+
+    def unit_bytes(unit: list[tuple[str, int]]) -> int:
+        return sum(_shard(numel, num_gpus) * num_gpus for _, numel in unit) * w
+
+    for k in range(steps):
+        ag = {"prev": None}
+
+        def gather(unit, forward: bool, ag: dict = ag) -> list[int]:
+            """Unshard: the all-gather buffer (A), the parameters copied out of it (C), and the previous
+            buffer freed (forward: after this one is allocated; backward: before)."""
+            if not forward:
+                s.f(ag["prev"])
+                ag["prev"] = None
+            buf = s.on(ALL_GATHER, unit_bytes(unit))
+            params = [s.a(numel * w) for _, numel in unit]
+            s.f(ag["prev"])
+            ag["prev"] = buf
+            return params
+
+        rs = {"prev": None, "out": []}
+
+        def reduce(unit, grads: list[int], rs: dict = rs) -> None:
+            """Post-backward: the reduce-scatter input (C, freed before the next one), the unsharded
+            gradients freed after the copy-in, the gradient shard on the reduce-scatter stream."""
+            s.f(rs["prev"])
+            rs["prev"] = s.a(unit_bytes(unit))
+            s.f(*grads)
+            rs["out"].append(s.on(REDUCE_SCATTER, unit_bytes(unit) // num_gpus))
+
+        # forward
+        p_emb = gather(emb_unit, True)
+        emb = s.a(n * h * d.abytes)
+        if reshard_after_forward:
+            s.f(*p_emb)
+        x = emb
+        saved, inputs, p_layers = [], [], []
+        for li in range(d.layers):
+            p_layers.append(gather(layer_units[li], True))
+            out, sv = _layer_fwd(s, d, x, keep=not d.checkpointing, free_input=x != emb and not d.checkpointing)
+            if reshard_after_forward:
+                s.f(*p_layers[li])
+            saved.append(sv)
+            inputs.append(x)
+            x = out
+        p_tail = gather(tail_unit, True)  # the tail is not resharded after forward (accelerate)
+        yf, nf = _norm_fwd(s, d, keep=True)
+        s.f(x)
+        if d.mixed:
+            wlm = s.a(d.vocab * h * 2)
+        logits = s.a(n * d.vocab * c)
+        l32 = s.a(n * d.vocab * 4)
+        lsm = s.a(n * d.vocab * 4)
+        s.f(l32)
+        s.f(logits)
+        s.f(ag["prev"])  # the tail's buffer
+        ag["prev"] = None
+        if not d.checkpointing:
+            s.f(emb)
+        g1 = s.a(n * d.vocab * 4)
+        g2 = s.a(n * d.vocab * 4)
+        s.f(g1, lsm)
+        gb = s.a(n * d.vocab * c)
+        s.f(g2)
+        g_lm = s.a(d.vocab * h * w)
+        dy = s.a(n * h * c)
+        s.f(gb)
+        if d.mixed:
+            s.f(wlm)
+        dy2 = _norm_bwd(s, d, dy, nf)
+        s.f(dy, yf)
+        dy = dy2
+        g_norm = s.a(h * w)
+        s.f(*p_tail)
+        reduce(tail_unit, [g_norm, g_lm])
+        # backward, layer by layer
+        for li in reversed(range(d.layers)):
+            if reshard_after_forward:
+                p_layers[li] = gather(layer_units[li], False)
+            sv = saved[li]
+            if d.checkpointing:
+                _, sv = _layer_fwd(s, d, inputs[li], keep=True, stop_early=True)
+                s.f(sv.pop("h1"))
+            grads: dict = {}
+            dy = _layer_bwd(s, d, li, dy, sv, grads)
+            grads.update({f"{li}.norm{j}": s.a(h * w) for j in range(d.norms_per_layer)})
+            if d.checkpointing:
+                s.f(inputs[li] if li > 0 else None)
+            if d.checkpointing and li == 0:
+                s.f(emb)
+            s.f(*p_layers[li])
+            reduce(layer_units[li], list(grads.values()))
+        s.f(ag["prev"])
+        ag["prev"] = None
+        if reshard_after_forward:
+            p_emb = gather(emb_unit, False)
+        ge = s.a(d.vocab * h * w)
+        s.f(dy)
+        s.f(*p_emb)
+        s.f(ag["prev"])
+        reduce(emb_unit, [ge])
+        s.f(rs["prev"])
+        _optimizer(s, d, shards, {}, states, first=(k == 0))
+        s.f(*rs["out"])  # zero_grad(set_to_none=True): the gradient shards
+    return s.req
+
+
+@dataclass
+class FsdpSim:
+    """Simulated peaks of one FSDP rank (bytes) and the reservation of each stream at the end."""
+
+    peak_allocated: int
+    peak_reserved: int
+    reserved_by_stream: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def gap(self) -> int:
+        """Peak reserved minus peak allocated."""
+        return self.peak_reserved - self.peak_allocated
+
+
+def simulate_fsdp(spec, opts, num_gpus: int, steps: int = 2, reshard_after_forward: bool = True) -> FsdpSim:
+    """Generate one rank's sequence (:func:`fsdp_step_sequence`) and run it through the multi-stream
+    :class:`ftcalc.allocator.CachingAllocator`; peaks measured after the build, like ``ftcalc profile``."""
+    r = simulate(fsdp_step_sequence(spec, opts, num_gpus, steps, reshard_after_forward), CachingAllocator())
+    return FsdpSim(r.peak_allocated, r.peak_reserved, r.allocator.reserved_by_stream())
+
+
+@lru_cache(maxsize=4096)
+def collective_pool_bytes(embed_bytes: int, layer_bytes: int, tail_bytes: int, layers: int, num_gpus: int,
+                          embed_grad_bytes: int, layer_grad_bytes: int, tail_grad_bytes: int,
+                          reshard_after_forward: bool = True) -> tuple[int, int]:
+    """(all-gather stream, reduce-scatter stream) bytes the caching allocator holds for FSDP2's collectives.
+
+    The two streams' part of :func:`fsdp_step_sequence`, simulated alone (streams never share blocks, so
+    their reservation does not depend on the compute stream): the all-gather buffers of the units
+    (embedding, layers, tail, in storage bytes; two alive at a time in forward, one in backward) and the
+    gradient shards (``*_grad_bytes`` / N for the units that have gradients to reduce: full fine-tuning all,
+    LoRA the adapters of each layer). Two steps; the second reuses every block. Cached.
+    """
+    req: list[tuple] = []
+    ids = iter(range(1 << 30))
+    units = [embed_bytes] + [layer_bytes] * layers + [tail_bytes]
+    grads = [embed_grad_bytes] + [layer_grad_bytes] * layers + [tail_grad_bytes]
+    for _ in range(2):
+        prev = None
+        for u in units:  # forward: the next unit's buffer is allocated before the previous one is freed
+            i = next(ids)
+            req.append(("alloc", i, u, ALL_GATHER))
+            if prev is not None:
+                req.append(("free", prev, 0))
+            prev = i
+        req.append(("free", prev, 0))
+        if reshard_after_forward:  # backward re-gathers every layer and the embedding, one at a time
+            for u in [layer_bytes] * layers + [embed_bytes]:
+                i = next(ids)
+                req += [("alloc", i, u, ALL_GATHER), ("free", i, 0)]
+        out = []
+        for g in reversed(grads):  # reduce-scatter outputs in backward order, alive until zero_grad
+            if g > 0:
+                i = next(ids)
+                req.append(("alloc", i, -(-g // num_gpus), REDUCE_SCATTER))
+                out.append(i)
+        req += [("free", i, 0) for i in out]
+    by = simulate(req).allocator.reserved_by_stream()
+    return by.get(ALL_GATHER, 0), by.get(REDUCE_SCATTER, 0)
