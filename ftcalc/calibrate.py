@@ -104,7 +104,7 @@ def predict_multi_gpu_row(row: dict[str, Any]) -> Any:
     from ftcalc.hardware import get_gpu
     from ftcalc.parallel import estimate_parallel, strategy_of
 
-    strategy = strategy_of(row.get("distribution") or "ddp",
+    strategy = strategy_of(row.get("distribution") or "ddp", offload_params=row.get("offload_params") is True,
                            reshard_after_forward=row.get("reshard_after_forward") is not False)
     return estimate_parallel(row["model"], row_options(row), get_gpu(row["gpu_name"]).gpu, strategy,
                              int(row["num_gpus"]))

@@ -498,9 +498,9 @@ class _Runner:
         t0 = time.perf_counter()
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))
-        sharded = (self.accelerator is not None and s.distribution.strategy == "fsdp" and s.model.init == "random"
-                   and not s.distribution.fsdp.offload_params)
-        if sharded:  # built on meta, sharded, then each rank materializes its shards (a 70B never exists whole)
+        sharded = self.accelerator is not None and s.distribution.strategy == "fsdp" and s.model.init == "random"
+        if sharded:  # built on meta, sharded, then each rank materializes its shards (a 70B never exists whole;
+            # with CPU offload the shards are materialized in host memory)
             self.model = recipe.build_model_sharded(self.model_spec, self.opts, self.accelerator, self.device)
         else:
             self.model = recipe.build_model(self.model_spec, self.opts, device=self.device, init=s.model.init,

@@ -59,6 +59,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     run_id = cfg.pop("run_id", None)
     strategy = cfg.pop("distribution", "ddp")
     reshard = bool(cfg.pop("reshard_after_forward", True))
+    offload = bool(cfg.pop("offload_params", False))
     trace_dir = cfg.pop("trace_dir", None)  # rank 0 records the caching allocator's trace (scripts/alloc_trace.py)
     opts = make_options(**cfg)
     spec = resolve_model(model_name)
@@ -76,7 +77,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     marks: list[dict[str, Any]] = []
     if tracing:
         torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python", max_entries=2_000_000)
-    accelerator = recipe.make_accelerator(spec, strategy, reshard_after_forward=reshard)
+    accelerator = recipe.make_accelerator(spec, strategy, reshard_after_forward=reshard, offload_params=offload)
     losses: list[float] = []
     step_times: list[float] = []
     phase_bounds: list[tuple[float, float, float]] = []
@@ -145,6 +146,7 @@ def profile_distributed(cfg: dict[str, Any]) -> dict[str, Any] | None:
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "model": spec.id, **opts.model_dump(mode="json"),
         "num_gpus": world, "distribution": strategy, "reshard_after_forward": reshard if strategy == "fsdp" else None,
+        "offload_params": offload if strategy == "fsdp" else None,
         "gradient_checkpointing": opts.checkpointing, "steps": steps, "warmup_steps": warm,
         "outcome": "oom" if "oom" in outcomes else (bad["outcome"] if bad else "ok"),
         "error": bad["error"] if bad else None,

@@ -207,8 +207,10 @@ def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any
     ``accelerator.prepare`` (which leaves meta parameters on meta), and only then materialized: each rank
     allocates and initializes its own shards, so a model larger than one GPU never exists whole
     (Llama-3-70B in bf16 on 2 GPUs). Buffers (rotary ``inv_freq``) are built for real and put back after
-    ``to_empty``. Full fine-tuning, LoRA; QLoRA is not sharded by this recipe. Build the optimizer after
-    this (``build_optimizer``), over the sharded parameters."""
+    ``to_empty``. With CPU offload (the plugin's ``cpu_offload``) the shards are materialized in host memory,
+    where FSDP2 keeps them (and the optimizer steps them); only the buffers go to ``device``. Full fine-tuning,
+    LoRA; QLoRA is not sharded by this recipe. Build the optimizer after this (``build_optimizer``), over the
+    sharded parameters."""
     _require_train_stack()
     import torch
     from accelerate import init_empty_weights
@@ -235,7 +237,8 @@ def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any
             "under torchrun or accelerate launch on CUDA GPUs")
     model = fsdp2_prepare_model(accelerator, model)
     accelerator._models.append(model)  # as prepare() does (clip_grad_norm_, unwrap_model, no_sync use it)
-    model.to_empty(device=device)
+    offload = bool(getattr(accelerator.state.fsdp_plugin, "cpu_offload", None))
+    model.to_empty(device="cpu" if offload else device)
     with torch.no_grad():
         for name, p in model.named_parameters():
             _init_(p.to_local() if hasattr(p, "to_local") else p, name)
