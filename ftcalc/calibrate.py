@@ -139,7 +139,9 @@ def predict_row(row: dict[str, Any], coeffs: Coefficients | None = None,
 
 
 def usable(row: dict[str, Any]) -> bool:
-    return row.get("outcome") == "ok" and row.get("peak_allocated_bytes")
+    """A row the fit and the validation read: it ran (outcome ok), and no ``excluded`` reason is recorded on it
+    (a measurement known to be disturbed, kept in the database with the reason; docs/measurements.md)."""
+    return row.get("outcome") == "ok" and bool(row.get("peak_allocated_bytes")) and not row.get("excluded")
 
 
 def _rel(pred: float, meas: float) -> float:

@@ -519,6 +519,9 @@ class MemoryEstimate:
     total_params: int
     activation_per_token_per_layer: dict[str, float] = field(default_factory=dict)
     fragmentation_model: str = "fitted"  # how reserved - allocated was predicted: "fitted" or "simulated"
+    # the fitted gap's terms of the step's transient tensors alone (logits, activations, eager scores), without
+    # those of full fine-tuning's long-lived gradients and states: FSDP CPU offload keeps those on the host
+    transient_gap_bytes: float = 0.0
 
 
 def autocast_weight_copy_bytes(arch: Architecture, inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
@@ -687,8 +690,11 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         # empirical (5 runs): full fine-tuning of tied-embedding models holds 1-4 extra fp32 logits blocks;
         # the embedding's second gradient (embedding backward, accumulated into the head's) is the suspect
         gap += c.reserved_gap_tied_full_logits * logits_fp32
-    if attn == "eager":
-        gap += c.reserved_gap_eager_scores * 4.0 * opts.batch_size * arch.num_heads * opts.seq_len ** 2
+    eager_gap = c.reserved_gap_eager_scores * 4.0 * opts.batch_size * arch.num_heads * opts.seq_len ** 2 \
+        if attn == "eager" else 0.0
+    transient_gap = (c.reserved_gap_fixed + c.reserved_gap_per_logits_byte * logits_fp32
+                     + c.reserved_gap_per_layer_byte * layer_act + eager_gap)
+    gap += eager_gap
     # The pool peaks at some phase with that phase's fragmentation: at the optimizer step the logits
     # blocks of the loss are still cached; at the loss the previous step's optimizer temporaries are
     # cached blocks too small for the logits buffers. Reserved is the largest phase total (a max of
@@ -728,5 +734,6 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         total_params=inv.total_params,
         activation_per_token_per_layer=terms,
         fragmentation_model=frag_model,
+        transient_gap_bytes=transient_gap,
     )
 

@@ -344,8 +344,14 @@ def _run_distributed(cfg: dict[str, Any], out_path: str, timeout_s: float) -> No
         error = None if _count_lines(out_path) > before else f"torchrun exited {rc} without a row"
         outcome = "error"
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        # SIGTERM first: torchrun stops its workers on it; a SIGKILL of torchrun's process group alone left
+        # them running beside the next configuration (run n-000)
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         error, outcome = f"no result in {timeout_s}s", "timeout"
     if error:
         record_rows([{**cfg, "outcome": outcome, "error": error}], out_path)

@@ -111,7 +111,7 @@ class Assumptions:
     ddp_comm_overlap: float
     ddp_bucket_share: dict[str, float]
     offload_host_gbps: float
-    cpu_optimizer_params_per_s: float
+    cpu_optimizer_params_per_s_per_gpu: float
     host_memory_bytes_per_gpu: float
     provisioning_s: float
     weights_download_gbps: float
@@ -162,6 +162,7 @@ class ModelStates:
     gap: np.ndarray  # reserved - allocated at the peak (caching-allocator fragmentation, fitted)
     gap_single: np.ndarray  # the same on one GPU as `ftcalc estimate` predicts it (simulated where supported)
     gap_ddp: np.ndarray  # the same on one DDP rank (simulated where supported, else gap_single)
+    gap_transient: np.ndarray  # the fitted gap's terms of the step's transient tensors (MemoryEstimate)
     context: np.ndarray  # CUDA context and workspaces outside the allocator
     act_x: np.ndarray  # saved activations + autocast weight copies of all layers (no checkpointing)
     ckpt: np.ndarray  # bool: gradient checkpointing on
@@ -285,11 +286,12 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     analytic = c_peak + c_gap + collective_pool_bytes(st, sh, num_gpus)
     simulated = peak + np.nan_to_num(st.gap_fsdp)
     used = np.where(fsdp, np.where(np.isnan(st.gap_fsdp), np.maximum(analytic, peak), simulated), used)
-    # FSDP CPU offload: no shard on the GPU, no gradient shards: the fitted gap, its share proportional to the
-    # peak following the new peak, plus the all-gather stream's pool
+    # FSDP CPU offload: weights, gradients and optimizer states live on the host, so what splits the compute
+    # stream's segments on one GPU (long-lived gradients and states placed in freed loss blocks) is absent:
+    # the fitted gap's transient terms only (logits, activations), plus the all-gather stream's pool. Plan n
+    # (2xH200): compute-stream gap 2.5-2.9 GiB measured for full fine-tuning and LoRA alike
     off = sh == FSDP_OFFLOAD
-    used = np.where(off, peak + np.maximum(st.gap - st.gap_fraction * (st.peak - peak), 0.0)
-                    + collective_pool_bytes(st, sh, num_gpus), used)
+    used = np.where(off, peak + st.gap_transient + collective_pool_bytes(st, sh, num_gpus), used)
     out = used + outside_allocator_bytes(st, sh, keep, nccl_buffer_bytes)
     return out if np.ndim(out) else float(out)
 
@@ -419,7 +421,8 @@ def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, 
     # offload: the GPU's parameter shard copied in for each all-gather (2 per micro-batch), its gradient
     # shard copied out, all over the host link, not overlapped
     offload_copy = (2.0 * gather_bytes + grad_bytes) / n / (a.offload_host_gbps * 1e9)
-    cpu_step = trainable_params / np.asarray(num_instances, dtype=float) / a.cpu_optimizer_params_per_s
+    # offload: each rank steps its own parameter shard on the host (measured rate per rank, run n-001)
+    cpu_step = trainable_params / n / a.cpu_optimizer_params_per_s_per_gpu
     # FSDP's fixed cost per unit and collective (all-gather in forward, again in backward, reduce-scatter):
     # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
     latency = (gathers + 1.0) * np.asarray(units, dtype=float) * a.fsdp_collective_latency_s

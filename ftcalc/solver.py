@@ -265,6 +265,7 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["phase_opt"].append(mem.phases["optimizer_step"])
                 cols["peak"].append(mem.peak_allocated_bytes)
                 cols["gap"].append(mem.peak_reserved_bytes - mem.peak_allocated_bytes)
+                cols["gap_transient"].append(mem.transient_gap_bytes)
                 sim = estimate_memory(arch, inv, opts, c, fragmentation="simulated") if method == "full" else mem
                 cols["gap_single"].append(sim.peak_reserved_bytes - sim.peak_allocated_bytes)
                 cols["gap_ddp"].append(simulated_gap_bytes(arch, opts.model_copy(update={"num_gpus": 1}), ddp=True)

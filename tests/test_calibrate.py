@@ -74,3 +74,12 @@ def test_gpu_speed_fit_moves_only_the_h200_factor_and_ignores_validation_rows():
         r["tokens_per_second"] *= 3
     assert fit_gpu_speed(rows + poisoned, start) == a
     assert ThroughputCoefficients().speed_h200 == 1.0  # unmeasured default: no change
+
+
+def test_rows_with_an_exclusion_reason_are_kept_but_not_used():
+    row = {"outcome": "ok", "peak_allocated_bytes": 1}
+    assert usable(row)
+    assert not usable({**row, "excluded": "ran beside another run on the same GPUs"})
+    multi = load_measurements(multi_gpu=True)
+    disturbed = [r for r in multi if r["run_id"] == "n-000" and r.get("outcome") == "ok"]
+    assert disturbed and disturbed[0]["excluded"] and not usable(disturbed[0])
