@@ -38,6 +38,11 @@ def _twin(row: dict, singles: list[dict]) -> dict | None:
     return next((s for s in singles if tuple(s.get(x) for x in KEY) == k and s.get("tokens_per_second")), None)
 
 
+def _plans(recs: dict, validation: bool) -> list[str]:
+    """The plans (run id prefixes) of the blind runs or of those that set the figures, in order."""
+    return sorted({r["run_id"].split("-")[0] for r in recs.values() if bool(r["validation"]) == validation})
+
+
 def main() -> None:
     multi = [r for r in load_measurements(multi_gpu=True) if usable(r)]
     singles = [r for r in load_measurements() if usable(r)]
@@ -59,8 +64,9 @@ def main() -> None:
             f"| {cell('peak_allocated')} | {cell('device_used')} | {r['meas_tokens_per_second']:.0f} / "
             f"{r['pred_tokens_per_second']:.0f} ({r['err_tokens_per_second'] * 100:+.1f}%) |")
     lines += ["", "Summary (relative error, + = over-estimate):", ""]
+    blind = ", ".join(_plans(recs, True))
     for label, subset in (("all multi-GPU runs", list(recs.values())),
-                          ("blind runs (plans f, i)", [r for r in recs.values() if r["validation"]])):
+                          (f"blind runs (plans {blind})", [r for r in recs.values() if r["validation"]])):
         parts = []
         for key, name in (("err_peak_allocated", "allocated"), ("err_device_used", "device used"),
                           ("err_tokens_per_second", "tokens/s")):
@@ -114,8 +120,8 @@ def main() -> None:
         ax.set_ylabel("predicted")
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle("2xH200 and 4xH200 runs: circles set the figures (plans e, g), squares blind (plans f, i); red full, blue LoRA, "
-                 "green QLoRA", fontsize=9)
+    fig.suptitle(f"2xH200 and 4xH200 runs: circles set the figures (plans {', '.join(_plans(recs, False))}), squares "
+                 f"blind (plans {', '.join(_plans(recs, True))}); red full, blue LoRA, green QLoRA", fontsize=9)
     fig.tight_layout()
     img = ROOT / "docs" / "img" / "multi_gpu.png"
     fig.savefig(img, dpi=110)
