@@ -253,12 +253,16 @@ def cmd_prices(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
+    from ftcalc.errors import InvalidArgumentError
     from ftcalc.profile import profile, profile_multi_gpu, record_rows
 
     opts = _options_from_args(a)
     if opts.num_gpus > 1:  # torchrun, one process per GPU (ftcalc/profile_dist.py)
-        row = profile_multi_gpu(a.model, opts, a.distribution or ("fsdp" if opts.method == "full" else "ddp"),
-                                steps=a.steps, warmup_steps=a.warmup_steps)
+        distribution = a.distribution or ("fsdp" if opts.method == "full" or a.cpu_offload else "ddp")
+        if a.cpu_offload and distribution != "fsdp":
+            raise InvalidArgumentError("--cpu-offload is FSDP's CPU offload: use it with --distribution fsdp")
+        row = profile_multi_gpu(a.model, opts, distribution, steps=a.steps, warmup_steps=a.warmup_steps,
+                                offload_params=a.cpu_offload)
     else:
         row = profile(a.model, opts, steps=a.steps, warmup_steps=a.warmup_steps)
     if a.record:
@@ -358,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the timing (default 2)")
     f.add_argument("--distribution", choices=["ddp", "fsdp"],
                    help="with --num-gpus > 1: DDP or FSDP2 (default: fsdp for full fine-tuning, else ddp)")
+    f.add_argument("--cpu-offload", action="store_true",
+                   help="with FSDP: keep parameters, gradients and optimizer states in host memory (FSDP2 CPU offload)")
     f.add_argument("--record", action="store_true", help="append the row to the measurement database")
     f.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl)")
     f.add_argument("--json", action="store_true")

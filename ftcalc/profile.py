@@ -309,9 +309,10 @@ def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
 
 
 def profile_multi_gpu(model: str, opts: TrainingOptions, distribution: str, steps: int = 6, warmup_steps: int = 2,
-                      run_id: str | None = None, timeout_s: float = 600) -> dict[str, Any]:
+                      run_id: str | None = None, timeout_s: float = 600, offload_params: bool = False) -> dict[str, Any]:
     """``profile`` on ``opts.num_gpus`` GPUs of this machine with ``ddp`` or ``fsdp``: one torchrun process per
-    GPU (ftcalc/profile_dist.py); returns the gathered row (per-GPU peaks of the fullest rank, ``per_rank``)."""
+    GPU (ftcalc/profile_dist.py); ``offload_params``: FSDP2 CPU offload. Returns the gathered row (per-GPU peaks of
+    the fullest rank, ``per_rank``)."""
     import tempfile
 
     import torch
@@ -323,7 +324,7 @@ def profile_multi_gpu(model: str, opts: TrainingOptions, distribution: str, step
     if torch.cuda.device_count() < opts.num_gpus:
         raise InvalidArgumentError(f"--num-gpus {opts.num_gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
     cfg = {"model": model, **opts.model_dump(mode="json"), "distribution": distribution, "steps": steps,
-           "warmup_steps": warmup_steps, "run_id": run_id}
+           "warmup_steps": warmup_steps, "run_id": run_id, "offload_params": offload_params}
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "row.jsonl")
         _run_distributed(cfg, out, timeout_s)

@@ -54,6 +54,8 @@ def test_full_70b_does_not_fit_one_h100(capsys):
     (["estimate", "--model", "8b", "--lora-r", "5000"], "--lora-r"),
     (["estimate", "--model", "8b", "--lora-targets", "q_proj,qkv"], "qkv"),
     (["estimate", "--model", "8b", "--method", "qlora", "--precision", "32-true"], "32-true"),
+    (["profile", "--model", "8b", "--method", "lora", "--num-gpus", "2", "--distribution", "ddp", "--cpu-offload"],
+     "--cpu-offload"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
