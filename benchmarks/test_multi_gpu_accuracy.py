@@ -3,10 +3,10 @@
 Goal: per-GPU device memory within 6 % of measured on every multi-GPU run, tokens/s within 15 %. Met for
 the per-GPU allocated peak (the sharding mechanism) and, since the fourth session, for device memory on every
 run (DDP: the simulated allocation sequence of a rank; FSDP: the simulated three-stream sequence of a rank,
-ftcalc/alloc_sequence_fsdp.py). Not met for tokens/s on two runs: i-003 (+25 %: Llama-3.2-3B full fine-tuning,
+ftcalc/alloc_sequence_fsdp.py). Not met for tokens/s on one run, i-003 (+25 %: Llama-3.2-3B full fine-tuning,
 1024 tokens per step on 4 GPUs, launch-bound; its one-GPU twin i-005 on the same machine is missed by as much, and
-the blind repeat on another machine, m-000, is at +2 %) and n-001 (+17 %, FSDP CPU offload), so the full goal is
-a strict xfail and a regression guard holds today's errors (docs/multi-gpu.md has the tables).
+the blind repeat on another machine, m-000, is at +2 %), so the full goal is a strict xfail and a regression
+guard holds today's errors (docs/multi-gpu.md has the tables).
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ def test_regression_guard():
 
 
 @pytest.mark.xfail(strict=True, reason="tokens/s: i-003 +25 % (Llama-3.2-3B full fine-tuning, 1024 tokens per step "
-                   "on 4 GPUs, launch-bound, a slow machine: blind repeat m-000 +2 %) and n-001 +17 % (FSDP CPU "
-                   "offload); docs/multi-gpu.md")
+                   "on 4 GPUs, launch-bound, a slow machine: blind repeat m-000 +2 %); docs/multi-gpu.md")
 def test_issue_7_goal_on_every_multi_gpu_run():
     recs = validate_multi_gpu_rows(ROWS)
     assert summarize(recs, "err_device_used")["max_abs"] <= 0.06

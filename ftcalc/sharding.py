@@ -180,10 +180,22 @@ class ModelStates:
     # (ftcalc/alloc_sequence_fsdp.py) at this candidate's GPU count and strategy; NaN where not simulated
     # (set by ftcalc.parallel.estimate_parallel; a builder that leaves it empty gets NaN)
     gap_fsdp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # FSDP (ftcalc's sharded build): the tie is lost (module.to_empty gives the embedding and the LM head
+    # their own tensors), so the sharded model has the embedding's parameters twice: their share of the
+    # model's parameters (0 for untied models). Measured: plans n and o, 1.80e9 local parameters per rank of
+    # Llama-3.2-3B on 2 GPUs = (3.21e9 + 0.39e9) / 2
+    untied_share: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         if np.size(self.gap_fsdp) == 0 and np.size(self.weights) > 0:
             object.__setattr__(self, "gap_fsdp", np.full(np.shape(self.weights), np.nan))
+        if np.size(self.untied_share) == 0 and np.size(self.weights) > 0:
+            object.__setattr__(self, "untied_share", np.zeros(np.shape(self.weights)))
+
+    def untie(self, sharding: Any) -> Any:
+        """The factor on weights (and, for full fine-tuning, gradients and optimizer states) under ``sharding``:
+        1 + ``untied_share`` under FSDP, 1 otherwise."""
+        return 1.0 + np.where(_fsdp(np.asarray(sharding)), self.untied_share, 0.0)
 
     def take(self, i: Any) -> ModelStates:
         """The states of configuration(s) ``i`` (an index or an index array)."""
@@ -200,8 +212,10 @@ def _phases(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> t
     accum = np.asarray(grad_accum) > 1
     keep = _keep(sh, n)
     states = st.weights + st.adapters + st.opt_states
-    states_g = states * keep
-    grads_g = st.grads * keep
+    u = st.untie(sh)  # FSDP: the embedding's parameters twice (tied models)
+    u_full = np.where(st.full, u, 1.0)
+    states_g = (st.weights * u + st.adapters + st.opt_states * u_full) * keep
+    grads_g = st.grads * u_full * keep
     # units gathered in full beside the own shard (which is in states_g): at the loss the tail unit and the
     # last layer (prefetched for backward); in a layer's backward the current and the prefetched layer (and
     # a tied tail, which holds the embedding used last). Shard-grad-op keeps every unit gathered from its
@@ -343,7 +357,9 @@ def outside_allocator_bytes(st: ModelStates, sharding: Any, keep: Any, nccl_buff
 def host_bytes_offload(st: ModelStates) -> Any:
     """Host RAM that FSDP CPU offload needs for the whole job: parameters, gradients, optimizer states and
     the optimizer's temporaries of every rank (all ranks of a node share its RAM)."""
-    return st.weights + st.adapters + st.grads + st.opt_states + st.opt_paged + st.step_tmp
+    u = st.untie(FSDP_OFFLOAD)
+    u_full = np.where(st.full, u, 1.0)
+    return st.weights * u + st.adapters + (st.grads + st.opt_states + st.step_tmp) * u_full + st.opt_paged
 
 
 def link_efficiency(interconnect: str, a: Assumptions) -> float:
@@ -388,7 +404,8 @@ class MicroBatchTimes:
 
 def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, grad_accum: Any,
                           gather_bytes: Any, grad_bytes: Any, trainable_params: Any, num_instances: Any,
-                          bandwidth_bytes_per_s: Any, a: Assumptions, units: Any = 0.0) -> tuple[Any, Any]:
+                          bandwidth_bytes_per_s: Any, a: Assumptions, units: Any = 0.0,
+                          untie: Any = 1.0) -> tuple[Any, Any]:
     """Seconds per optimizer step on each GPU, and the compute-only part of it (for scaling efficiency).
 
     Args:
@@ -398,6 +415,8 @@ def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, 
         grad_bytes: gradient bytes (all-reduced / reduce-scattered).
         trainable_params: for the CPU optimizer under offload.
         units: FSDP units (ModelStates.units), for the fixed cost per collective.
+        untie: the factor on the trainable parameters under FSDP (``ModelStates.untie``: tied embeddings are
+            untied by the sharded build), for the optimizer update.
     """
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
@@ -422,14 +441,14 @@ def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, 
     # shard copied out, all over the host link, not overlapped
     offload_copy = (2.0 * gather_bytes + grad_bytes) / n / (a.offload_host_gbps * 1e9)
     # offload: each rank steps its own parameter shard on the host (measured rate per rank, run n-001)
-    cpu_step = trainable_params / n / a.cpu_optimizer_params_per_s_per_gpu
+    cpu_step = trainable_params * untie / n / a.cpu_optimizer_params_per_s_per_gpu
     # FSDP's fixed cost per unit and collective (all-gather in forward, again in backward, reduce-scatter):
     # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
     latency = (gathers + 1.0) * np.asarray(units, dtype=float) * a.fsdp_collective_latency_s
     per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + latency, 0.0) + np.where(off, offload_copy, 0.0))
-    opt = np.where(off, cpu_step, np.where(fsdp, optimizer_s / n, optimizer_s))
+    opt = np.where(off, cpu_step, np.where(fsdp, optimizer_s * untie / n, optimizer_s))
     step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt
-    compute = ga * micro_batch_s + np.where(off, 0.0, np.where(fsdp, optimizer_s / n, optimizer_s))
+    compute = ga * micro_batch_s + np.where(off, 0.0, np.where(fsdp, optimizer_s * untie / n, optimizer_s))
     if not np.ndim(step):
         return float(step), float(compute)
     return step, compute

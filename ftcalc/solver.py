@@ -284,6 +284,7 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["unit_max_bytes"].append(per_param * (embed + head if tied else max(embed, head)))
                 cols["units"].append(layers + 2)
                 cols["tied"].append(tied)
+                cols["untied_share"].append(embed / inv.total_params if tied else 0.0)
                 cols["tail_bytes"].append(per_param * ((embed if tied else inv.params_by_kind.get("lm_head", 0))
                                                        + arch.hidden_size))
                 cols["trainable_params"].append(mem.trainable_params)
@@ -571,7 +572,7 @@ class _Candidates:
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
         self.step_s, self.compute_s = sh.step_seconds_parallel(
             times.take(ci, gi), si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
-            offers.instances[ki], bw, a, units=st.units)
+            offers.instances[ki], bw, a, units=st.units, untie=np.where(st.full, st.untie(si), 1.0))
         self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
         train_s = self.steps * self.step_s
         resume_bytes = np.where(st.full, st.weights, st.adapters) + st.opt_states + st.opt_paged

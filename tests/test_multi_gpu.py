@@ -113,3 +113,30 @@ def test_fsdp_gap_is_the_three_streams():
     lora = estimate_parallel("meta-llama/Meta-Llama-3-70B", make_options(method="lora", seq_len=4096, batch_size=1,
                              gradient_checkpointing=True), "h200", "fsdp", 2)
     assert abs(lora.device_used_bytes / _row("e-004")["device_used_bytes"] - 1) < 0.02
+
+
+def test_sharded_build_unties_tied_embeddings_as_measured():
+    """ftcalc's FSDP build gives a tied model's embedding and LM head their own tensors: each rank held
+    (P + V*h) / N trainable parameters on plans n and o, and the model counts them so."""
+    import numpy as np
+
+    from ftcalc import sharding as sh
+    from ftcalc.solver import _config_grid
+
+    rows = [r for r in load_measurements(multi_gpu=True)
+            if r["run_id"] in ("n-001", "o-000", "o-001") and r["outcome"] == "ok"]
+    assert len(rows) == 3
+    for r in rows:
+        spec = resolve_model(r["model"])
+        inv = inventory(spec.arch)
+        embed = inv.params_by_kind["embed_tokens"]
+        local = r["per_rank"][0]["trainable_params_local"]
+        assert abs(local - (inv.total_params + embed) / r["num_gpus"]) / local < 0.01
+        opts = make_options(method="full", seq_len=r["seq_len"], batch_size=r["batch_size"])
+        _, st = _config_grid(spec, opts, ["full"], [opts.batch_size], opts.batch_size, checkpointing=(True,))
+        one = st.take(np.array([0]))
+        assert one.untie(sh.FSDP)[0] == pytest.approx((inv.total_params + embed) / inv.total_params)
+        assert one.untie(sh.DDP)[0] == 1.0
+    untied = resolve_model("meta-llama/Meta-Llama-3-8B")
+    _, st = _config_grid(untied, make_options(method="full"), ["full"], [1], 1, checkpointing=(True,))
+    assert st.take(np.array([0])).untie(sh.FSDP)[0] == 1.0
