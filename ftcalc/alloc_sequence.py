@@ -23,8 +23,14 @@ to be fed to :mod:`ftcalc.allocator`. The order and sizes were read off recorded
   workspace, gradient sums in place where autograd can reuse the first gradient (the residual adds), saved
   tensors freed as their node finishes (with checkpointing at the end of ``apply``). With checkpointing the
   layer's forward runs without saving (each tensor dies when Python drops it) and is recomputed before
-  the layer's backward (up to the last saved tensor). bf16-mixed keeps the approximate first-session
-  structure (:func:`_layer_bwd`): its autocast casts are not modelled node by node.
+  the layer's backward (up to the last saved tensor).
+- bf16-mixed (fp32 weights and residual stream under bf16 autocast, read off t-a015,
+  :func:`_mixed_forward_backward`): each Linear casts its weight (kept in autocast's cache until autocast
+  exits after the loss) and its fp32 input (a new bf16 copy per Linear); the rotary products are fp32;
+  backward adds a ``ToCopyBackward`` per cast (fp32 input gradient, fp32 weight gradient), a bf16 copy of
+  the fp32 residual gradient at each residual add, and accumulates the norms' input gradients into one fp32
+  residual gradient. The first-session :func:`_layer_fwd` / :func:`_layer_bwd` mixed structure is kept for
+  ``alloc_sequence_fsdp``.
 - two 32 MiB cuBLAS workspaces (forward and autograd thread) and the embedding backward's fp32
   partial-segment buffer.
 - optimizer: AdamW states (exp_avg, exp_avg_sq, param dtype) allocated lazily at the first step, in
@@ -153,7 +159,8 @@ def _norm_fwd(s: _Seq, d: Dims, keep: bool) -> tuple[int, list[int]]:
 def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
                free_input: bool = False) -> tuple[int | None, dict]:
     """One decoder layer forward from input ``x``; returns (output, saved dict). ``free_input``: the
-    input dies after the attention residual add (it is not saved by any node)."""
+    input dies after the attention residual add (it is not saved by any node). bf16-mixed: the first-session
+    structure, kept for ``alloc_sequence_fsdp`` (one-GPU sequences use :func:`_mixed_layer_fwd`)."""
     n, h, c = d.n, d.h, 2
     sv: dict = {}
     y, sv["n1"] = _norm_fwd(s, d, keep)
@@ -354,10 +361,217 @@ def _decoder_layer_bwd(s: _Seq, d: Dims, li: int, dy: int, sv: dict, grads: dict
     return dy
 
 
+def _cast(s: _Seq, cache: dict, name: str, nbytes: int) -> int:
+    """autocast's bf16 copy of a parameter (``cached_cast`` in ``autocast_mode.h``: a leaf that requires grad
+    is cast once per autocast region and the copy kept in the region's cache until autocast exits)."""
+    if name not in cache:
+        cache[name] = s.a(nbytes)
+    return cache[name]
+
+
+def _autocast_linear_fwd(s: _Seq, d: Dims, cache: dict, name: str, wnumel: int, in_features: int,
+                         out_features: int, save: bool, fp32_input: bool = True) -> tuple[int, int | None, int]:
+    """An ``nn.Linear`` under bf16 autocast: the weight's cached cast, the input's own cast (an fp32
+    activation is not a leaf: cast anew for every Linear that reads it, saved by the matmul), the bf16 output.
+    ``save``: the input cast is kept (saved); otherwise it dies once the matmul has run. Returns (weight cast,
+    input cast or None, output)."""
+    w = _cast(s, cache, name, wnumel * 2)
+    xc = s.a(d.n * in_features * 2) if fp32_input else None
+    out = s.a(d.n * out_features * 2)
+    if not save:
+        s.f(xc)
+        xc = None
+    return w, xc, out
+
+
+def _mixed_layer_fwd(s: _Seq, d: Dims, li: int, cache: dict, save: bool,
+                     stop_early: bool = False) -> tuple[int | None, dict]:
+    """One decoder layer forward with fp32 weights and residual stream under bf16 autocast (bf16-mixed), read
+    off t-a015 (events 10273-10458: the checkpointed first forward; 12893-12986: a recompute). ``save``:
+    autograd keeps the saved tensors (recompute, or no checkpointing); otherwise each tensor dies when
+    Python drops it. ``cache``: the autocast region's weight casts (the forward's lives until autocast exits
+    after the loss). ``stop_early``: a checkpoint recompute, which stops at the last saved tensor (down's
+    weight cast). The layer input is never freed here: it is saved by the input norm (the fp32 upcast is a
+    no-op) and held by the checkpoint frame. Returns (output, saved dict)."""
+    n, h, c, inter, qd, kvd = d.n, d.h, 2, d.inter, d.q_dim, d.kv_dim
+    sv: dict = {}
+    y1, sv["n1"] = _norm_fwd(s, d, keep=save)  # fp32: pow, x * rsqrt (saved), w * m
+    for k, out in (("q", qd), ("k", kvd), ("v", kvd)):
+        sv["w" + k], sv["x" + k], sv[k] = _autocast_linear_fwd(s, d, cache, f"{li}.{k}", out * h, h, out, save)
+    rot = []
+    for dim in (qd, kvd):  # rotary with fp32 cos / sin (they follow the fp32 hidden states): fp32 products
+        t1 = s.a(n * dim * 4)  # x * cos
+        ng = s.a(n * dim * c // 2)  # -x2
+        cat = s.a(n * dim * c)  # cat(-x2, x1)
+        s.f(ng)
+        t2 = s.a(n * dim * 4)  # rotate_half(x) * sin
+        s.f(cat)
+        rot.append(s.a(n * dim * 4))  # the sum
+        s.f(t1, t2)
+    s.f(sv.pop("q"), sv.pop("k"))  # the products save cos / sin, not the projections
+    sv["kc"] = s.a(n * kvd * c)  # SDPA's autocast casts of k and q (saved), in t-a015's order
+    sv["qc"] = s.a(n * qd * c)
+    sv["o"] = s.a(n * qd * c)
+    sv["lse"] = s.a(d.b * d.heads * d.t * 4)
+    if not save:
+        s.f(sv.pop("qc"), sv.pop("kc"))
+    sv["wo"], _, po = _autocast_linear_fwd(s, d, cache, f"{li}.o", h * qd, qd, h, save, fp32_input=False)
+    if not save:
+        s.f(sv.pop("o"), sv.pop("lse"))
+    s.f(*rot)  # the attention's locals at its return (q / k are saved as their casts)
+    if not save:
+        s.f(sv.pop("v"))
+    s.f(y1)
+    sv["h1"] = s.a(n * h * 4)  # residual add: fp32 + bf16 -> fp32
+    s.f(po)
+    y2, sv["n2"] = _norm_fwd(s, d, keep=save)
+    sv["wg"], sv["xg"], sv["g"] = _autocast_linear_fwd(s, d, cache, f"{li}.gate", inter * h, h, inter, save)
+    sv["act"] = s.a(n * inter * c)
+    if not save:
+        s.f(sv.pop("g"))
+    sv["wu"], sv["xu"], sv["up"] = _autocast_linear_fwd(s, d, cache, f"{li}.up", inter * h, h, inter, save)
+    sv["mul"] = s.a(n * inter * c)
+    if not save:
+        s.f(sv.pop("act"), sv.pop("up"))
+    sv["wd"] = _cast(s, cache, f"{li}.down", h * inter * 2)  # the product is bf16 already: no input cast
+    if stop_early:
+        s.f(y2)
+        return None, sv
+    dn = s.a(n * h * c)
+    if not save:
+        s.f(sv.pop("mul"))
+    s.f(y2)
+    out = s.a(n * h * 4)
+    s.f(dn)
+    if not save:
+        s.f(sv.pop("h1"))
+        sv = {}
+    return out, sv
+
+
+def _mixed_rmsnorm_bwd(s: _Seq, d: Dims, dy: int, saved: list[int], x: int, resid: int | None,
+                       ckpt: bool, x_in_frame: bool = False) -> int:
+    """RMSNorm backward on the fp32 residual stream (bf16-mixed) from the fp32 ``dy`` (freed): ``x.float()``
+    is a no-op there, so the input gradients of ``x * rsqrt`` and of ``pow`` go straight into the residual
+    gradient ``resid`` (accumulated in place; the first one becomes it when ``resid`` is None) and the saved
+    ``x`` is the residual-stream tensor itself, freed by the pow node (``x_in_frame``: a checkpointed layer's
+    input, which dies with the frame after the incoming gradient). Returns the residual gradient (t-a015
+    events 12843-12891, 13041-13091, 13224-13274)."""
+    n, h = d.n, d.h
+    r, m = saved if saved else (None, None)
+    dm = s.a(n * h * 4)  # MulBackward(w * m): dy * w
+    prod = s.a(n * h * 4)  # dy * m, summed over tokens into the weight gradient
+    _node_end(s, ckpt, saved=(m,), grads_in=(prod, dy), reduce_bytes=n * h * 8)
+    pr = s.a(n * h * 4)  # MulBackward(x * r): dm * x (other's gradient first), summed to N x 1
+    dx = s.a(n * h * 4)  # dm * r
+    s.f(pr, dm)
+    if resid is None:
+        resid = dx
+    else:
+        s.f(dx)  # accumulated in place into the residual gradient
+    dmean = s.a(n * h * 4)  # rsqrt / add / mean backward: the N x 1 gradient expanded / h
+    p1 = s.a(n * h * 4)  # PowBackward: grad * (2 * x.pow(1))
+    p2 = s.a(n * h * 4)
+    dpow = s.a(n * h * 4)
+    s.f(p2, p1)
+    _node_end(s, ckpt and not x_in_frame, saved=(x,), grads_in=(dmean,))
+    s.f(dpow, r)  # dpow: accumulated in place into the residual gradient
+    return resid
+
+
+def _autocast_linear_bwd(s: _Seq, d: Dims, grads: dict, name: str, wnumel: int, din: int, g: int,
+                         saved: tuple, cast_input: bool = True, bias_out: int = 0,
+                         accumulate: bool = False) -> int | None:
+    """The backward of an autocast ``nn.Linear`` from its bf16 output gradient ``g`` (freed): the matmul node on
+    the bf16 casts (bf16 weight gradient and input gradient of ``din`` bytes, see :func:`_linear_node_bwd`),
+    then the ``ToCopyBackward`` of each cast (the input's first: it was created after the weight's): the
+    input gradient back to fp32 (when the input was cast) and the fp32 weight gradient, which
+    ``AccumulateGrad`` keeps as ``.grad``. ``accumulate``: the fp32 input gradient is added in place into a
+    gradient already waiting in the next node's input buffer as soon as its ``ToCopyBackward`` has run (before
+    the weight's), and freed. Returns the input gradient (fp32 when cast, else the bf16 one; None when
+    accumulated)."""
+    if bias_out:
+        dx = s.a(din)
+        gw = s.a(wnumel * 2)
+    else:
+        gw = s.a(wnumel * 2)
+        dx = s.a(din)
+    _node_end(s, d.checkpointing, saved=saved, grads_in=(g,), reduce_bytes=d.n * bias_out * 8)
+    if cast_input:
+        dxf = s.a(din * 2)
+        s.f(dx)
+        dx = dxf
+        if accumulate:
+            s.f(dx)
+            dx = None
+    grads[name] = s.a(wnumel * 4)
+    s.f(gw)
+    return dx
+
+
+def _mixed_layer_bwd(s: _Seq, d: Dims, li: int, resid: int, g_mlp: int, sv: dict, grads: dict, x: int) -> int:
+    """One decoder layer's backward under bf16 autocast with fp32 weights (bf16-mixed), node by node as in
+    t-a015 (events 12892-13274). ``resid``: the fp32 residual gradient, one tensor through all layers (both
+    residual adds pass it on unchanged and each norm's input gradients are added into it in place);
+    ``g_mlp``: its bf16 copy for the MLP output, made by the output ``AddBackward`` before the caller's
+    recompute (``validate_outputs`` casts a gradient to its input's dtype). Each autocast Linear adds a
+    ``ToCopyBackward`` per cast; the rotary's fp32 products return their bf16 operands' gradients through a
+    cast. ``x``: the layer input, freed by the input norm. Returns the residual gradient."""
+    n, h, c, inter, qd, kvd = d.n, d.h, 2, d.inter, d.q_dim, d.kv_dim
+    ni = n * inter * c
+    ckpt = d.checkpointing
+    kv_bias = kvd if d.qkv_bias else 0
+    dmul = _autocast_linear_bwd(s, d, grads, f"{li}.down", h * inter, ni, g_mlp, (sv["wd"], sv["mul"]),
+                                cast_input=False)
+    dup = s.a(ni)  # MulBackward(act * up): the second operand's gradient first
+    dact = s.a(ni)
+    _node_end(s, ckpt, saved=(sv["up"], sv["act"]), grads_in=(dmul,))
+    dy2 = _autocast_linear_bwd(s, d, grads, f"{li}.up", h * inter, n * h * c, dup, (sv["wu"], sv["xu"]))
+    dg = s.a(ni)  # SiluBackward
+    _node_end(s, ckpt, saved=(sv["g"],), grads_in=(dact,))
+    _autocast_linear_bwd(s, d, grads, f"{li}.gate", h * inter, n * h * c, dg, (sv["wg"], sv["xg"]),
+                         accumulate=True)  # added in place into dy2 (a plain fp32 tensor)
+    resid = _mixed_rmsnorm_bwd(s, d, dy2, sv["n2"], sv["h1"], resid, ckpt)
+    g_attn = s.a(n * h * c)  # AddBackward(x + attention output): the bf16 copy
+    do = _autocast_linear_bwd(s, d, grads, f"{li}.o", h * qd, n * qd * c, g_attn, (sv["wo"],), cast_input=False)
+    dq, dk, dv = s.a(n * qd * c), s.a(n * kvd * c), s.a(n * kvd * c)
+    s.f(s.a(n * qd * 8 + d.b * d.heads * d.t * 4 + 256))  # flash-attention backward workspace
+    _node_end(s, ckpt, saved=(sv["kc"], sv["qc"], sv["v"], sv["lse"], sv["o"]), grads_in=(do,))
+    dqf = s.a(n * qd * 4)  # ToCopyBackward of SDPA's q cast, then k's
+    s.f(dq)
+    dkf = s.a(n * kvd * 4)
+    s.f(dk)
+    rot = {}
+    for name, src, dim in (("k", dkf, kvd), ("q", dqf, qd)):  # rotary: x*cos + rotate_half(x)*sin, fp32
+        t = s.a(n * dim * 4)  # grad * sin
+        tb = s.a(n * dim * c)  # cast to rotate_half's bf16 dtype
+        s.f(t)
+        ng = s.a(n * dim * c // 2)  # NegBackward of one half
+        xg = s.a(n * dim * c)  # SliceBackward (zeros + copy): the first gradient of x
+        s.f(ng)
+        yg = s.a(n * dim * c)  # SliceBackward of the other half, added in place into xg
+        s.f(tb, yg)
+        t = s.a(n * dim * 4)  # grad * cos
+        zb = s.a(n * dim * c)  # cast to bf16, added in place into xg
+        s.f(t, src, zb)
+        rot[name] = xg
+    dy1 = _autocast_linear_bwd(s, d, grads, f"{li}.v", h * kvd, n * h * c, dv, (sv["wv"], sv["xv"]),
+                               bias_out=kv_bias)
+    kc = s.a(n * kvd * c)  # transpose(1, 2).reshape: a contiguous copy
+    s.f(rot["k"])
+    _autocast_linear_bwd(s, d, grads, f"{li}.k", h * kvd, n * h * c, kc, (sv["wk"], sv["xk"]),
+                         bias_out=kv_bias, accumulate=True)  # added in place into dy1
+    qc = s.a(n * qd * c)
+    s.f(rot["q"])
+    _autocast_linear_bwd(s, d, grads, f"{li}.q", h * qd, n * h * c, qc, (sv["wq"], sv["xq"]),
+                         bias_out=qd if d.qkv_bias else 0, accumulate=True)
+    return _mixed_rmsnorm_bwd(s, d, dy1, sv["n1"], x, resid, ckpt, x_in_frame=ckpt)
+
+
 def _norm_bwd(s: _Seq, d: Dims, dy: int, saved: list[int]) -> int:
     """RMSNorm backward from ``dy``; frees its saved tensors and returns the input gradient (the caller
-    frees ``dy``). First-session approximation, kept for bf16-mixed and ``alloc_sequence_fsdp``; bf16-true
-    one-GPU sequences use :func:`_rmsnorm_bwd`."""
+    frees ``dy``). First-session approximation, kept for ``alloc_sequence_fsdp``; one-GPU sequences use
+    :func:`_rmsnorm_bwd` (bf16-true) and :func:`_mixed_rmsnorm_bwd` (bf16-mixed)."""
     n, h = d.n, d.h
     dxb = s.a(n * h * 2)
     prod = s.a(n * h * 2)
@@ -387,8 +601,8 @@ def _linear_bwd(s: _Seq, d: Dims, grads: dict, name: str, wnumel: int, din: int)
 
 def _layer_bwd(s: _Seq, d: Dims, li: int, dy: int, sv: dict, grads: dict) -> int:
     """One decoder layer's backward, first-session approximation (a new tensor for each residual sum; the
-    caller frees the layer input). Kept for bf16-mixed and ``alloc_sequence_fsdp``; bf16-true one-GPU
-    sequences use :func:`_decoder_layer_bwd`."""
+    caller frees the layer input). Kept for ``alloc_sequence_fsdp``; one-GPU sequences use
+    :func:`_decoder_layer_bwd` (bf16-true) and :func:`_mixed_layer_bwd` (bf16-mixed)."""
     n, h, c, inter = d.n, d.h, 2, d.inter
     ni = n * inter * c
     wc = sv.get("wc", {})
@@ -537,6 +751,56 @@ def _ddp_build(s: _Seq, d: Dims, params: list[tuple[str, int]]) -> int:
     return s.a(sum(numel for _, numel in params) * d.wbytes)
 
 
+def _mixed_forward_backward(s: _Seq, d: Dims, k: int, emb: int, grads: dict) -> int:
+    """Forward, loss and decoder backward of one bf16-mixed step (fp32 weights and residual stream under
+    ``torch.autocast(bfloat16)``, as ``recipe.train_step``), from the fp32 embedding output ``emb``; returns
+    the fp32 residual gradient reaching the embedding. The forward's weight casts stay in autocast's cache until
+    autocast exits after the loss (t-a015 events 12591-12813: freed there in one burst), the LM head's cast and
+    its input's cast are saved by its matmul; the loss backward ends with a ``ToCopyBackward`` per cast (the
+    fp32 input gradient, the fp32 weight gradient). With checkpointing each layer is recomputed in its own
+    autocast region after its output ``AddBackward`` (:func:`_mixed_layer_bwd`)."""
+    n, h, c = d.n, d.h, 2
+    cache: dict = {}
+    saved, inputs = [], []
+    x = emb
+    for li in range(d.layers):
+        out, sv = _mixed_layer_fwd(s, d, li, cache, save=not d.checkpointing)
+        saved.append(sv)
+        inputs.append(x)
+        x = out
+    yf, nf = _norm_fwd(s, d, keep=True)
+    wlm = _cast(s, cache, "lm_head", d.vocab * h * 2)
+    xlm = s.a(n * h * c)  # the final norm output's cast (saved)
+    logits = s.a(n * d.vocab * c)
+    l32 = s.a(n * d.vocab * 4)
+    lsm = s.a(n * d.vocab * 4)
+    s.f(l32, yf, logits)
+    if d.checkpointing:  # autocast exits: the cached casts nothing saved (checkpointed layers saved none)
+        s.f(*(i for name, i in cache.items() if name != "lm_head"))
+    g1 = s.a(n * d.vocab * 4)
+    g2 = s.a(n * d.vocab * 4)
+    s.f(g1, lsm)
+    gb = s.a(n * d.vocab * c)
+    s.f(g2)
+    gw = s.a(d.vocab * h * 2)  # MmBackward of the LM head: bf16 weight gradient, then input gradient
+    if k == 0:  # the autograd thread's own cuBLAS handle and workspace, at its first matmul
+        s.a(CUBLAS_WORKSPACE_BYTES)
+    dx = s.a(n * h * c)
+    _node_end(s, False, saved=(wlm, xlm), grads_in=(gb,))
+    dyf = s.a(n * h * 4)  # ToCopyBackward of the input cast
+    s.f(dx)
+    grads["lm_head"] = s.a(d.vocab * h * 4)  # ToCopyBackward of the weight cast: the fp32 .grad
+    s.f(gw)
+    resid = _mixed_rmsnorm_bwd(s, d, dyf, nf, x, None, ckpt=False)  # the final norm is outside the checkpoints
+    for li in reversed(range(d.layers)):
+        g_mlp = s.a(n * h * c)  # the output AddBackward's bf16 copy, before the recompute
+        sv = saved[li]
+        if d.checkpointing:
+            _, sv = _mixed_layer_fwd(s, d, li, {}, save=True, stop_early=True)
+        resid = _mixed_layer_bwd(s, d, li, resid, g_mlp, sv, grads, inputs[li])
+    return resid
+
+
 def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
                   ddp: bool = False) -> list[tuple[str, int, int]]:
     """The request sequence (``("alloc", id, nbytes)`` / ``("free", id, 0)`` / ``("reset", 0, 0)``) of
@@ -571,53 +835,43 @@ def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
         x = emb
         saved = []
         inputs = []
-        for _li in range(d.layers):
-            out, sv = _layer_fwd(s, d, x, keep=not d.checkpointing,
-                                 free_input=x != emb and not d.checkpointing)
-            saved.append(sv)
-            inputs.append(x)
-            x = out
-        # final norm, lm_head, loss
-        yf, nf = _norm_fwd(s, d, keep=True)
-        s.f(x)
         if d.mixed:
-            wlm = s.a(d.vocab * h * 2)
-        logits = s.a(n * d.vocab * c)
-        l32 = s.a(n * d.vocab * 4)
-        lsm = s.a(n * d.vocab * 4)
-        s.f(l32)
-        s.f(logits)
-        if not d.checkpointing:
-            s.f(emb)
-        g1 = s.a(n * d.vocab * 4)
-        g2 = s.a(n * d.vocab * 4)
-        s.f(g1, lsm)
-        gb = s.a(n * d.vocab * c)
-        s.f(g2)
-        grads["lm_head"] = s.a(d.vocab * h * d.wbytes)
-        if k == 0:  # the autograd thread's own cuBLAS handle and workspace, at its first matmul
-            s.a(CUBLAS_WORKSPACE_BYTES)
-        dy = s.a(n * h * c)
-        s.f(gb)
-        if d.mixed:
-            s.f(wlm)
-            dy2 = _norm_bwd(s, d, dy, nf)
-            s.f(dy, yf)
-            dy = dy2
+            dy = _mixed_forward_backward(s, d, k, emb, grads)
         else:
+            for _li in range(d.layers):
+                out, sv = _layer_fwd(s, d, x, keep=not d.checkpointing,
+                                     free_input=x != emb and not d.checkpointing)
+                saved.append(sv)
+                inputs.append(x)
+                x = out
+            # final norm, lm_head, loss
+            yf, nf = _norm_fwd(s, d, keep=True)
+            s.f(x)
+            logits = s.a(n * d.vocab * c)
+            l32 = s.a(n * d.vocab * 4)
+            lsm = s.a(n * d.vocab * 4)
+            s.f(l32)
+            s.f(logits)
+            if not d.checkpointing:
+                s.f(emb)
+            g1 = s.a(n * d.vocab * 4)
+            g2 = s.a(n * d.vocab * 4)
+            s.f(g1, lsm)
+            gb = s.a(n * d.vocab * c)
+            s.f(g2)
+            grads["lm_head"] = s.a(d.vocab * h * d.wbytes)
+            if k == 0:  # the autograd thread's own cuBLAS handle and workspace, at its first matmul
+                s.a(CUBLAS_WORKSPACE_BYTES)
+            dy = s.a(n * h * c)
+            s.f(gb)
             s.f(yf)
             dy = _rmsnorm_bwd(s, d, dy, nf, ckpt=False)  # the final norm is outside the checkpoints
-        for li in reversed(range(d.layers)):
-            sv = saved[li]
-            if d.checkpointing:
-                _, sv = _layer_fwd(s, d, inputs[li], keep=True, stop_early=True)
-                s.f(sv.pop("h1"))
-            if d.mixed:
-                dy = _layer_bwd(s, d, li, dy, sv, grads)
+            for li in reversed(range(d.layers)):
+                sv = saved[li]
                 if d.checkpointing:
-                    s.f(inputs[li])
-            else:  # a checkpointed layer's input dies with its checkpoint frame
-                frame = inputs[li] if d.checkpointing else None
+                    _, sv = _layer_fwd(s, d, inputs[li], keep=True, stop_early=True)
+                    s.f(sv.pop("h1"))
+                frame = inputs[li] if d.checkpointing else None  # dies with its checkpoint frame
                 dy = _decoder_layer_bwd(s, d, li, dy, sv, grads, frame=frame)
         # embedding backward (+ tied accumulation)
         ge = s.a(d.vocab * h * d.wbytes)
@@ -625,7 +879,10 @@ def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
         # max_partial_segment = numel / NROWS_PER_THREAD (10) + min(numel, num_weights) rows
         s.f(s.a((n // 10 + min(n, d.vocab)) * h * 4))
         s.f(dy)
-        if d.tied:  # the two gradients of the shared weight summed out of place (the first is a view)
+        if d.tied and d.mixed:  # lm_head's fp32 gradient (a plain ToCopyBackward output) was stolen as .grad:
+            s.f(ge)  # AccumulateGrad adds the embedding's into it in place
+            ge = grads.pop("lm_head")
+        elif d.tied:  # the two gradients of the shared weight summed out of place (the first is a view)
             acc = s.a(d.vocab * h * d.wbytes)
             s.f(grads.pop("lm_head"), ge)
             ge = acc

@@ -191,6 +191,49 @@ def test_generated_sequence_reproduces_the_pinned_logits_segment():
     assert abs(sim.gap / 2**30 - 8.69) < 0.3  # measured 8.69 GiB (g1-002, b-015)
 
 
+def _a015_opts():
+    from ftcalc.options import make_options
+
+    # t-a015 / a-015: Llama-3.2-1B (tied), checkpointing, bf16-mixed (fp32 weights under bf16 autocast)
+    return make_options(method="full", seq_len=1024, batch_size=8, gradient_checkpointing=True,
+                        optimizer="adamw_torch", precision="bf16-mixed")
+
+
+def test_autocast_layer_forward_casts_each_input_and_caches_weight_casts():
+    from dataclasses import replace
+
+    from ftcalc.alloc_sequence import _mixed_layer_fwd, _Seq, dims_for
+    from ftcalc.catalog import resolve_model
+
+    d = replace(dims_for(resolve_model("meta-llama/Llama-3.2-1B"), _a015_opts()), n=1000, b=1, t=1000)
+    s, cache = _Seq(), {}
+    out, sv = _mixed_layer_fwd(s, d, 0, cache, save=False)
+    allocs = {i: nbytes for op, i, nbytes in s.req if op == "alloc"}
+    freed = {i for op, i, _ in s.req if op == "free"}
+    order = [i for op, i, _ in s.req if op == "alloc"]
+    for name in ("q", "k", "v", "gate", "up"):  # weight cast, then the fp32 input's own bf16 cast (not a
+        xc = order[order.index(cache[f"0.{name}"]) + 1]  # leaf: not cached), freed unsaved, then the output
+        assert allocs[xc] == d.n * d.h * 2 and xc in freed
+    # the seven weight casts stay in autocast's cache (freed only when autocast exits, after the loss)
+    assert len(cache) == 7 and not freed & set(cache.values())
+    # after v (cast, input cast, output) the rotary's q * cos is fp32: cos / sin follow the fp32 hidden states
+    assert allocs[order[order.index(cache["0.v"]) + 3]] == d.n * d.q_dim * 4
+    assert allocs[out] == d.n * d.h * 4 and sv == {}
+
+
+def test_generated_bf16_mixed_sequence_matches_a015_trace():
+    from ftcalc.alloc_sequence import simulate_training
+    from ftcalc.catalog import resolve_model
+
+    sim = simulate_training(resolve_model("meta-llama/Llama-3.2-1B"), _a015_opts())
+    path = "data/traces/t-a015.json.gz"
+    with gzip.open(path, "rt") as f:
+        tr = json.load(f)
+    measured_gap = (tr["peak_reserved_bytes"] - tr["peak_allocated_bytes"]) / 2**30  # 7.59 GiB
+    assert abs(sim.gap / 2**30 - measured_gap) < 0.3  # the first-session structure gave 9.56
+    assert abs(sim.peak_allocated - tr["peak_allocated_bytes"]) / 2**30 < 0.1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Multi-stream allocator and FSDP (fourth session: rank 0's FSDP2 trace t-fsdp8). Separate block: the
 # generated-sequence tests above are edited elsewhere.
