@@ -12,7 +12,6 @@ compared with its prediction (``ftcalc validate --multi-gpu``, docs/multi-gpu.md
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
 from typing import Any
 
 from ftcalc.catalog import ModelSpec, resolve_model
@@ -63,7 +62,10 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     g = get_gpu(gpu)
     a = sh.load_assumptions()
-    opts_list, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size,
+    # the byte counts of one micro-batch; the accumulation (gradients alive from the second micro-batch on) is
+    # the sharding functions' part, as in the solver: a grid built with ga > 1 would count them twice
+    one_micro = opts.model_copy(update={"gradient_accumulation_steps": 1})
+    opts_list, st = _config_grid(spec, one_micro, [opts.method], [opts.batch_size], opts.batch_size,
                                  checkpointing=(opts.checkpointing,))
     one = st.take(np.array([0]))
     if strategy in ("fsdp", "fsdp_grad_op"):
@@ -100,16 +102,19 @@ def simulated_fsdp_gap_bytes(spec: ModelSpec, opts: TrainingOptions, num_gpus: i
 
     if num_gpus < 2 or not fsdp_sequence_supported(spec, opts):
         return None
-    return _simulated_fsdp_gap(spec.id, opts.model_dump_json(), num_gpus, reshard_after_forward)
-
-
-@lru_cache(maxsize=256)
-def _simulated_fsdp_gap(model_id: str, opts_json: str, num_gpus: int, reshard_after_forward: bool) -> float:
     from ftcalc.alloc_sequence_fsdp import simulate_fsdp
 
-    opts = TrainingOptions.model_validate_json(opts_json)
-    return float(simulate_fsdp(resolve_model(model_id), opts, num_gpus, steps=2,
-                               reshard_after_forward=reshard_after_forward).gap)
+    # keyed on the architecture itself (a config edited in memory is another model than its catalog id)
+    key = (repr(spec.arch), opts.model_dump_json(), num_gpus, reshard_after_forward)
+    if key not in _FSDP_GAPS:
+        if len(_FSDP_GAPS) >= 256:
+            _FSDP_GAPS.pop(next(iter(_FSDP_GAPS)))
+        _FSDP_GAPS[key] = float(simulate_fsdp(spec, opts, num_gpus, steps=2,
+                                              reshard_after_forward=reshard_after_forward).gap)
+    return _FSDP_GAPS[key]
+
+
+_FSDP_GAPS: dict[tuple, float] = {}  # simulated_fsdp_gap_bytes' cache, oldest entry dropped past 256
 
 
 def default_strategy(model: str | ModelSpec, opts: TrainingOptions, gpu: str | None, num_gpus: int) -> str:

@@ -345,17 +345,41 @@ def _run_distributed(cfg: dict[str, Any], out_path: str, timeout_s: float) -> No
         error = None if _count_lines(out_path) > before else f"torchrun exited {rc} without a row"
         outcome = "error"
     except subprocess.TimeoutExpired:
-        # SIGTERM first: torchrun stops its workers on it; a SIGKILL of torchrun's process group alone left
-        # them running beside the next configuration (run n-000)
+        # SIGTERM first: torchrun stops its workers on it. Its workers run in sessions of their own, so a
+        # SIGKILL of torchrun's process group alone left them running beside the next configuration (run
+        # n-000): they are listed before anything is signalled and killed one by one if they outlive it
+        workers = _descendants(proc.pid)
         proc.terminate()
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         error, outcome = f"no result in {timeout_s}s", "timeout"
     if error:
         record_rows([{**cfg, "outcome": outcome, "error": error}], out_path)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, grandchildren, ...), from /proc; empty where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
 
 
 def _count_lines(path: str) -> int:

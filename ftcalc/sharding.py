@@ -392,14 +392,16 @@ class MicroBatchTimes:
     cpu_s: Any
     optimizer_s: Any
     power: float
+    optimizer_host_s: Any = 0.0  # the update's per-tensor host work (not divided by FSDP's sharding)
 
     @property
     def micro_batch_s(self) -> Any:
         return overlap(self.gpu_s, self.cpu_s, self.power)
 
     def take(self, *index: Any) -> MicroBatchTimes:
+        host = np.broadcast_to(np.asarray(self.optimizer_host_s, dtype=float), np.shape(self.optimizer_s))
         return replace(self, gpu_s=np.asarray(self.gpu_s)[index], cpu_s=np.asarray(self.cpu_s)[index],
-                       optimizer_s=np.asarray(self.optimizer_s)[index])
+                       optimizer_s=np.asarray(self.optimizer_s)[index], optimizer_host_s=host[index])
 
 
 def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, grad_accum: Any,
@@ -426,6 +428,10 @@ def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, 
     ring = (n - 1.0) / n
     micro_batch_s = times.micro_batch_s
     optimizer_s = times.optimizer_s
+    # FSDP: each rank updates its 1/N of every tensor (the embedding twice for tied models: untie); the
+    # per-tensor host work stays whole
+    host_s = np.asarray(times.optimizer_host_s, dtype=float)
+    opt_fsdp = (optimizer_s - host_s) * untie / n + host_s
     hide = a.comm_overlap * micro_batch_s
     # DDP: the gradient all-reduce of the last micro-batch (no_sync before) in 25 MB buckets, below the
     # large-message rate, exposed in full: it did not overlap the backward's compute in the NCCL benchmark
@@ -446,9 +452,9 @@ def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, 
     # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
     latency = (gathers + 1.0) * np.asarray(units, dtype=float) * a.fsdp_collective_latency_s
     per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + latency, 0.0) + np.where(off, offload_copy, 0.0))
-    opt = np.where(off, cpu_step, np.where(fsdp, optimizer_s * untie / n, optimizer_s))
+    opt = np.where(off, cpu_step, np.where(fsdp, opt_fsdp, optimizer_s))
     step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt
-    compute = ga * micro_batch_s + np.where(off, 0.0, np.where(fsdp, optimizer_s * untie / n, optimizer_s))
+    compute = ga * micro_batch_s + np.where(off, 0.0, np.where(fsdp, opt_fsdp, optimizer_s))
     if not np.ndim(step):
         return float(step), float(compute)
     return step, compute

@@ -300,12 +300,13 @@ def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: 
 
     tc = load_throughput()
     shape = (len(opts_list), len(gpus))
-    gpu_s, cpu_s, opt_s = np.empty(shape), np.empty(shape), np.empty(shape)
+    gpu_s, cpu_s, opt_s, host_s = np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape)
     for i, opts in enumerate(opts_list):
         for j, g in enumerate(gpus):
-            parts = step_parts(spec, opts, g, tc)
-            gpu_s[i, j], cpu_s[i, j], opt_s[i, j] = parts.gpu_s, parts.cpu_s, parts.optimizer_s
-    return sh.MicroBatchTimes(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=tc.overlap_power)
+            p = step_parts(spec, opts, g, tc)
+            gpu_s[i, j], cpu_s[i, j], opt_s[i, j], host_s[i, j] = p.gpu_s, p.cpu_s, p.optimizer_s, p.optimizer_host_s
+    return sh.MicroBatchTimes(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=tc.overlap_power,
+                              optimizer_host_s=host_s)
 
 
 class _Offers:
@@ -503,15 +504,16 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
 
 
 def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,
-                    si: np.ndarray, n: np.ndarray) -> sh.ModelStates:
+                    si: np.ndarray, n: np.ndarray, ga: np.ndarray) -> sh.ModelStates:
     """``st`` (one row per candidate) with the simulated FSDP gap of each full-shard candidate whose
-    three-stream allocation sequence ftcalc simulates (full fine-tuning of untied decoders:
-    ftcalc.parallel.simulated_fsdp_gap_bytes, cached per configuration and GPU count, ~0.1 s each); NaN
-    elsewhere, where sharding.device_used_per_gpu takes its analytic path."""
+    three-stream allocation sequence ftcalc simulates (full fine-tuning of untied decoders, one micro-batch
+    per step: ftcalc.parallel.simulated_fsdp_gap_bytes, cached per configuration and GPU count, ~0.1 s each);
+    NaN elsewhere (gradient accumulation included), where sharding.device_used_per_gpu takes its analytic
+    path, as estimate_parallel does."""
     from ftcalc.parallel import simulated_fsdp_gap_bytes
 
     gaps = np.full(len(ci), np.nan)
-    for k in np.flatnonzero(si == sh.FSDP):
+    for k in np.flatnonzero((si == sh.FSDP) & (np.asarray(ga) == 1)):
         opts = opts_list[ci[k]]
         if opts.method == "full":
             g = simulated_fsdp_gap_bytes(spec, opts, int(n[k]))
@@ -547,7 +549,7 @@ class _Candidates:
         self.gi = gi = offers.gpu_idx[ki]
         self.ga = ga = np.maximum(1.0, np.ceil(target / (mb * n)))
         self.global_seqs = mb * n * ga
-        st = _with_fsdp_gaps(spec, opts_list, states.take(ci), ci, si, n)
+        st = _with_fsdp_gaps(spec, opts_list, states.take(ci), ci, si, n, ga)
 
         self.mem_cap = np.array([g.memory_bytes for g in gpus], dtype=float)[gi]
         self.usable = self.mem_cap * (1.0 - headroom)

@@ -19,8 +19,7 @@ optimizer update (once per step)        = optimizer bytes / memory bandwidth + t
 Measured on plan j (data/measurements/runs-h200x2-j.jsonl, ``step_phase_seconds``): at 128 tokens the
 forward + backward is launch-bound (Llama-3.2-3B with checkpointing: 0.17 s, 2.05 ms per layer and pass), and
 the update adds after it (3B foreach AdamW 0.040 s, 8B 8-bit AdamW 0.23 s). Under DDP the gradient all-reduce
-runs on the GPU during the backward: it adds to the GPU side of the last micro-batch and hides behind the
-launch time when that is longer (ftcalc.sharding.step_seconds_parallel).
+of the last micro-batch is exposed in full, launch-bound backward or not (ftcalc.sharding.step_seconds_parallel).
 
 FLOPs per token (Kaplan et al. 2020; PaLM appendix B for the attention term):
 - forward: 2 x (decoder Linear params + LM head) + 2 x L x T x (q_dim) for QK^T and PV with a causal mask
@@ -69,8 +68,10 @@ class ThroughputCoefficients:
     opt_bytes_adamw_fused: float = 14.0
     # bitsandbytes blockwise 8-bit AdamW (and its paged variant, whose states stay resident when they fit):
     # bound by arithmetic, not memory: 0.23-0.24 s per update of Llama-3-8B on both the H100 and the H200
-    # (plans k, l; 3.35 vs 4.8 TB/s), so it scales with the GPU's compute: bf16-peak FLOP-equivalents per
-    # parameter
+    # (plans k, l; 3.35 vs 4.8 TB/s). It moves to other GPUs by their dense bf16 rate: an assumption, as the
+    # H100 and the H200 share that rate (and their clocks and CUDA cores), so the runs cannot tell which rate
+    # the kernels follow; for GPUs whose bf16 rate is low beside their CUDA cores (RTX 4090, A100) the update is
+    # likely predicted too slow. FLOP-equivalents of the bf16 peak per parameter:
     opt_flops_8bit: float = 3.0e4
     opt_bytes_paged: float = 80.0  # bitsandbytes 32-bit paged AdamW, states in unified memory
     opt_fixed_paged_s: float = 0.04  # per step: paged optimizers synchronize and prefetch their pages
@@ -139,12 +140,14 @@ class StepParts:
     """One step of one GPU in its parts (seconds, already on the GPU's speed).
 
     ``gpu_s`` / ``cpu_s``: one micro-batch's forward + backward on the GPU and the host's launch time for it;
-    ``optimizer_s``: one optimizer update; ``power``: the overlap exponent of the two sides."""
+    ``optimizer_s``: one optimizer update, of which ``optimizer_host_s`` is the per-tensor host work (it does not
+    shrink when FSDP shards the tensors); ``power``: the overlap exponent of the two sides."""
 
     gpu_s: float
     cpu_s: float
     optimizer_s: float
     power: float
+    optimizer_host_s: float = 0.0
 
     @property
     def micro_batch_s(self) -> float:
@@ -210,13 +213,14 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
                      "paged_adamw_32bit": tc.opt_bytes_paged, "adafactor": tc.opt_bytes_adafactor,
                      "sgd": tc.opt_bytes_sgd}[opts.optimizer]
         update = n_train * per_param / bw
-    update += trainable_tensors(spec, opts) * tc.opt_tensor_s
+    host = trainable_tensors(spec, opts) * tc.opt_tensor_s
+    update += host
     if opts.optimizer.startswith("paged"):
         update += tc.opt_fixed_paged_s
     # per-GPU speed calibration (H200 runs vs the datasheet transfer from the H100)
     scale = 1.0 / tc.speed_h200 if getattr(gpu, "gpu", None) == "h200" else 1.0
     return StepParts(gpu_s=(compute + traffic / bw) * scale, cpu_s=arch.num_layers * passes * per_layer * scale,
-                     optimizer_s=update * scale, power=tc.overlap_power)
+                     optimizer_s=update * scale, power=tc.overlap_power, optimizer_host_s=host * scale)
 
 
 def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:

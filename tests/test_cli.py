@@ -56,6 +56,8 @@ def test_full_70b_does_not_fit_one_h100(capsys):
     (["estimate", "--model", "8b", "--method", "qlora", "--precision", "32-true"], "32-true"),
     (["profile", "--model", "8b", "--method", "lora", "--num-gpus", "2", "--distribution", "ddp", "--cpu-offload"],
      "--cpu-offload"),
+    (["profile", "--model", "8b", "--method", "full", "--cpu-offload"], "--cpu-offload"),
+    (["profile", "--model", "8b", "--method", "qlora", "--num-gpus", "2", "--cpu-offload"], "--cpu-offload"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
@@ -146,3 +148,21 @@ def test_tables_fit_80_columns(capsys, argv):
 def test_usage_errors_are_one_line(capsys):
     code, _, err = run_cli(capsys, "estimate", "--model", "8b", "--precision", "fp8")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "fp8" in err
+
+
+def test_timeout_kill_finds_the_launchers_grandchildren():
+    """profile._descendants lists workers below a launcher (torchrun starts them in sessions of their own)."""
+    import time
+
+    from ftcalc.profile import _descendants
+
+    proc = subprocess.Popen(["sh", "-c", "setsid sleep 30 & sleep 30"])
+    try:
+        time.sleep(0.5)
+        kids = _descendants(proc.pid)
+        assert len(kids) >= 2  # the plain sleep and the one in its own session
+    finally:
+        for pid in _descendants(proc.pid):
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+        proc.kill()
+        proc.wait()

@@ -140,3 +140,29 @@ def test_sharded_build_unties_tied_embeddings_as_measured():
     untied = resolve_model("meta-llama/Meta-Llama-3-8B")
     _, st = _config_grid(untied, make_options(method="full"), ["full"], [1], 1, checkpointing=(True,))
     assert st.take(np.array([0])).untie(sh.FSDP)[0] == 1.0
+
+
+@pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp", "fsdp_offload"])
+def test_gradient_accumulation_is_counted_once(strategy):
+    """estimate_parallel with gradient accumulation: the accumulated gradients once (as estimate_memory counts
+    them on one GPU), and the same device memory as the solver's vectorized path for that configuration."""
+    import numpy as np
+
+    from ftcalc import sharding as sh
+    from ftcalc.hardware import get_gpu
+    from ftcalc.solver import _config_grid, _with_fsdp_gaps
+
+    spec = resolve_model("meta-llama/Meta-Llama-3-8B")
+    n = 1 if strategy == "single" else 4
+    opts = make_options(method="full", seq_len=1024, batch_size=1, gradient_accumulation_steps=4)
+    e = estimate_parallel(spec, opts, "h200", strategy, n)
+    one = make_options(method="full", seq_len=1024, batch_size=1)
+    _, st = _config_grid(spec, one, ["full"], [1], 1, checkpointing=(one.checkpointing,))
+    code = np.array([sh.SHARDINGS.index(strategy)])
+    st = _with_fsdp_gaps(spec, [one], st.take(np.array([0])), np.array([0]), code, np.array([n]), np.array([4.0]))
+    used = sh.device_used_per_gpu(st, code, np.array([float(n)]), np.array([4.0]), sh.load_assumptions().nccl_buffer_bytes)
+    assert e.device_used_bytes == pytest.approx(float(np.ravel(used)[0]), rel=1e-9)
+    if strategy == "single":
+        single = estimate_memory(spec.arch, inventory(spec.arch), opts, load_coefficients(),
+                                 gpu_memory_bytes=get_gpu("h200").memory_bytes)
+        assert e.peak_allocated_bytes == pytest.approx(single.peak_allocated_bytes, rel=0.01)

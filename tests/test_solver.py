@@ -295,9 +295,11 @@ def _brute_force(model, methods, gpus, providers, max_gpus, tokens, seq_len=2048
                     ga = max(1, math.ceil(target / (mb * n)))
                     st = states.take(i)
                     parts = step_parts(spec, opts, g, tc)
-                    times = sh.MicroBatchTimes(parts.gpu_s, parts.cpu_s, parts.optimizer_s, parts.power)
+                    times = sh.MicroBatchTimes(parts.gpu_s, parts.cpu_s, parts.optimizer_s, parts.power,
+                                               parts.optimizer_host_s)
                     for s in ((sh.SINGLE, sh.FSDP_OFFLOAD) if n == 1 else (sh.DDP, sh.FSDP, sh.FSDP_OFFLOAD)):
-                        gap = simulated_fsdp_gap_bytes(spec, opts, n) if s == sh.FSDP and opts.method == "full" else None
+                        gap = (simulated_fsdp_gap_bytes(spec, opts, n)
+                               if s == sh.FSDP and opts.method == "full" and ga == 1 else None)
                         st_s = replace(st, gap_fsdp=np.array(np.nan if gap is None else gap))
                         used = sh.device_used_per_gpu(st_s, s, n, ga, a.nccl_buffer_bytes)
                         fits = used <= g.memory_bytes * (1 - headroom)
