@@ -361,6 +361,23 @@ def _decoder_layer_bwd(s: _Seq, d: Dims, li: int, dy: int, sv: dict, grads: dict
     return dy
 
 
+def _loss_fwd(s: _Seq, n: int, vocab: int, c: int) -> tuple[int, int, int]:
+    """The LM head's logits (compute dtype), their fp32 upcast and its log-softmax: (logits, upcast, log-softmax)
+    ids; the caller frees the first two when the trace does."""
+    return s.a(n * vocab * c), s.a(n * vocab * 4), s.a(n * vocab * 4)
+
+
+def _loss_bwd(s: _Seq, n: int, vocab: int, c: int, lsm: int) -> int:
+    """Cross-entropy backward: two fp32 N x V gradients (the log-softmax's saved output freed between them),
+    then the logits' gradient in compute dtype, returned."""
+    g1 = s.a(n * vocab * 4)
+    g2 = s.a(n * vocab * 4)
+    s.f(g1, lsm)
+    gb = s.a(n * vocab * c)
+    s.f(g2)
+    return gb
+
+
 def _cast(s: _Seq, cache: dict, name: str, nbytes: int) -> int:
     """autocast's bf16 copy of a parameter (``cached_cast`` in ``autocast_mode.h``: a leaf that requires grad
     is cast once per autocast region and the copy kept in the region's cache until autocast exits)."""
@@ -771,17 +788,11 @@ def _mixed_forward_backward(s: _Seq, d: Dims, k: int, emb: int, grads: dict) -> 
     yf, nf = _norm_fwd(s, d, keep=True)
     wlm = _cast(s, cache, "lm_head", d.vocab * h * 2)
     xlm = s.a(n * h * c)  # the final norm output's cast (saved)
-    logits = s.a(n * d.vocab * c)
-    l32 = s.a(n * d.vocab * 4)
-    lsm = s.a(n * d.vocab * 4)
+    logits, l32, lsm = _loss_fwd(s, n, d.vocab, c)
     s.f(l32, yf, logits)
     if d.checkpointing:  # autocast exits: the cached casts nothing saved (checkpointed layers saved none)
         s.f(*(i for name, i in cache.items() if name != "lm_head"))
-    g1 = s.a(n * d.vocab * 4)
-    g2 = s.a(n * d.vocab * 4)
-    s.f(g1, lsm)
-    gb = s.a(n * d.vocab * c)
-    s.f(g2)
+    gb = _loss_bwd(s, n, d.vocab, c, lsm)
     gw = s.a(d.vocab * h * 2)  # MmBackward of the LM head: bf16 weight gradient, then input gradient
     if k == 0:  # the autograd thread's own cuBLAS handle and workspace, at its first matmul
         s.a(CUBLAS_WORKSPACE_BYTES)
@@ -847,18 +858,12 @@ def step_sequence(spec, opts, steps: int = 3, include_build: bool = True,
             # final norm, lm_head, loss
             yf, nf = _norm_fwd(s, d, keep=True)
             s.f(x)
-            logits = s.a(n * d.vocab * c)
-            l32 = s.a(n * d.vocab * 4)
-            lsm = s.a(n * d.vocab * 4)
+            logits, l32, lsm = _loss_fwd(s, n, d.vocab, c)
             s.f(l32)
             s.f(logits)
             if not d.checkpointing:
                 s.f(emb)
-            g1 = s.a(n * d.vocab * 4)
-            g2 = s.a(n * d.vocab * 4)
-            s.f(g1, lsm)
-            gb = s.a(n * d.vocab * c)
-            s.f(g2)
+            gb = _loss_bwd(s, n, d.vocab, c, lsm)
             grads["lm_head"] = s.a(d.vocab * h * d.wbytes)
             if k == 0:  # the autograd thread's own cuBLAS handle and workspace, at its first matmul
                 s.a(CUBLAS_WORKSPACE_BYTES)

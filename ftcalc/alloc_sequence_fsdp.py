@@ -41,6 +41,8 @@ from ftcalc.alloc_sequence import (  # the one-GPU op model: forward/backward of
     Dims,
     _layer_bwd,
     _layer_fwd,
+    _loss_bwd,
+    _loss_fwd,
     _norm_bwd,
     _norm_fwd,
     _optimizer,
@@ -161,20 +163,14 @@ def fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2, reshard_after_
         s.f(x)
         if d.mixed:
             wlm = s.a(d.vocab * h * 2)
-        logits = s.a(n * d.vocab * c)
-        l32 = s.a(n * d.vocab * 4)
-        lsm = s.a(n * d.vocab * 4)
+        logits, l32, lsm = _loss_fwd(s, n, d.vocab, c)
         s.f(l32)
         s.f(logits)
         s.f(ag["prev"])  # the tail's buffer
         ag["prev"] = None
         if not d.checkpointing:
             s.f(emb)
-        g1 = s.a(n * d.vocab * 4)
-        g2 = s.a(n * d.vocab * 4)
-        s.f(g1, lsm)
-        gb = s.a(n * d.vocab * c)
-        s.f(g2)
+        gb = _loss_bwd(s, n, d.vocab, c, lsm)
         g_lm = s.a(d.vocab * h * w)
         dy = s.a(n * h * c)
         s.f(gb)
