@@ -70,7 +70,7 @@ backward's compute (``ddp_comm_overlap`` 0: scripts/nccl_bench.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -79,13 +79,13 @@ import numpy as np
 
 from ftcalc._paths import data_dir
 from ftcalc.errors import DataFileError
-from ftcalc.throughput import overlap
+from ftcalc.throughput import StepParts
 
 __all__ = [
     "SHARDINGS", "SINGLE", "DDP", "FSDP", "FSDP_OFFLOAD", "FSDP_GRAD_OP",
     "Assumptions", "load_assumptions", "ModelStates",
     "device_used_per_gpu", "allocated_per_gpu", "compute_stream_peak", "collective_pool_bytes", "link_efficiency",
-    "comm_bandwidth_bytes_per_s", "step_seconds_parallel", "MicroBatchTimes",
+    "comm_bandwidth_bytes_per_s", "step_seconds_parallel",
     "startup_seconds", "checkpoint_seconds", "host_bytes_offload",
 ]
 
@@ -382,29 +382,7 @@ def comm_bandwidth_bytes_per_s(interconnect_gbps: Any, link_efficiency: Any, p2p
     return out if np.ndim(out) else float(out)
 
 
-@dataclass(frozen=True)
-class MicroBatchTimes:
-    """One GPU's step in parts (ftcalc.throughput.step_parts), arrays over candidates: a micro-batch's forward +
-    backward on the GPU (``gpu_s``) and the host's launch time for it (``cpu_s``), one optimizer update holding
-    all states (``optimizer_s``), and the overlap exponent of the two sides."""
-
-    gpu_s: Any
-    cpu_s: Any
-    optimizer_s: Any
-    power: float
-    optimizer_host_s: Any = 0.0  # the update's per-tensor host work (not divided by FSDP's sharding)
-
-    @property
-    def micro_batch_s(self) -> Any:
-        return overlap(self.gpu_s, self.cpu_s, self.power)
-
-    def take(self, *index: Any) -> MicroBatchTimes:
-        host = np.broadcast_to(np.asarray(self.optimizer_host_s, dtype=float), np.shape(self.optimizer_s))
-        return replace(self, gpu_s=np.asarray(self.gpu_s)[index], cpu_s=np.asarray(self.cpu_s)[index],
-                       optimizer_s=np.asarray(self.optimizer_s)[index], optimizer_host_s=host[index])
-
-
-def step_seconds_parallel(times: MicroBatchTimes, sharding: Any, num_gpus: Any, grad_accum: Any,
+def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_accum: Any,
                           gather_bytes: Any, grad_bytes: Any, trainable_params: Any, num_instances: Any,
                           bandwidth_bytes_per_s: Any, a: Assumptions, units: Any = 0.0,
                           untie: Any = 1.0) -> tuple[Any, Any]:

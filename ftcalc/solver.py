@@ -66,6 +66,7 @@ from ftcalc.memory import (
 )
 from ftcalc.options import METHODS, TrainingOptions, make_options
 from ftcalc.pricing import PriceRow, cheapest_instances, load_prices
+from ftcalc.throughput import StepParts
 
 __all__ = ["recommend", "Recommendation", "Plan", "Rejected", "UnknownProviderError", "MICRO_BATCH_SIZES"]
 
@@ -293,7 +294,7 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
     return opts_list, sh.ModelStates(**arrays, gap_fraction=c.reserved_gap_fraction)
 
 
-def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: list[GPU]) -> sh.MicroBatchTimes:
+def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: list[GPU]) -> StepParts:
     """Each [config, gpu]: one micro-batch's forward + backward (with its GPU and host-launch sides) and one
     optimizer update (ftcalc.throughput.step_parts)."""
     from ftcalc.throughput import load_throughput, step_parts
@@ -305,8 +306,7 @@ def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: 
         for j, g in enumerate(gpus):
             p = step_parts(spec, opts, g, tc)
             gpu_s[i, j], cpu_s[i, j], opt_s[i, j], host_s[i, j] = p.gpu_s, p.cpu_s, p.optimizer_s, p.optimizer_host_s
-    return sh.MicroBatchTimes(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=tc.overlap_power,
-                              optimizer_host_s=host_s)
+    return StepParts(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=tc.overlap_power, optimizer_host_s=host_s)
 
 
 class _Offers:
@@ -530,7 +530,7 @@ class _Candidates:
     """
 
     def __init__(self, spec: ModelSpec, opts_list: list[TrainingOptions], states: sh.ModelStates,
-                 times: sh.MicroBatchTimes, gpus: list[GPU], offers: _Offers, target: int,
+                 times: StepParts, gpus: list[GPU], offers: _Offers, target: int,
                  seq_len: int, total_tokens: float, headroom: float, a: sh.Assumptions) -> None:
         self.opts_list, self.states, self.gpus, self.offers, self.seq_len = opts_list, states, gpus, offers, seq_len
         ci, si, ki = (x.ravel() for x in np.meshgrid(np.arange(len(opts_list)), np.arange(len(sh.SHARDINGS)),

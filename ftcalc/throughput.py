@@ -34,7 +34,7 @@ move to other GPUs through their datasheet bf16 rate and memory bandwidth (data/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -137,22 +137,35 @@ def flops_per_token(spec: ModelSpec, opts: TrainingOptions) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class StepParts:
-    """One step of one GPU in its parts (seconds, already on the GPU's speed).
+    """One step of one GPU in its parts (seconds, already on the GPU's speed): floats for one configuration,
+    or arrays over candidates (the solver: ``take``).
 
     ``gpu_s`` / ``cpu_s``: one micro-batch's forward + backward on the GPU and the host's launch time for it;
     ``optimizer_s``: one optimizer update, of which ``optimizer_host_s`` is the per-tensor host work (it does not
     shrink when FSDP shards the tensors); ``power``: the overlap exponent of the two sides."""
 
-    gpu_s: float
-    cpu_s: float
-    optimizer_s: float
+    gpu_s: Any
+    cpu_s: Any
+    optimizer_s: Any
     power: float
-    optimizer_host_s: float = 0.0
+    optimizer_host_s: Any = 0.0
 
     @property
-    def micro_batch_s(self) -> float:
+    def micro_batch_s(self) -> Any:
         """One micro-batch's forward + backward (to the loss read)."""
         return overlap(self.gpu_s, self.cpu_s, self.power)
+
+    def per_micro_batch_s(self, grad_accum: Any) -> Any:
+        """Seconds per micro-batch, the optimizer update's share included (one per ``grad_accum`` micro-batches)."""
+        return self.micro_batch_s + self.optimizer_s / grad_accum
+
+    def take(self, *index: Any) -> StepParts:
+        """The parts at ``index`` of array-valued parts."""
+        import numpy as np
+
+        host = np.broadcast_to(np.asarray(self.optimizer_host_s, dtype=float), np.shape(self.optimizer_s))
+        return replace(self, gpu_s=np.asarray(self.gpu_s)[index], cpu_s=np.asarray(self.cpu_s)[index],
+                       optimizer_s=np.asarray(self.optimizer_s)[index], optimizer_host_s=host[index])
 
 
 def overlap(gpu_s: Any, cpu_s: Any, power: float) -> Any:
@@ -226,8 +239,7 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
 def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:
     """Predicted seconds per micro-batch on one GPU, the optimizer update's share included (one update per
     ``gradient_accumulation_steps`` micro-batches)."""
-    parts = step_parts(spec, opts, gpu, tc)
-    return parts.micro_batch_s + parts.optimizer_s / opts.gradient_accumulation_steps
+    return step_parts(spec, opts, gpu, tc).per_micro_batch_s(opts.gradient_accumulation_steps)
 
 
 def tokens_per_second(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:

@@ -24,6 +24,7 @@ from ftcalc.options import make_options
 from ftcalc.pricing import REQUIRED_COLUMNS, cheapest_instances, load_prices
 from ftcalc.solver import recommend
 from ftcalc.solver_cli import add_recommend_parser, main, parse_hours, parse_tokens, parse_usd
+from ftcalc.throughput import StepParts
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
@@ -82,7 +83,7 @@ def test_gradient_accumulation_keeps_gradients_alive():
 
 
 def _times(gpu_s, cpu_s=0.0, opt_s=0.1, power=4.0):
-    return sh.MicroBatchTimes(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=power)
+    return StepParts(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=power)
 
 
 def test_communication_exposes_only_what_compute_cannot_hide():
@@ -294,9 +295,7 @@ def _brute_force(model, methods, gpus, providers, max_gpus, tokens, seq_len=2048
                         continue
                     ga = max(1, math.ceil(target / (mb * n)))
                     st = states.take(i)
-                    parts = step_parts(spec, opts, g, tc)
-                    times = sh.MicroBatchTimes(parts.gpu_s, parts.cpu_s, parts.optimizer_s, parts.power,
-                                               parts.optimizer_host_s)
+                    times = step_parts(spec, opts, g, tc)
                     for s in ((sh.SINGLE, sh.FSDP_OFFLOAD) if n == 1 else (sh.DDP, sh.FSDP, sh.FSDP_OFFLOAD)):
                         gap = (simulated_fsdp_gap_bytes(spec, opts, n)
                                if s == sh.FSDP and opts.method == "full" and ga == 1 else None)
