@@ -675,7 +675,11 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     # segments): freed logits-sized blocks that later requests of other sizes cannot reuse, and in full
     # fine-tuning without checkpointing, gradients that cannot take the activations' freed blocks.
     logits_fp32 = 0.0 if opts.loss == "fused" else 4.0 * n * arch.vocab_size
-    gap = c.reserved_gap_fixed + c.reserved_gap_per_logits_byte * logits_fp32 + c.reserved_gap_per_layer_byte * layer_act
+    # the step's transient tensors (loss buffers, activations, eager scores); full fine-tuning adds its own terms
+    transient_gap = c.reserved_gap_fixed + c.reserved_gap_per_logits_byte * logits_fp32 + c.reserved_gap_per_layer_byte * layer_act
+    if attn == "eager":
+        transient_gap += c.reserved_gap_eager_scores * 4.0 * opts.batch_size * arch.num_heads * opts.seq_len ** 2
+    gap = transient_gap
     if opts.method == "full" and not opts.checkpointing:
         # gradients allocated in backward as activations are freed can reuse a freed activation block
         # only when they are not larger than it. The share of gradient bytes in tensors larger than an MLP
@@ -690,11 +694,6 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         # empirical (5 runs): full fine-tuning of tied-embedding models holds 1-4 extra fp32 logits blocks;
         # the embedding's second gradient (embedding backward, accumulated into the head's) is the suspect
         gap += c.reserved_gap_tied_full_logits * logits_fp32
-    eager_gap = c.reserved_gap_eager_scores * 4.0 * opts.batch_size * arch.num_heads * opts.seq_len ** 2 \
-        if attn == "eager" else 0.0
-    transient_gap = (c.reserved_gap_fixed + c.reserved_gap_per_logits_byte * logits_fp32
-                     + c.reserved_gap_per_layer_byte * layer_act + eager_gap)
-    gap += eager_gap
     # The pool peaks at some phase with that phase's fragmentation: at the optimizer step the logits
     # blocks of the loss are still cached; at the loss the previous step's optimizer temporaries are
     # cached blocks too small for the logits buffers. Reserved is the largest phase total (a max of

@@ -193,9 +193,12 @@ class ModelStates:
             object.__setattr__(self, "untied_share", np.zeros(np.shape(self.weights)))
 
     def untie(self, sharding: Any) -> Any:
-        """The factor on weights (and, for full fine-tuning, gradients and optimizer states) under ``sharding``:
-        1 + ``untied_share`` under FSDP, 1 otherwise."""
+        """The factor on the weights under ``sharding``: 1 + ``untied_share`` under FSDP, 1 otherwise."""
         return 1.0 + np.where(_fsdp(np.asarray(sharding)), self.untied_share, 0.0)
+
+    def untie_trainable(self, sharding: Any) -> Any:
+        """The same factor on what is trained (gradients, optimizer states, the update): full fine-tuning only."""
+        return np.where(self.full, self.untie(sharding), 1.0)
 
     def take(self, i: Any) -> ModelStates:
         """The states of configuration(s) ``i`` (an index or an index array)."""
@@ -212,10 +215,9 @@ def _phases(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> t
     accum = np.asarray(grad_accum) > 1
     keep = _keep(sh, n)
     states = st.weights + st.adapters + st.opt_states
-    u = st.untie(sh)  # FSDP: the embedding's parameters twice (tied models)
-    u_full = np.where(st.full, u, 1.0)
-    states_g = (st.weights * u + st.adapters + st.opt_states * u_full) * keep
-    grads_g = st.grads * u_full * keep
+    u, u_train = st.untie(sh), st.untie_trainable(sh)  # FSDP: the embedding's parameters twice (tied models)
+    states_g = (st.weights * u + st.adapters + st.opt_states * u_train) * keep
+    grads_g = st.grads * u_train * keep
     # units gathered in full beside the own shard (which is in states_g): at the loss the tail unit and the
     # last layer (prefetched for backward); in a layer's backward the current and the prefetched layer (and
     # a tied tail, which holds the embedding used last). Shard-grad-op keeps every unit gathered from its
@@ -357,9 +359,8 @@ def outside_allocator_bytes(st: ModelStates, sharding: Any, keep: Any, nccl_buff
 def host_bytes_offload(st: ModelStates) -> Any:
     """Host RAM that FSDP CPU offload needs for the whole job: parameters, gradients, optimizer states and
     the optimizer's temporaries of every rank (all ranks of a node share its RAM)."""
-    u = st.untie(FSDP_OFFLOAD)
-    u_full = np.where(st.full, u, 1.0)
-    return st.weights * u + st.adapters + (st.grads + st.opt_states + st.step_tmp) * u_full + st.opt_paged
+    return (st.weights * st.untie(FSDP_OFFLOAD) + st.adapters
+            + (st.grads + st.opt_states + st.step_tmp) * st.untie_trainable(FSDP_OFFLOAD) + st.opt_paged)
 
 
 def link_efficiency(interconnect: str, a: Assumptions) -> float:
@@ -395,8 +396,8 @@ def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_a
         grad_bytes: gradient bytes (all-reduced / reduce-scattered).
         trainable_params: for the CPU optimizer under offload.
         units: FSDP units (ModelStates.units), for the fixed cost per collective.
-        untie: the factor on the trainable parameters under FSDP (``ModelStates.untie``: tied embeddings are
-            untied by the sharded build), for the optimizer update.
+        untie: the factor on the trainable parameters under FSDP (``ModelStates.untie_trainable``: tied
+            embeddings are untied by the sharded build), for the optimizer update.
     """
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)

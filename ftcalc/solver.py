@@ -574,7 +574,7 @@ class _Candidates:
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
         self.step_s, self.compute_s = sh.step_seconds_parallel(
             times.take(ci, gi), si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
-            offers.instances[ki], bw, a, units=st.units, untie=np.where(st.full, st.untie(si), 1.0))
+            offers.instances[ki], bw, a, units=st.units, untie=st.untie_trainable(si))
         self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
         train_s = self.steps * self.step_s
         resume_bytes = np.where(st.full, st.weights, st.adapters) + st.opt_states + st.opt_paged

@@ -309,7 +309,7 @@ def _brute_force(model, methods, gpus, providers, max_gpus, tokens, seq_len=2048
                         step, _ = sh.step_seconds_parallel(times, s, n, ga,
                                                            st.weights + st.adapters, st.grads,
                                                            st.trainable_params, ch.num_instances, bw, a,
-                                                           units=st.units, untie=np.where(st.full, st.untie(s), 1.0))
+                                                           units=st.units, untie=st.untie_trainable(s))
                         steps = math.ceil(tokens / (mb * n * ga * seq_len))
                         train = steps * step
                         resume = (st.weights if st.full else st.adapters) + st.opt_states + st.opt_paged
