@@ -263,13 +263,14 @@ def write_allocator_trace(dev: Any, path: Path, row: dict[str, Any], frames_min_
 
 def _child(cfg: dict[str, Any], out_path: str) -> None:
     try:
-        model = cfg.pop("model")
-        steps = int(cfg.pop("steps", 6))
-        warm = int(cfg.pop("warmup_steps", 2))
-        run_id = cfg.pop("run_id", None)
-        row = profile(model, make_options(**cfg), steps=steps, warmup_steps=warm, run_id=run_id)
+        opts_kw = dict(cfg)
+        model = opts_kw.pop("model")
+        steps = int(opts_kw.pop("steps", 6))
+        warm = int(opts_kw.pop("warmup_steps", 2))
+        run_id = opts_kw.pop("run_id", None)
+        row = profile(model, make_options(**opts_kw), steps=steps, warmup_steps=warm, run_id=run_id)
     except BaseException as e:  # noqa: BLE001
-        row = {"run_id": cfg.get("run_id"), "model": cfg.get("model"), **cfg, "outcome": "error",
+        row = {**cfg, "outcome": "error",
                "error": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()[-2000:]}
     record_rows([row], out_path)
 
