@@ -275,8 +275,12 @@ def _child(cfg: dict[str, Any], out_path: str) -> None:
     record_rows([row], out_path)
 
 
-def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
-    """Run every configuration of a JSONL plan, each in a fresh child process, appending rows to ``out_path``."""
+def run_batch(plan_path: str, out_path: str, timeout_s: float = 300, only: str | None = None) -> None:
+    """Run every configuration of a JSONL plan, each in a fresh child process, appending rows to ``out_path``.
+
+    ``only`` (``multi`` or ``single``) runs the lines on several GPUs or the one-GPU lines alone, with the run
+    ids of the whole plan (``<plan>-<index>``): a machine can run a plan's one-GPU lines after its multi-GPU
+    ones, the other GPUs idle (scripts/gpu_call_m.sh)."""
     import multiprocessing as mp
 
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -290,6 +294,8 @@ def run_batch(plan_path: str, out_path: str, timeout_s: float = 300) -> None:
     ctx = mp.get_context("fork" if use_fork else "spawn")
     for i, cfg in enumerate(plans):
         cfg.setdefault("run_id", f"{Path(plan_path).stem}-{i:03d}")
+        if only and (int(cfg.get("num_gpus", 1)) > 1) != (only == "multi"):
+            continue
         t0 = time.time()
         if int(cfg.get("num_gpus", 1)) > 1:
             _run_distributed(cfg, out_path, timeout_s)
@@ -409,6 +415,7 @@ if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out 
     ap.add_argument("--batch", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--only", choices=["multi", "single"], help="only the lines on several GPUs, or on one")
     a = ap.parse_args()
-    run_batch(a.batch, a.out, a.timeout)
+    run_batch(a.batch, a.out, a.timeout, a.only)
     sys.exit(0)

@@ -12,18 +12,10 @@ for n in 2 4; do
   timeout 120 python3 -m torch.distributed.run --standalone --nproc-per-node=$n scripts/nccl_bench.py --out "$out/nccl.jsonl" 2>&1 | grep -v -i warn | tail -3
 done
 python3 -m ftcalc.profile --batch scripts/plans/trace3.jsonl --out /tmp/tr3/rows.jsonl --timeout 200 2>&1 | grep "^\[" 
-python3 - <<'PY'
-import json
-lines = [json.loads(x) for x in open("scripts/plans/i.jsonl")]
-for i, l in enumerate(lines):
-    l["run_id"] = f"i-{i:03d}"
-open("/tmp/i_multi.jsonl", "w").writelines(json.dumps(l) + "\n" for l in lines if l.get("num_gpus", 1) > 1)
-open("/tmp/i_single.jsonl", "w").writelines(json.dumps(l) + "\n" for l in lines if l.get("num_gpus", 1) == 1)
-PY
-python3 -m ftcalc.profile --batch /tmp/i_multi.jsonl --out "$out/i.jsonl" --timeout 200 2>&1 | grep "^\["
+python3 -m ftcalc.profile --batch scripts/plans/i.jsonl --only multi --out "$out/i.jsonl" --timeout 200 2>&1 | grep "^\["
 (CUDA_VISIBLE_DEVICES=3 python3 scripts/alloc_trace.py --batch scripts/plans/trace4.jsonl --out /tmp/tr4 > /tmp/tr4/log.txt 2>&1) &
 tp=$!
-CUDA_VISIBLE_DEVICES=0 python3 -m ftcalc.profile --batch /tmp/i_single.jsonl --out "$out/i.jsonl" --timeout 200 2>&1 | grep "^\["
+CUDA_VISIBLE_DEVICES=0 python3 -m ftcalc.profile --batch scripts/plans/i.jsonl --only single --out "$out/i.jsonl" --timeout 200 2>&1 | grep "^\["
 wait $tp
 cat /tmp/tr4/log.txt
 cp /tmp/tr3/rows.jsonl "$out/trace3_rows.jsonl" 2>/dev/null

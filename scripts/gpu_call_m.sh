@@ -9,13 +9,5 @@ export PYTHONPATH=$PWD/.site:$PWD FTCALC_GIT_COMMIT=$C PYTHONUNBUFFERED=1 NCCL_N
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 (lscpu | head -20; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) > "$out/host.txt" 2>&1
-python3 - <<'PY'
-import json
-lines = [json.loads(x) for x in open("scripts/plans/m.jsonl")]
-for i, l in enumerate(lines):
-    l["run_id"] = f"m-{i:03d}"
-open("/tmp/m_multi.jsonl", "w").writelines(json.dumps(l) + "\n" for l in lines if l.get("num_gpus", 1) > 1)
-open("/tmp/m_single.jsonl", "w").writelines(json.dumps(l) + "\n" for l in lines if l.get("num_gpus", 1) == 1)
-PY
-python3 -m ftcalc.profile --batch /tmp/m_multi.jsonl --out "$out/m.jsonl" --timeout 200 2>&1 | grep "^\["
-CUDA_VISIBLE_DEVICES=0 python3 -m ftcalc.profile --batch /tmp/m_single.jsonl --out "$out/m.jsonl" --timeout 200 2>&1 | grep "^\["
+python3 -m ftcalc.profile --batch scripts/plans/m.jsonl --only multi --out "$out/m.jsonl" --timeout 200 2>&1 | grep "^\["
+CUDA_VISIBLE_DEVICES=0 python3 -m ftcalc.profile --batch scripts/plans/m.jsonl --only single --out "$out/m.jsonl" --timeout 200 2>&1 | grep "^\["

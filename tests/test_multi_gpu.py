@@ -166,3 +166,22 @@ def test_gradient_accumulation_is_counted_once(strategy):
         single = estimate_memory(spec.arch, inventory(spec.arch), opts, load_coefficients(),
                                  gpu_memory_bytes=get_gpu("h200").memory_bytes)
         assert e.peak_allocated_bytes == pytest.approx(single.peak_allocated_bytes, rel=0.01)
+
+
+def test_batch_runner_runs_one_kind_of_line_with_the_plans_run_ids(tmp_path):
+    """python -m ftcalc.profile --batch PLAN --only multi|single: the lines on several GPUs, or the one-GPU lines
+    (here on CPU: the DDP line through torchrun with gloo, the one-GPU line recorded as an error without CUDA),
+    each row keeping its index in the whole plan."""
+    from ftcalc.profile import run_batch
+
+    line = {"model": "ftcalc/tiny-llama", "method": "full", "seq_len": 32, "batch_size": 2, "steps": 2,
+            "warmup_steps": 1}
+    plan = tmp_path / "p.jsonl"
+    plan.write_text(json.dumps(line) + "\n" + json.dumps({**line, "num_gpus": 2, "distribution": "ddp"}) + "\n")
+    out = tmp_path / "rows.jsonl"
+    run_batch(str(plan), str(out), timeout_s=120, only="multi")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["run_id"], r["num_gpus"], r["outcome"]) for r in rows] == [("p-001", 2, "ok")]
+    run_batch(str(plan), str(out), timeout_s=120, only="single")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["run_id"] for r in rows] == ["p-001", "p-000"]
