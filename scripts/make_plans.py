@@ -206,6 +206,20 @@ PLANS = {
         c("meta-llama/Llama-3.1-405B", "lora", 1024, 1, num_gpus=8, distribution="fsdp", steps=4, warmup_steps=1),
         c("meta-llama/Llama-3.1-405B", "lora", 2048, 1, num_gpus=8, distribution="fsdp", steps=4, warmup_steps=1),
     ],
+    # fifth session, on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
+    # data/predictions/p.json) 8-GPU rows for issue 7 (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
+    # third host for i-003's configuration (its repeat m-000 was within 2 %), and its one-GPU twin with no
+    # other process on the host
+    "p": [
+        c("meta-llama/Llama-3.2-3B", "full", 1024, 1, gradient_checkpointing=True, num_gpus=4, distribution="ddp",
+          steps=8, warmup_steps=3),
+        c(L8, "full", 2048, 2, gradient_checkpointing=True, num_gpus=8, distribution="fsdp", steps=8, warmup_steps=3),
+        c(Q7, "full", 4096, 1, gradient_checkpointing=True, num_gpus=8, distribution="fsdp",
+          reshard_after_forward=False, steps=8, warmup_steps=3),
+        c(L8, "lora", 2048, 2, num_gpus=8, distribution="ddp", steps=8, warmup_steps=3),
+        c(L70, "lora", 2048, 1, num_gpus=8, distribution="fsdp", steps=6, warmup_steps=2),
+        c("meta-llama/Llama-3.2-3B", "full", 1024, 1, gradient_checkpointing=True, steps=8, warmup_steps=3),
+    ],
 }
 
 if __name__ == "__main__":
