@@ -202,6 +202,20 @@ def make_accelerator(spec: ModelSpec, strategy: str, reshard_after_forward: bool
     return Accelerator(**kwargs)
 
 
+def offloads_params(fsdp_plugin: Any) -> bool:
+    """Whether accelerate's FSDP plugin keeps the parameters in host memory. accelerate turns
+    ``cpu_offload=False`` into FSDP2's base ``OffloadPolicy()`` (no offload), an object that is truthy: only
+    its ``CPUOffloadPolicy`` subclass (FSDP2) or ``CPUOffload(offload_params=True)`` (FSDP1) offloads."""
+    from torch.distributed.fsdp import CPUOffload, CPUOffloadPolicy
+
+    policy = getattr(fsdp_plugin, "cpu_offload", None)
+    if isinstance(policy, CPUOffloadPolicy):
+        return True
+    if isinstance(policy, CPUOffload):
+        return bool(policy.offload_params)
+    return policy is True
+
+
 def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any, device: str) -> Any:
     """FSDP2 with random weights: the model is built on the meta device, adapted (peft), sharded by
     ``accelerator.prepare`` (which leaves meta parameters on meta), and only then materialized: each rank
@@ -237,7 +251,7 @@ def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any
             "under torchrun or accelerate launch on CUDA GPUs")
     model = fsdp2_prepare_model(accelerator, model)
     accelerator._models.append(model)  # as prepare() does (clip_grad_norm_, unwrap_model, no_sync use it)
-    offload = bool(getattr(accelerator.state.fsdp_plugin, "cpu_offload", None))
+    offload = offloads_params(accelerator.state.fsdp_plugin)
     model.to_empty(device="cpu" if offload else device)
     with torch.no_grad():
         for name, p in model.named_parameters():

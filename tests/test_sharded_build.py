@@ -35,3 +35,17 @@ def test_sharded_random_build_trains(method, tmp_path):
         assert r["fsdp_modules"] >= 3  # decoder layers, embedding, tail, root
         assert 0.45 * r["full"] <= r["local"] <= 0.55 * r["full"] + 1000, r
         assert len(r["losses"]) == 3 and all(0 < v < 20 for v in r["losses"]), r
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("cpu_offload", [False, True])
+def test_offloads_params_reads_accelerates_plugin(version, cpu_offload):
+    """accelerate turns cpu_offload=False into FSDP2's base OffloadPolicy(), which is truthy: the sharded
+    build once read it with bool() and materialized every non-offloaded 70B shard in host memory (plan h's
+    first runs on 8xH200 failed on it)."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from ftcalc.recipe import offloads_params
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=version, cpu_offload=cpu_offload)
+    assert offloads_params(plugin) is cpu_offload
