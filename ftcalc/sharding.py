@@ -108,6 +108,7 @@ class Assumptions:
     no_p2p_factor: float
     inter_node_gbps_per_gpu: float
     comm_overlap: float
+    comm_contention: float
     ddp_comm_overlap: float
     ddp_bucket_share: dict[str, float]
     offload_host_gbps: float
@@ -421,7 +422,12 @@ def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_a
     ddp_exposed = np.maximum(2.0 * ring * grad_bytes / (bandwidth_bytes_per_s * share)
                              - a.ddp_comm_overlap * micro_batch_s, 0.0)
     gathers = np.where(sh == FSDP_GRAD_OP, 1.0, 2.0)  # shard-grad-op: no re-gather in backward
-    fsdp_exposed = np.maximum(ring * (gathers * gather_bytes + grad_bytes) / bandwidth_bytes_per_s - hide, 0.0)
+    fsdp_comm = ring * (gathers * gather_bytes + grad_bytes) / bandwidth_bytes_per_s
+    fsdp_exposed = np.maximum(fsdp_comm - hide, 0.0)
+    # the hidden part is not free: while a collective runs beside the matmuls its NCCL kernel holds some of
+    # the SMs (24 of an H100's 132 for an all-gather), so the compute stream runs that much slower
+    # (comm_contention, data/solver_assumptions.json)
+    contention = a.comm_contention * np.minimum(fsdp_comm, hide)
     # offload: the GPU's parameter shard copied in for each all-gather (2 per micro-batch), its gradient
     # shard copied out, all over the host link, not overlapped
     offload_copy = (2.0 * gather_bytes + grad_bytes) / n / (a.offload_host_gbps * 1e9)
@@ -430,7 +436,8 @@ def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_a
     # FSDP's fixed cost per unit and collective (all-gather in forward, again in backward, reduce-scatter):
     # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
     latency = (gathers + 1.0) * np.asarray(units, dtype=float) * a.fsdp_collective_latency_s
-    per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + latency, 0.0) + np.where(off, offload_copy, 0.0))
+    per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + contention + latency, 0.0)
+                 + np.where(off, offload_copy, 0.0))
     opt = np.where(off, cpu_step, np.where(fsdp, opt_fsdp, optimizer_s))
     step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt
     compute = ga * micro_batch_s + np.where(off, 0.0, np.where(fsdp, opt_fsdp, optimizer_s))
