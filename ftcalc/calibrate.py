@@ -94,6 +94,7 @@ def validate_multi_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rec[f"pred_{key}"], rec[f"meas_{key}"] = pred, row.get(key)
             rec[f"err_{key.replace('_bytes', '')}"] = _rel(pred, row[key]) if row.get(key) else float("nan")
         rec["pred_scaling_efficiency"] = e.scaling_efficiency
+        rec["host_bound"] = e.host_bound  # the forward + backward bound by the host's launches (HOST_BOUND_NOTE)
         out.append(rec)
     return out
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import Any
 
 from ftcalc.errors import FtcalcError
@@ -101,6 +102,10 @@ def _print_estimate(est: Any) -> None:
             if est.hours is not None:
                 line += f"; {est.dataset_tokens / 1e6:,.0f}M tokens -> {est.hours:.2f} h"
             print(line)
+            if est.host_bound:
+                from ftcalc.throughput import HOST_BOUND_NOTE
+
+                print(textwrap.fill(HOST_BOUND_NOTE, 80, initial_indent="  ", subsequent_indent="  "))
     print(f"\ncoefficients: {est.coefficients}")
 
 
@@ -155,7 +160,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         print(f"  fits  {how:8s} {g.gpu:16s} {g.gpu_memory_bytes / GIB:6.1f} GiB  "
               f"{g.device_used_bytes / GIB:7.2f} GiB/GPU, headroom {g.headroom_bytes / GIB:+7.2f} GiB")
     if any(g.sharding == "fsdp" for g in r.fitting):
-        print("  (multi-GPU figures: FSDP full-shard, validated on 2x and 4xH200 only: docs/multi-gpu.md)")
+        print("  (multi-GPU figures: FSDP full-shard, validated on 2x, 4x and 8xH200 only: docs/multi-gpu.md)")
     if not r.fitting:
         from ftcalc.errors import DoesNotFitError
 

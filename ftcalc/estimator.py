@@ -69,6 +69,9 @@ class Estimate(BaseModel):
     headroom_bytes: int | None = None
     fit_note: str | None = None
     tokens_per_second: float | None = None
+    # the host's kernel-launch time of a micro-batch's forward + backward over the GPU's time for it (with
+    # ``gpu``); above 1 the speed is the host's, which varied by up to 40 % between machines (HOST_BOUND_NOTE)
+    host_launch_ratio: float | None = None
     hours: float | None = None
     dataset_tokens: int | None = None
     coefficients: str = ""
@@ -77,6 +80,11 @@ class Estimate(BaseModel):
     distribution: str | None = None
     per_gpu_peak_allocated_bytes: int | None = None
     per_gpu_device_used_bytes: int | None = None
+
+    @property
+    def host_bound(self) -> bool:
+        """The step's forward + backward is bound by the host's kernel launches (tokens/s less certain)."""
+        return bool(self.host_launch_ratio and self.host_launch_ratio > 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -163,11 +171,16 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
                 note = "near the limit: the allocator will have to free cached blocks and retry"
             else:
                 note = f"needs {mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB"
-    tps = hours = None
+    tps = hours = launch_ratio = None
     if gpu_obj is not None:
-        from ftcalc.throughput import tokens_per_second
+        from ftcalc.throughput import step_parts, tokens_per_second
 
         tps = par.tokens_per_second_per_gpu if par is not None else tokens_per_second(spec, opts, gpu_obj)
+        if par is not None:
+            launch_ratio = par.host_launch_ratio
+        else:
+            parts = step_parts(spec, opts, gpu_obj)
+            launch_ratio = float(parts.cpu_s / parts.gpu_s)
         if dataset_tokens:
             hours = dataset_tokens * epochs / (tps * opts.num_gpus) / 3600
     attn = resolve_attention(arch, opts)
@@ -183,7 +196,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         activation_bytes_per_token_per_layer=mem.activation_per_token_per_layer,
         eval_kv_cache_bytes=int(kv_cache_bytes(arch, opts.batch_size, opts.seq_len)),
         gpu=gpu_obj.gpu if gpu_obj else None, gpu_memory_bytes=cap, fits=fits, headroom_bytes=headroom,
-        fit_note=note, tokens_per_second=tps, hours=hours, dataset_tokens=dataset_tokens,
+        fit_note=note, tokens_per_second=tps, host_launch_ratio=launch_ratio, hours=hours, dataset_tokens=dataset_tokens,
         coefficients=c.source,
         distribution=par.strategy if par else None,
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,

@@ -185,7 +185,7 @@ def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.0
             coeffs: Coefficients | None = None) -> MinGPU:
     """GPUs (smallest memory first) on which ``opts`` fits: one GPU, or else the fewest GPUs of that type
     (2, 4, 8, up to ``max_gpus`` and the node size) with FSDP full-shard. The multi-GPU figures come from
-    ftcalc/sharding.py (validated on 2x and 4xH200: docs/multi-gpu.md)."""
+    ftcalc/sharding.py (validated on 2x, 4x and 8xH200: docs/multi-gpu.md)."""
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     c = coeffs or load_coefficients()
     e = estimate_memory(spec.arch, inventory(spec.arch), opts, c, fragmentation="simulated")

@@ -234,6 +234,10 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
         notes.append(f"the estimator predicts this does NOT fit on {est.gpu}: {est.fit_note}")
     if est.tokens_per_second:
         pred["tokens_per_second"] = round(est.tokens_per_second, 1)
+        if est.host_bound:
+            from ftcalc.throughput import HOST_BOUND_NOTE
+
+            notes.append(HOST_BOUND_NOTE)
         pred["hours"] = total_tokens / (est.tokens_per_second * world) / 3600
         try:
             from ftcalc.pricing import cheapest_instances

@@ -101,7 +101,7 @@ sequence length {seq_len}. Memory in GiB (2^30 bytes).
 Device memory was predicted within {acc.get('median_abs', float('nan')) * 100:.1f}% (median) and
 {acc.get('max_abs', float('nan')) * 100:.1f}% (worst) on {acc.get('n', 0)} held-out H100/H200 runs of this kind of
 fine-tuning ({'full' if method == 'full' else 'LoRA/QLoRA'}); see docs/validation.md. GPUs other than H100/H200 are
-predicted by transfer; multi-GPU plans are validated on 2x and 4xH200 only (docs/multi-gpu.md).
+predicted by transfer; multi-GPU plans are validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md).
 """
     out_md.write_text(md)
     import pandas as pd  # noqa: F401  (to_html below)

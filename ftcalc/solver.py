@@ -33,8 +33,8 @@ What it does:
    by cost (then time) or time (then cost). ``rejected`` says why cheaper offers were left out.
 
 ``method="auto"`` chooses by cost or time alone: it does not weigh the quality difference between full
-fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are validated on 2x and 4xH200 only (docs/multi-gpu.md);
-more GPUs, several nodes and CPU offload are not measured.
+fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md);
+more GPUs and several nodes are not measured, CPU offload on 2xH200 only.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from ftcalc.memory import (
 )
 from ftcalc.options import METHODS, TrainingOptions, make_options
 from ftcalc.pricing import PriceRow, cheapest_instances, load_prices
-from ftcalc.throughput import StepParts
+from ftcalc.throughput import HOST_BOUND_NOTE, StepParts
 
 __all__ = ["recommend", "Recommendation", "Plan", "Rejected", "UnknownProviderError", "MICRO_BATCH_SIZES"]
 
@@ -77,7 +77,7 @@ DEFAULT_GLOBAL_BATCH = 16  # sequences per optimizer step (module docstring, poi
 # Within an offer, a simpler sharding whose objective is at most this much worse is preferred: the time
 # model's error (data/calibration_report.md) is larger, and DDP/FSDP carry overheads it does not model.
 SIMPLER_WITHIN = 0.02
-MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2x and 4xH200 only (docs/multi-gpu.md)"
+MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md)"
 
 
 class UnknownProviderError(InvalidArgumentError):
@@ -572,8 +572,10 @@ class _Candidates:
         link_eff = np.array([sh.link_efficiency(g.interconnect, a) for g in gpus])[gi]
         bw = sh.comm_bandwidth_bytes_per_s(np.array([g.interconnect_gbps for g in gpus])[gi], link_eff,
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
+        parts = times.take(ci, gi)
+        self.host_bound = np.asarray(parts.cpu_s) > np.asarray(parts.gpu_s)  # HOST_BOUND_NOTE
         self.step_s, self.compute_s = sh.step_seconds_parallel(
-            times.take(ci, gi), si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
+            parts, si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
             offers.instances[ki], bw, a, units=st.units, untie=st.untie_trainable(si))
         self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
         train_s = self.steps * self.step_s
@@ -601,6 +603,8 @@ class _Candidates:
             notes.append(MULTI_GPU_NOTE)
         if si == sh.FSDP_OFFLOAD:
             notes.append(f"CPU offload: needs about {self.host_need[j] / GB:.0f} GB of host RAM")
+        if self.host_bound[j]:
+            notes.append(HOST_BOUND_NOTE)
         tokens_step = self.global_seqs[j] * self.seq_len
         return Plan(
             rank=rank, provider=ch.provider, instance_type=ch.instance_type, region=ch.region, basis=ch.basis,

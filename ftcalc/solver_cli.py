@@ -173,7 +173,7 @@ def format_recommendation(rec: Any) -> str:
     lines += [""]
     foot = ("GiB = 2^30 bytes, GB = 10^9 bytes; hours include start-up and checkpoint saves; cost is every "
             "rented instance for that time, billed as the provider bills. Multi-GPU figures are validated on "
-            "2x and 4xH200 only (docs/multi-gpu.md).")
+            "2x, 4x and 8xH200 only (docs/multi-gpu.md).")
     lines += textwrap.wrap(foot, WIDTH)
     for note in rec.notes:
         lines += textwrap.wrap("Note: " + note, WIDTH)
