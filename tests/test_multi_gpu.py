@@ -62,8 +62,8 @@ def test_validate_multi_gpu_cli(capsys):
     assert main(["validate", "--multi-gpu", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     blind = set(json.loads((Path(__file__).resolve().parents[1] / "data" / "measurements" / "split.json").read_text())["multi_gpu_validation_plans"])
-    assert {r["run_id"].split("-")[0] for r in d["rows"]} == blind == {"f", "i", "m"}  # default: the blind runs only
-    assert d["summary"]["err_peak_allocated"]["max_abs"] < 0.03
+    assert {r["run_id"].split("-")[0] for r in d["rows"]} == blind == {"f", "i", "m", "h", "p"}  # default: blind only
+    assert d["summary"]["err_peak_allocated"]["max_abs"] < 0.05
 
 
 def test_fragmentation_switch():
