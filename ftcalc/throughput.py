@@ -50,9 +50,8 @@ __all__ = ["HOST_BOUND_NOTE", "ThroughputCoefficients", "StepParts", "flops_per_
 # said of a configuration whose forward + backward is bound by the host's kernel launches (StepParts.cpu_s >
 # gpu_s): one such step, Llama-3.2-3B full fine-tuning at 1024 tokens per GPU with DDP on 4 H200s, took 0.225,
 # 0.277 and 0.310 s on three machines of one kind (runs m-000, i-003, p-000; docs/notes/time-model.md)
-HOST_BOUND_NOTE = ("host-bound: the forward + backward waits on the host's kernel launches, not on the GPU; such "
-                   "steps ran up to 38 % slower on one machine than on another of the same kind, so tokens/s is "
-                   "that uncertain (a larger micro-batch makes the step GPU-bound)")
+HOST_BOUND_NOTE = ("host-bound: the GPU waits on the host's kernel launches; such steps ran up to 38 % slower "
+                   "on some machines than on others of the same kind")
 
 
 @dataclass(frozen=True)

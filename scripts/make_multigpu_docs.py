@@ -49,8 +49,8 @@ def main() -> None:
     recs = {r["run_id"]: r for r in validate_multi_gpu_rows(multi)}
     lines = ["<!-- written by scripts/make_multigpu_docs.py; do not edit by hand -->", "",
              "| run | set | model | method | GPUs | seq x bs | ckpt | optimizer | precision | allocated GiB/GPU meas / pred "
-             "(err) | device used GiB/GPU meas / pred (err) | tokens/s (all GPUs) meas / pred (err) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(err) | device used GiB/GPU meas / pred (err) | tokens/s (all GPUs) meas / pred (err) | bound by |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in multi:
         r = recs[row["run_id"]]
 
@@ -62,11 +62,15 @@ def main() -> None:
             f"| {r['method']} | {r['num_gpus']}x {r['distribution']} | {r['seq_len']} x {r['batch_size']} "
             f"| {'on' if r['gradient_checkpointing'] else 'off'} | {r['optimizer']} | {r['precision']} "
             f"| {cell('peak_allocated')} | {cell('device_used')} | {r['meas_tokens_per_second']:.0f} / "
-            f"{r['pred_tokens_per_second']:.0f} ({r['err_tokens_per_second'] * 100:+.1f}%) |")
+            f"{r['pred_tokens_per_second']:.0f} ({r['err_tokens_per_second'] * 100:+.1f}%) "
+            f"| {'host' if r['host_bound'] else 'GPU'} |")
     lines += ["", "Summary (relative error, + = over-estimate):", ""]
     blind = ", ".join(_plans(recs, True))
     for label, subset in (("all multi-GPU runs", list(recs.values())),
-                          (f"blind runs (plans {blind})", [r for r in recs.values() if r["validation"]])):
+                          (f"blind runs (plans {blind})", [r for r in recs.values() if r["validation"]]),
+                          ("GPU-bound runs (the model's host launch time below its GPU time)",
+                           [r for r in recs.values() if not r["host_bound"]]),
+                          ("host-bound runs", [r for r in recs.values() if r["host_bound"]])):
         parts = []
         for key, name in (("err_peak_allocated", "allocated"), ("err_device_used", "device used"),
                           ("err_tokens_per_second", "tokens/s")):
@@ -101,7 +105,8 @@ def main() -> None:
         for r in recs.values():
             color = "tab:red" if r["method"] == "full" else ("tab:green" if r["method"] == "qlora" else "tab:blue")
             ax.scatter(r["meas_" + key] / scale, r["pred_" + key] / scale, c=color,
-                       marker="s" if r["validation"] else "o", s=40, alpha=0.8)
+                       marker="s" if r["validation"] else "o", s=40, alpha=0.8,
+                       edgecolors="k" if r.get("host_bound") else "none", linewidths=1.2)
             ax.annotate(r["run_id"], (r["meas_" + key] / scale, r["pred_" + key] / scale), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
         lim = max(max(r["meas_" + key], r["pred_" + key]) for r in recs.values()) / scale * 1.08
@@ -120,8 +125,10 @@ def main() -> None:
         ax.set_ylabel("predicted")
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"2xH200 and 4xH200 runs: circles set the figures (plans {', '.join(_plans(recs, False))}), squares "
-                 f"blind (plans {', '.join(_plans(recs, True))}); red full, blue LoRA, green QLoRA", fontsize=9)
+    counts = sorted({int(r["num_gpus"]) for r in recs.values()})
+    fig.suptitle(f"{', '.join(f'{n}x' for n in counts)}H200 runs: circles set the figures (plans {', '.join(_plans(recs, False))}), squares "
+                 f"blind (plans {', '.join(_plans(recs, True))}); red full, blue LoRA, green QLoRA; black edge: "
+                 "host-bound", fontsize=9)
     fig.tight_layout()
     img = ROOT / "docs" / "img" / "multi_gpu.png"
     fig.savefig(img, dpi=110)
