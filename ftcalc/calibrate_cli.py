@@ -125,16 +125,23 @@ def _print_error_rows(recs: list[dict[str, Any]], heads: tuple[str, ...], keys: 
     for r in recs:
         where = f" {str(r['num_gpus']) + 'x ' + str(r['distribution']):8s}" if how else ""
         errs = " ".join(f"{r[k] * 100:+6.1f}%" for k in keys)  # nan prints as nan
+        mark = "  host-bound" if r.get("host_bound") else ""
         print(f"{r['run_id']:6s} {r['model'].split('/')[-1][:15]:15s} {r['method']:6s}{where} "
-              f"{r['seq_len']:>5d} x {r['batch_size']:<3d} {errs}")
+              f"{r['seq_len']:>5d} x {r['batch_size']:<3d} {errs}{mark}")
     print()
 
 
 def multi_gpu_goal_check(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 7's goals over ``recs``, and the tokens/s goal over the runs the model calls GPU-bound alone (the
+    host-bound ones wait on the host's launches, whose speed varies between machines: HOST_BOUND_NOTE)."""
     d = summarize(recs, "err_device_used")
     t = summarize(recs, "err_tokens_per_second")
-    checks = {"device_used_max_abs": d.get("max_abs", 1), "tokens_per_second_max_abs": t.get("max_abs", 1)}
-    return {k: {"value": v, "goal": MULTI_GPU_GOALS[k], "met": v <= MULTI_GPU_GOALS[k]} for k, v in checks.items()}
+    g = summarize([r for r in recs if not r.get("host_bound")], "err_tokens_per_second")
+    checks = {"device_used_max_abs": (d.get("max_abs", 1), "device_used_max_abs"),
+              "tokens_per_second_max_abs": (t.get("max_abs", 1), "tokens_per_second_max_abs"),
+              "tokens_per_second_max_abs_gpu_bound": (g.get("max_abs", 1), "tokens_per_second_max_abs")}
+    return {k: {"value": v, "goal": MULTI_GPU_GOALS[goal], "met": v <= MULTI_GPU_GOALS[goal]}
+            for k, (v, goal) in checks.items()}
 
 
 def _run_validate_multi_gpu(a: argparse.Namespace) -> int:
