@@ -206,6 +206,21 @@ PLANS = {
         c("meta-llama/Llama-3.1-405B", "lora", 1024, 1, num_gpus=8, distribution="fsdp", steps=4, warmup_steps=1),
         c("meta-llama/Llama-3.1-405B", "lora", 2048, 1, num_gpus=8, distribution="fsdp", steps=4, warmup_steps=1),
     ],
+    # a smoke check of every launch path on a fresh GPU machine before a costly plan (scripts/gpu_smoke.sh): the
+    # tiny config, one line per wrapping the recipe runs; scripts/check_smoke.py judges the rows (plan h's
+    # first attempt on 8xH200 lost 20 minutes of device time to a sharded-build bug this would have shown)
+    "smoke": [
+        c("ftcalc/tiny-llama", "full", 256, 2, steps=3, warmup_steps=1),
+        c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1),
+        c("ftcalc/tiny-llama", "full", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
+        c("ftcalc/tiny-llama", "full", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp",
+          reshard_after_forward=False),
+        c("ftcalc/tiny-llama", "full", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp",
+          offload_params=True),
+        c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
+        c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
+        c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
+    ],
     # fifth session, on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
     # data/predictions/p.json) 8-GPU rows for issue 7 (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
     # third host for i-003's configuration (its repeat m-000 was within 2 %), and its one-GPU twin with no
