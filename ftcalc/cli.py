@@ -264,7 +264,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     opts = _options_from_args(a)
     if a.cpu_offload and (opts.num_gpus < 2 or opts.method == "qlora"):
         raise InvalidArgumentError("--cpu-offload is FSDP's CPU offload: it needs --num-gpus 2 or more and full "
-                                   "fine-tuning or LoRA (the recipe does not shard QLoRA)")
+                                   "fine-tuning or LoRA (the recipe does not offload QLoRA)")
     if opts.num_gpus > 1:  # torchrun, one process per GPU (ftcalc/profile_dist.py)
         distribution = a.distribution or ("fsdp" if opts.method == "full" or a.cpu_offload else "ddp")
         if a.cpu_offload and distribution != "fsdp":

@@ -389,7 +389,8 @@ class _Runner:
             raise InvalidArgumentError("output.merge_adapter with qlora needs init: pretrained (the base is reloaded "
                                        "in bf16 to merge); a random base has nothing worth merging")
         if s.distribution.strategy == "fsdp" and s.method == "qlora":
-            raise InvalidArgumentError("distribution.strategy fsdp with qlora is not supported by ftcalc run; use ddp")
+            raise InvalidArgumentError("distribution.strategy fsdp with qlora is not supported by ftcalc run yet (the "
+                                       "recipe's sharded QLoRA has not run on GPUs, nor its checkpoints); use ddp")
         if self.record and s.hardware.device != "cuda":
             raise InvalidArgumentError("--record: measurements are of CUDA runs; this spec runs on "
                                        f"{s.hardware.device} (hardware.device)")

@@ -223,24 +223,26 @@ def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any
     (Llama-3-70B in bf16 on 2 GPUs). Buffers (rotary ``inv_freq``) are built for real and put back after
     ``to_empty``. With CPU offload (the plugin's ``cpu_offload``) the shards are materialized in host memory,
     where FSDP2 keeps them (and the optimizer steps them); only the buffers go to ``device``. Full fine-tuning,
-    LoRA; QLoRA is not sharded by this recipe. Build the optimizer after this (``build_optimizer``), over the
+    LoRA, and QLoRA (4-bit weights packed in bf16, sharded by FSDP2; quantization state per rank:
+    ``_meta_linear4bit``; checked on CPU only). Build the optimizer after this (``build_optimizer``), over the
     sharded parameters."""
     _require_train_stack()
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    if opts.method == "qlora":
-        raise InvalidArgumentError("FSDP with qlora is not supported by this recipe; use ddp")
+    qlora = opts.method == "qlora"
     if opts.loss == "fused":
         _apply_fused_loss_patch(spec)
     with init_empty_weights(include_buffers=False):  # parameters on meta, buffers real (on the CPU)
-        model = AutoModelForCausalLM.from_config(hf_config(spec), dtype=weight_dtype(opts),
+        model = AutoModelForCausalLM.from_config(hf_config(spec), dtype=torch.bfloat16 if qlora else weight_dtype(opts),
                                                  attn_implementation=_attn_impl(opts))
     model.config.use_cache = False
     buffers = [(mod, name, buf.clone()) for mod in model.modules() for name, buf in mod._buffers.items()
                if buf is not None]
-    model = apply_training_setup(model, opts)
+    if qlora:
+        _meta_linear4bit(model, opts)
+    model = apply_training_setup(model, opts, sharded=True)
     # accelerate's own FSDP2 wrapping (what Accelerator.prepare runs), called directly: prepare() maps the
     # optimizer's parameters by data pointer, which meta tensors do not have; the optimizer is built after
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
@@ -252,18 +254,79 @@ def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any
     model = fsdp2_prepare_model(accelerator, model)
     accelerator._models.append(model)  # as prepare() does (clip_grad_norm_, unwrap_model, no_sync use it)
     offload = offloads_params(accelerator.state.fsdp_plugin)
+    if offload and qlora:
+        raise InvalidArgumentError("FSDP CPU offload with qlora is not supported by this recipe (bitsandbytes "
+                                   "re-quantizes 4-bit weights moved to the GPU)")
     model.to_empty(device="cpu" if offload else device)
     with torch.no_grad():
+        packed = _fill_linear4bit_shards(model, opts, device) if qlora else set()
         for name, p in model.named_parameters():
-            _init_(p.to_local() if hasattr(p, "to_local") else p, name)
+            if id(p) not in packed:
+                _init_(p.to_local() if hasattr(p, "to_local") else p, name)
         for mod, name, buf in buffers:
             mod._buffers[name] = buf.to(device)
     return model
 
 
-def apply_training_setup(model: Any, opts: TrainingOptions) -> Any:
-    """Adapters, QLoRA preparation, gradient checkpointing and train mode (the peft/HF way)."""
-    if opts.method == "qlora":
+def _meta_linear4bit(model: Any, opts: TrainingOptions) -> None:
+    """Sharded QLoRA (FSDP + bitsandbytes, as in the Hugging Face / Answer.AI FSDP-QLoRA recipe): every decoder
+    Linear becomes a Linear4bit whose weight is already the packed 4-bit tensor, stored as bfloat16
+    (``quant_storage``), on the meta device, so that FSDP2 shards the packed rows like any bf16 parameter.
+    ``module=`` lets bitsandbytes restore the quantization state FSDP2 strips from the gathered weight
+    (``fix_4bit_weight_quant_state_from_module``); the state itself is set per rank by
+    ``_fill_linear4bit_shards``."""
+    import bitsandbytes as bnb
+    import torch
+    import torch.nn as nn
+
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{n}."]
+    for name, lin in targets:
+        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                              compute_dtype=torch.bfloat16, compress_statistics=opts.double_quant,
+                              quant_type=opts.quant_type, quant_storage=torch.bfloat16, device="meta")
+        rows = (lin.in_features * lin.out_features + 1) // 4  # 4-bit values, four per bfloat16 element
+        q.weight = bnb.nn.Params4bit(torch.empty(rows, 1, dtype=torch.bfloat16, device="meta"), requires_grad=False,
+                                     compress_statistics=opts.double_quant, quant_type=opts.quant_type, blocksize=64,
+                                     quant_storage=torch.bfloat16, module=q, bnb_quantized=True)
+        setattr(model.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1], q)
+    model.is_loaded_in_4bit = True  # what peft checks to dispatch bnb LoRA layers
+    model.is_quantized = True
+
+
+def _fill_linear4bit_shards(model: Any, opts: TrainingOptions, device: str) -> set[int]:
+    """Each rank quantizes every Linear4bit's random bf16 weight, one module at a time, from a seed all ranks
+    share (so that the replicated quantization state describes the gathered rows), keeps that state on the
+    module (``module.quant_state``: not sharded, every rank holds all of it) and copies its own rows of the
+    packed weight into its FSDP2 shard. Returns the ids of the parameters it filled."""
+    import bitsandbytes as bnb
+    import torch
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    filled = set()
+    mods = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for i, m in enumerate(mods):
+        gen = torch.Generator(device=device).manual_seed(1_000_003 + i)
+        w = torch.empty(m.out_features, m.in_features, dtype=torch.bfloat16, device=device).normal_(
+            0.0, 0.02, generator=gen)
+        packed, state = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=opts.double_quant,
+                                                     quant_type=opts.quant_type, quant_storage=torch.bfloat16)
+        del w
+        p = m.weight
+        local = p.to_local() if hasattr(p, "to_local") else p
+        mine = torch.chunk(packed, world, dim=0)[rank] if world > 1 else packed
+        if local.numel():
+            local.copy_(mine[: local.shape[0]])
+        m.quant_state = state
+        filled.add(id(p))
+    return filled
+
+
+def apply_training_setup(model: Any, opts: TrainingOptions, sharded: bool = False) -> Any:
+    """Adapters, QLoRA preparation, gradient checkpointing and train mode (the peft/HF way). ``sharded``
+    QLoRA (FSDP) skips ``prepare_model_for_kbit_training`` and keeps the adapters in the model's bf16, as TRL's
+    SFTTrainer does for sharded QLoRA (its ``is_sharded_qlora``: no fp32 upcast, ``autocast_adapter_dtype=False``)."""
+    if opts.method == "qlora" and not sharded:
         from peft import prepare_model_for_kbit_training
 
         # Freezes everything and upcasts every non-4-bit parameter (embeddings, norms, lm_head) to fp32.
@@ -287,7 +350,8 @@ def apply_training_setup(model: Any, opts: TrainingOptions) -> Any:
             target_modules="all-linear" if "all-linear" in opts.lora_targets else list(opts.lora_targets),
             bias="none", task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lcfg)  # adapters in fp32 (autocast_adapter_dtype=True)
+        # adapters in fp32 (autocast_adapter_dtype=True), but in bf16 for sharded QLoRA
+        model = get_peft_model(model, lcfg, autocast_adapter_dtype=not (sharded and opts.method == "qlora"))
     model.train()
     return model
 

@@ -540,7 +540,8 @@ class _Candidates:
         # one GPU: no data parallelism (FSDP + offload still possible); several: DDP or FSDP
         valid = np.where(n == 1, (si == sh.SINGLE) | (si == sh.FSDP_OFFLOAD), si != sh.SINGLE)
         valid &= si != sh.FSDP_GRAD_OP  # measured (docs/multi-gpu.md), not offered: full-shard never holds more
-        # the recipe (ftcalc.recipe.make_accelerator / build_model) runs QLoRA on one GPU or under DDP only
+        # QLoRA on one GPU or under DDP only: the recipe's sharded QLoRA (recipe.build_model_sharded) has not
+        # run on GPUs and its memory is not modelled yet (parallel.estimate_parallel refuses it)
         qlora = np.array([o.method == "qlora" for o in opts_list])[ci]
         valid &= ~(qlora & ((si == sh.FSDP) | (si == sh.FSDP_OFFLOAD)))
         valid &= (mb * n <= target) | (mb == 1)  # the global batch stays at the target
@@ -707,7 +708,7 @@ def _raise_no_plan(c: _Candidates, model_id: str, method: str, in_time, in_budge
         j = int(np.flatnonzero(plain)[np.argmin((c.used / c.usable)[plain])]) if plain.any() else 0
         mine = (c.gi == c.gi[j]) & (c.n == c.n[j])
         reason, _ = _memory_reason(c, mine, headroom)
-        how = ("QLoRA runs on one GPU or under DDP (the recipe does not shard it)" if method == "qlora"
+        how = ("QLoRA runs on one GPU or under DDP (sharded QLoRA is not modelled yet)" if method == "qlora"
                else "even sharded (FSDP, CPU offload)")
         msg = f"{model_id} ({method}) fits no allowed GPU with up to {max_gpus} GPU(s), {how}; the closest: {reason}"
         more = _gpus_to_fit(c, headroom)

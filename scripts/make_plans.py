@@ -220,6 +220,8 @@ PLANS = {
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
+        # sharded QLoRA (recipe.build_model_sharded, fifth session): checked on CPU only; this is its first GPU run
+        c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
     ],
     # fifth session, on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
     # data/predictions/p.json) 8-GPU rows for issue 7 (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a

@@ -35,6 +35,22 @@ local = sum(p.to_local().numel() for p in model.parameters())
 full = sum(p.numel() for p in model.parameters())
 meta_left = [n for n, p in model.named_parameters() if p.to_local().is_meta]
 inv_freq = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
+extra = {}
+if method == "qlora":  # the gathered 4-bit rows and the replicated quantization state describe the seeded weight
+    import bitsandbytes as bnb
+
+    mods = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    m = mods[5]
+    gen = torch.Generator().manual_seed(1_000_003 + 5)
+    w = torch.empty(m.out_features, m.in_features, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=gen)
+    packed, _ = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=opts.double_quant,
+                                             quant_type=opts.quant_type, quant_storage=torch.bfloat16)
+    gathered = m.weight.full_tensor()
+    deq = bnb.functional.dequantize_4bit(gathered, m.quant_state)
+    extra = {"n_4bit": len(mods), "packed_equal": bool(torch.equal(gathered.view(torch.int16), packed.view(torch.int16))),
+             "dequant_rel_err": float((deq.float() - w.float()).norm() / w.float().norm()),
+             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+             "trainable_dtypes": sorted({str(p.dtype) for p in model.parameters() if p.requires_grad})}
 opt = recipe.build_optimizer(model, opts)
 losses = []
 for _ in range(3):
@@ -42,5 +58,6 @@ for _ in range(3):
     losses.append(recipe.train_step(model, opt, ids, opts, "cpu"))
 Path(sys.argv[2], f"rank{dist.get_rank()}.json").write_text(json.dumps({"rank": dist.get_rank(), "local": local, "full": full, "meta_left": meta_left,
                   "inv_freq_ok": bool(inv_freq) and all(torch.isfinite(b).all() and (b > 0).all() for b in inv_freq),
-                  "losses": losses, "fsdp_modules": sum(type(m).__name__.startswith("FSDP") for m in model.modules())}))
+                  "losses": losses, "fsdp_modules": sum(type(m).__name__.startswith("FSDP") for m in model.modules()),
+                  **extra}))
 dist.destroy_process_group()

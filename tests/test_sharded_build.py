@@ -1,6 +1,7 @@
 """FSDP2 with random weights built on the meta device and materialized per shard (recipe.build_model_sharded),
 on 2 CPU processes: every parameter is a real shard (about half of it per rank), the rotary buffers are
-back, and three training steps give finite losses. The same code runs on GPUs in ftcalc.profile_dist and
+back, and three training steps give finite losses; for QLoRA, the gathered 4-bit rows and each rank's
+quantization state reproduce the seeded weight (checked on CPU only; not yet run on GPUs). The same code runs on GPUs in ftcalc.profile_dist and
 `ftcalc run` (measured on 2xH200: docs/multi-gpu.md)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ pytest.importorskip("peft")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
 def test_sharded_random_build_trains(method, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
@@ -35,6 +36,11 @@ def test_sharded_random_build_trains(method, tmp_path):
         assert r["fsdp_modules"] >= 3  # decoder layers, embedding, tail, root
         assert 0.45 * r["full"] <= r["local"] <= 0.55 * r["full"] + 1000, r
         assert len(r["losses"]) == 3 and all(0 < v < 20 for v in r["losses"]), r
+        if method == "qlora":  # FSDP-QLoRA: the packed 4-bit rows sharded, the quantization state per rank
+            assert r["n_4bit"] == 28  # 4 layers x 7 Linears
+            assert r["packed_equal"], r  # the gathered rows are the seeded weight's packed rows, bit for bit
+            assert r["dequant_rel_err"] < 0.15, r  # NF4's error on N(0, 0.02): the state describes the rows
+            assert r["trainable_dtypes"] == ["torch.bfloat16"]  # adapters in bf16, as TRL keeps them
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -139,6 +139,18 @@ def test_hidden_fsdp_collectives_slow_the_compute_they_hide_behind():
     assert 0.1 < a.comm_contention < 0.3  # 24 of 132 SMs (data/solver_assumptions.json)
 
 
+def test_sharded_qlora_is_not_estimated_until_measured():
+    """The recipe builds sharded QLoRA (CPU-checked), but its memory differs from the one-GPU QLoRA model's
+    (bf16 embeddings and adapters, the quantization state on every rank) and no GPU has run it: refused."""
+    from ftcalc.errors import InvalidArgumentError
+    from ftcalc.parallel import estimate_parallel
+
+    opts = make_options(method="qlora", seq_len=2048)
+    with pytest.raises(InvalidArgumentError, match="sharded QLoRA is not modelled"):
+        estimate_parallel("meta-llama/Llama-3.1-405B", opts, "h200", "fsdp", 8)
+    assert estimate_parallel("meta-llama/Meta-Llama-3-8B", opts, "h200", "ddp", 2).device_used_bytes > 0
+
+
 def test_host_bound_steps_carry_the_host_note():
     """A step whose forward + backward the host's launches bound gets HOST_BOUND_NOTE (its speed varied up to
     38 % between machines); a GPU-bound one does not."""
