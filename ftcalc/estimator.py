@@ -69,9 +69,7 @@ class Estimate(BaseModel):
     headroom_bytes: int | None = None
     fit_note: str | None = None
     tokens_per_second: float | None = None
-    # the host's kernel-launch time of a micro-batch's forward + backward over the GPU's time for it (with
-    # ``gpu``); above 1 the speed is the host's, which varied by up to 40 % between machines (HOST_BOUND_NOTE)
-    host_launch_ratio: float | None = None
+    host_launch_ratio: float | None = None  # throughput.StepParts.host_launch_ratio (with ``gpu``; HOST_BOUND_NOTE)
     hours: float | None = None
     dataset_tokens: int | None = None
     coefficients: str = ""
@@ -175,12 +173,11 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     if gpu_obj is not None:
         from ftcalc.throughput import step_parts, tokens_per_second
 
-        tps = par.tokens_per_second_per_gpu if par is not None else tokens_per_second(spec, opts, gpu_obj)
         if par is not None:
-            launch_ratio = par.host_launch_ratio
+            tps, launch_ratio = par.tokens_per_second_per_gpu, par.host_launch_ratio
         else:
-            parts = step_parts(spec, opts, gpu_obj)
-            launch_ratio = float(parts.cpu_s / parts.gpu_s)
+            tps = tokens_per_second(spec, opts, gpu_obj)
+            launch_ratio = float(step_parts(spec, opts, gpu_obj).host_launch_ratio)
         if dataset_tokens:
             hours = dataset_tokens * epochs / (tps * opts.num_gpus) / 3600
     attn = resolve_attention(arch, opts)

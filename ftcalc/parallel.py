@@ -40,10 +40,7 @@ class ParallelEstimate:
     tokens_per_second: float  # all GPUs together
     tokens_per_second_per_gpu: float
     scaling_efficiency: float  # compute_seconds / step_seconds
-    # the host's kernel-launch time of one micro-batch's forward + backward over the GPU's time for it: above 1
-    # the step is bound by the host, whose speed varied by up to 40 % between machines of one kind (the same
-    # Llama-3.2-3B DDP step on three 4xH200 hosts: docs/notes/time-model.md), so tokens/s is that uncertain
-    host_launch_ratio: float = 0.0
+    host_launch_ratio: float = 0.0  # throughput.StepParts.host_launch_ratio of one micro-batch (HOST_BOUND_NOTE)
 
     @property
     def host_bound(self) -> bool:
@@ -105,7 +102,7 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
                             peak_allocated_bytes=float(np.asarray(alloc).ravel()[0]), step_seconds=float(step),
                             compute_seconds=float(compute), tokens_per_second=per_gpu * num_gpus,
                             tokens_per_second_per_gpu=per_gpu, scaling_efficiency=float(compute / step),
-                            host_launch_ratio=float(times.cpu_s / times.gpu_s))
+                            host_launch_ratio=float(times.host_launch_ratio))
 
 
 def simulated_fsdp_gap_bytes(spec: ModelSpec, opts: TrainingOptions, num_gpus: int,

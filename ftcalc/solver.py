@@ -574,7 +574,7 @@ class _Candidates:
         bw = sh.comm_bandwidth_bytes_per_s(np.array([g.interconnect_gbps for g in gpus])[gi], link_eff,
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
         parts = times.take(ci, gi)
-        self.host_bound = np.asarray(parts.cpu_s) > np.asarray(parts.gpu_s)  # HOST_BOUND_NOTE
+        self.host_bound = parts.host_bound  # HOST_BOUND_NOTE
         self.step_s, self.compute_s = sh.step_seconds_parallel(
             parts, si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
             offers.instances[ki], bw, a, units=st.units, untie=st.untie_trainable(si))

@@ -161,6 +161,16 @@ class StepParts:
         """One micro-batch's forward + backward (to the loss read)."""
         return overlap(self.gpu_s, self.cpu_s, self.power)
 
+    @property
+    def host_launch_ratio(self) -> Any:
+        """The host's launch time of a micro-batch's forward + backward over the GPU's time for it."""
+        return self.cpu_s / self.gpu_s
+
+    @property
+    def host_bound(self) -> Any:
+        """The forward + backward waits on the host's launches, not on the GPU (HOST_BOUND_NOTE)."""
+        return self.host_launch_ratio > 1.0
+
     def per_micro_batch_s(self, grad_accum: Any) -> Any:
         """Seconds per micro-batch, the optimizer update's share included (one per ``grad_accum`` micro-batches)."""
         return self.micro_batch_s + self.optimizer_s / grad_accum
