@@ -80,6 +80,23 @@ def _init_(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.normal_(0.0, 0.02)
 
 
+def _decoder_linears(model: Any) -> list[tuple[str, Any]]:
+    """The decoder layers' Linear modules (what QLoRA quantizes and "all-linear" LoRA adapts), by name."""
+    import torch.nn as nn
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{n}."]
+
+
+def _quantize_decoder_linears(model: Any, make_4bit: Any) -> None:
+    """Replace every decoder Linear by ``make_4bit(name, linear)`` (a bitsandbytes Linear4bit) and mark the model
+    4-bit, which is what peft checks to dispatch its bnb LoRA layers."""
+    for name, lin in _decoder_linears(model):
+        parent, attr = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent), attr, make_4bit(name, lin))
+    model.is_loaded_in_4bit = True
+    model.is_quantized = True
+
+
 def _build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> Any:
     """Meta-device model, each decoder Linear replaced by a bitsandbytes Linear4bit quantized on the device."""
     import bitsandbytes as bnb
@@ -92,9 +109,8 @@ def _build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> 
     cfg = hf_config(spec)
     with init_empty_weights():  # parameters on meta; buffers (rotary inv_freq) stay real on the CPU
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation=_attn_impl(opts))
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{n}."]
-    for name, lin in targets:
-        parent = model.get_submodule(name.rsplit(".", 1)[0])
+
+    def quantized(name: str, lin: Any) -> Any:
         q = bnb.nn.Linear4bit(
             lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=torch.bfloat16,
             compress_statistics=opts.double_quant, quant_type=opts.quant_type, device="meta",
@@ -106,8 +122,9 @@ def _build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> 
         ).to(device)  # .to() on an unquantized Params4bit quantizes it; the bf16 data is freed
         if lin.bias is not None:
             q.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=torch.bfloat16, device=device), requires_grad=False)
-        setattr(parent, name.rsplit(".", 1)[1], q)
-        del data
+        return q
+
+    _quantize_decoder_linears(model, quantized)
     tied = spec.arch.tie_word_embeddings
     for name, p in list(model.named_parameters()):
         if p.device.type == "meta" and not (tied and name == "lm_head.weight"):
@@ -119,8 +136,6 @@ def _build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> 
                 mod._buffers[bname] = buf.to(device)
     if tied:
         model.tie_weights()
-    model.is_loaded_in_4bit = True  # what peft checks to dispatch bnb LoRA layers
-    model.is_quantized = True
     return model
 
 
@@ -277,10 +292,8 @@ def _meta_linear4bit(model: Any, opts: TrainingOptions) -> None:
     ``_fill_linear4bit_shards``."""
     import bitsandbytes as bnb
     import torch
-    import torch.nn as nn
 
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{n}."]
-    for name, lin in targets:
+    def packed_on_meta(name: str, lin: Any) -> Any:
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
                               compute_dtype=torch.bfloat16, compress_statistics=opts.double_quant,
                               quant_type=opts.quant_type, quant_storage=torch.bfloat16, device="meta")
@@ -288,9 +301,9 @@ def _meta_linear4bit(model: Any, opts: TrainingOptions) -> None:
         q.weight = bnb.nn.Params4bit(torch.empty(rows, 1, dtype=torch.bfloat16, device="meta"), requires_grad=False,
                                      compress_statistics=opts.double_quant, quant_type=opts.quant_type, blocksize=64,
                                      quant_storage=torch.bfloat16, module=q, bnb_quantized=True)
-        setattr(model.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1], q)
-    model.is_loaded_in_4bit = True  # what peft checks to dispatch bnb LoRA layers
-    model.is_quantized = True
+        return q
+
+    _quantize_decoder_linears(model, packed_on_meta)
 
 
 def _fill_linear4bit_shards(model: Any, opts: TrainingOptions, device: str) -> set[int]:
@@ -314,9 +327,8 @@ def _fill_linear4bit_shards(model: Any, opts: TrainingOptions, device: str) -> s
         del w
         p = m.weight
         local = p.to_local() if hasattr(p, "to_local") else p
-        mine = torch.chunk(packed, world, dim=0)[rank] if world > 1 else packed
-        if local.numel():
-            local.copy_(mine[: local.shape[0]])
+        if local.numel():  # FSDP2's shard: this rank's torch.chunk of dim 0
+            local.copy_(torch.chunk(packed, world, dim=0)[rank][: local.shape[0]])
         m.quant_state = state
         filled.add(id(p))
     return filled
@@ -357,9 +369,7 @@ def apply_training_setup(model: Any, opts: TrainingOptions, sharded: bool = Fals
 
 
 def _linear_names(model: Any) -> set[str]:
-    import torch.nn as nn
-
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{n}."}
+    return {n.rsplit(".", 1)[-1] for n, _ in _decoder_linears(model)}
 
 
 def _missing_targets(model: Any, targets: tuple[str, ...]) -> list[str]:
