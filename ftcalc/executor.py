@@ -388,9 +388,9 @@ class _Runner:
         if s.output.merge_adapter and s.method == "qlora" and s.model.init == "random":
             raise InvalidArgumentError("output.merge_adapter with qlora needs init: pretrained (the base is reloaded "
                                        "in bf16 to merge); a random base has nothing worth merging")
-        if s.distribution.strategy == "fsdp" and s.method == "qlora":
-            raise InvalidArgumentError("distribution.strategy fsdp with qlora is not supported by ftcalc run yet (the "
-                                       "recipe's sharded QLoRA has not run on GPUs, nor its checkpoints); use ddp")
+        if s.distribution.strategy == "fsdp" and s.method == "qlora" and s.distribution.fsdp.offload_params:
+            raise InvalidArgumentError("distribution.fsdp.offload_params with qlora: the recipe does not offload 4-bit "
+                                       "weights; set offload_params false")
         if self.record and s.hardware.device != "cuda":
             raise InvalidArgumentError("--record: measurements are of CUDA runs; this spec runs on "
                                        f"{s.hardware.device} (hardware.device)")
@@ -505,7 +505,8 @@ class _Runner:
             self.model = recipe.build_model_sharded(self.model_spec, self.opts, self.accelerator, self.device)
         else:
             self.model = recipe.build_model(self.model_spec, self.opts, device=self.device, init=s.model.init,
-                                            model_path=self._model_path())
+                                            model_path=self._model_path(),
+                                            sharded=self.accelerator is not None and s.distribution.strategy == "fsdp")
         self.optimizer = recipe.build_optimizer(self.model, self.opts, lr=s.training.learning_rate,
                                                 weight_decay=s.training.weight_decay)
         if sharded:

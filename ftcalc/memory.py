@@ -118,8 +118,11 @@ def _weight_bytes_per_param(opts: TrainingOptions) -> int:
 
 def unquantized_bytes_per_param(opts: TrainingOptions) -> int:
     """Element size of a parameter bitsandbytes leaves unquantized (embeddings, LM head, norms, MoE experts):
-    fp32 under QLoRA (``prepare_model_for_kbit_training`` upcasts them), else the weight dtype."""
-    return 4 if opts.method == "qlora" else _weight_bytes_per_param(opts)
+    fp32 under QLoRA (``prepare_model_for_kbit_training`` upcasts them), else the weight dtype (sharded QLoRA:
+    bf16, not upcast)."""
+    if opts.method == "qlora":
+        return 4 if opts.fp32_upcast else 2
+    return _weight_bytes_per_param(opts)
 
 
 def _autocast(opts: TrainingOptions) -> bool:
@@ -130,10 +133,11 @@ def _residual_bytes(opts: TrainingOptions) -> int:
     """Bytes per element of the residual stream: the embedding output's dtype.
 
     QLoRA's prepare_model_for_kbit_training upcasts the embeddings to fp32 (peft/utils/other.py), so
-    its hidden states are fp32 even with bf16 compute; autocast does not cast embeddings or adds.
+    its hidden states are fp32 even with bf16 compute; autocast does not cast embeddings or adds. Sharded
+    QLoRA keeps them bf16.
     """
     if opts.method == "qlora":
-        return 4
+        return unquantized_bytes_per_param(opts)
     return _weight_bytes_per_param(opts)
 
 
@@ -227,7 +231,9 @@ def weights_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
     """Resident parameter bytes: base weights by dtype, and LoRA adapters (fp32, as peft keeps them).
 
     QLoRA: every decoder Linear in NF4 (``quantized_linear_bytes``), everything else (embeddings,
-    lm_head, norms, biases) upcast to fp32 by prepare_model_for_kbit_training.
+    lm_head, norms, biases) upcast to fp32 by prepare_model_for_kbit_training (sharded QLoRA: bf16, and
+    bf16 adapters). ``quant_state``: the part of the weights that is the 4-bit Linears' quantization
+    constants (absmax, the second-level absmax and code), which the sharded build keeps whole on every rank.
     """
     out: dict[str, float] = {}
     if opts.method == "qlora":
@@ -235,10 +241,12 @@ def weights_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
                      for g in inv.linears)
         linear_params = inv.linear_weight_params
         rest = inv.total_params - linear_params
-        out["weights"] = linear + 4 * rest
+        out["weights"] = linear + unquantized_bytes_per_param(opts) * rest
+        out["quant_state"] = linear - sum(g.in_features * g.out_features / 2 * g.count for g in inv.linears)
     else:
         out["weights"] = _weight_bytes_per_param(opts) * inv.total_params
-    out["lora_adapters"] = 4 * lora_params(inv, opts)
+        out["quant_state"] = 0.0
+    out["lora_adapters"] = _trainable_bytes_per_param(opts) * lora_params(inv, opts) if opts.uses_adapters else 0.0
     return out
 
 
@@ -247,8 +255,11 @@ def trainable_params(inv: Inventory, opts: TrainingOptions) -> int:
 
 
 def _trainable_bytes_per_param(opts: TrainingOptions) -> int:
-    """Gradient and optimizer-state element size: the trainable parameters' dtype (fp32 adapters)."""
-    return 4 if opts.uses_adapters else _weight_bytes_per_param(opts)
+    """Gradient and optimizer-state element size: the trainable parameters' dtype (fp32 adapters; bf16 for
+    sharded QLoRA)."""
+    if opts.uses_adapters:
+        return 2 if opts.method == "qlora" and not opts.fp32_upcast else 4
+    return _weight_bytes_per_param(opts)
 
 
 def gradient_bytes(inv: Inventory, opts: TrainingOptions) -> float:
@@ -538,7 +549,7 @@ def autocast_weight_copy_bytes(arch: Architecture, inv: Inventory, opts: Trainin
     out = {"head": 0.0, "all_layers": 0.0, "per_layer": 0.0}
     if not _autocast(opts):
         return out
-    fp32_head = opts.method == "qlora" or opts.precision == "bf16-mixed"
+    fp32_head = opts.fp32_upcast or opts.precision == "bf16-mixed"
     if fp32_head and opts.loss != "fused":  # Liger's fused loss multiplies by the head weight itself
         out["head"] = 2.0 * arch.vocab_size * arch.hidden_size
     if opts.precision == "bf16-mixed" and opts.method in ("full", "lora"):

@@ -55,6 +55,11 @@ class TrainingOptions(BaseModel):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     num_gpus: int = Field(1, gt=0)
+    # QLoRA's dtypes, set by the strategy, not by the user (and not recorded: ``exclude``): True on one GPU and
+    # under DDP (peft's prepare_model_for_kbit_training upcasts every unquantized parameter to fp32, adapters
+    # fp32), False for sharded QLoRA under FSDP (ftcalc.recipe.build_model_sharded, as TRL does: bf16
+    # embeddings, norms, head and adapters, the 4-bit rows stored in bf16)
+    qlora_fp32_upcast: bool = Field(True, exclude=True)
 
     @field_validator("lora_targets", mode="before")
     @classmethod
@@ -81,6 +86,11 @@ class TrainingOptions(BaseModel):
     @property
     def uses_adapters(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def fp32_upcast(self) -> bool:
+        """QLoRA with peft's fp32 upcast of the unquantized parameters and fp32 adapters (not sharded)."""
+        return self.method == "qlora" and self.qlora_fp32_upcast
 
     @property
     def tokens_per_step(self) -> int:

@@ -65,12 +65,11 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
         raise InvalidArgumentError(f"strategy '{strategy}': expected one of {', '.join(STRATEGIES)}")
     if strategy == "single" and num_gpus != 1:
         raise InvalidArgumentError("strategy single runs on one GPU; use ddp or fsdp for several")
-    if opts.method == "qlora" and strategy != "ddp" and strategy != "single":
-        # the recipe builds sharded QLoRA (recipe.build_model_sharded: bf16-stored 4-bit rows, bf16 adapters and
-        # embeddings, the quantization state on every rank), but no GPU has run it yet and its memory differs
-        # from the one-GPU QLoRA model's (fp32 embeddings and adapters): not estimated until it is measured
-        raise InvalidArgumentError(f"strategy {strategy} with qlora: sharded QLoRA is not modelled yet (not measured "
-                                   "on GPUs); use ddp, or ftcalc profile to measure it")
+    if opts.method == "qlora" and strategy == "fsdp_offload":
+        raise InvalidArgumentError("strategy fsdp_offload with qlora: the recipe does not offload 4-bit weights "
+                                   "(bitsandbytes re-quantizes weights moved to the GPU); use fsdp or ddp")
+    if opts.method == "qlora":  # FSDP runs sharded QLoRA (bf16, no fp32 upcast), one GPU and DDP peft's way
+        opts = opts.model_copy(update={"qlora_fp32_upcast": strategy not in ("fsdp", "fsdp_grad_op")})
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     g = get_gpu(gpu)
     a = sh.load_assumptions()
@@ -93,7 +92,7 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
     bw = sh.comm_bandwidth_bytes_per_s(g.interconnect_gbps, sh.link_efficiency(g.interconnect, a), g.p2p,
                                        num_instances, a)
     step, compute = sh.step_seconds_parallel(
-        times, code, num_gpus, ga, float(one.weights[0] + one.adapters[0]), float(one.grads[0]),
+        times, code, num_gpus, ga, float(one.gathered_weights[0]), float(one.grads[0]),
         float(one.trainable_params[0]), num_instances, bw, a, units=float(one.units[0]),
         untie=float(one.untie_trainable(code)[0]))
     per_gpu = opts.tokens_per_step * ga / step
@@ -132,13 +131,13 @@ _FSDP_GAPS: dict[tuple, float] = {}  # simulated_fsdp_gap_bytes' cache, oldest e
 
 def default_strategy(model: str | ModelSpec, opts: TrainingOptions, gpu: str | None, num_gpus: int) -> str:
     """What ``ftcalc plan`` and ``ftcalc estimate --num-gpus`` use: FSDP full-shard for full fine-tuning; DDP for
-    LoRA and QLoRA, unless a LoRA replica does not fit the GPU (70B in bf16), then FSDP (the recipe does not
-    shard QLoRA)."""
+    LoRA and QLoRA, unless a replica does not fit the GPU (70B LoRA in bf16, 70B QLoRA on 24-48 GB GPUs), then
+    FSDP (sharded QLoRA for QLoRA)."""
     if num_gpus <= 1:
         return "single"
     if opts.method == "full":
         return "fsdp"
-    if opts.method == "qlora" or not gpu:
+    if not gpu:
         return "ddp"
     ddp = estimate_parallel(model, opts, gpu, "ddp", num_gpus)
     return "ddp" if ddp.device_used_bytes <= get_gpu(gpu).memory_bytes else "fsdp"

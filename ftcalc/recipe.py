@@ -140,7 +140,7 @@ def _build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> 
 
 
 def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", init: str = "random",
-                model_path: str | None = None) -> Any:
+                model_path: str | None = None, sharded: bool = False) -> Any:
     """Build the model ready for training: weights, quantization, adapters, checkpointing, train mode.
 
     Args:
@@ -149,6 +149,10 @@ def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", in
         device: ``cuda`` (or ``cuda:N``) or ``cpu``.
         init: ``random`` (from the config, nothing downloaded) or ``pretrained`` (``model_path`` or the
             hub id, through ``from_pretrained``).
+        sharded: QLoRA to be wrapped by FSDP afterwards (``init: pretrained``; random weights go through
+            ``build_model_sharded``): the 4-bit rows stored in bf16 (``bnb_4bit_quant_storage``), no fp32 upcast,
+            bf16 adapters, as in the Hugging Face FSDP-QLoRA recipe. Every rank loads the whole 4-bit model onto its
+            GPU before FSDP shards it.
     Returns:
         A transformers (or peft-wrapped) model in train mode on ``device``.
     """
@@ -180,6 +184,7 @@ def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", in
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type=opts.quant_type,
                 bnb_4bit_use_double_quant=opts.double_quant, bnb_4bit_compute_dtype=torch.bfloat16,
+                **({"bnb_4bit_quant_storage": torch.bfloat16} if sharded else {}),
             )
             kwargs["device_map"] = {"": device}
         model = AutoModelForCausalLM.from_pretrained(model_path or spec.id, **kwargs)
@@ -188,7 +193,7 @@ def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", in
     else:
         raise InvalidArgumentError(f"init '{init}': expected random or pretrained")
     model.config.use_cache = False
-    return apply_training_setup(model, opts)
+    return apply_training_setup(model, opts, sharded=sharded)
 
 
 def make_accelerator(spec: ModelSpec, strategy: str, reshard_after_forward: bool = True,
@@ -239,7 +244,7 @@ def build_model_sharded(spec: ModelSpec, opts: TrainingOptions, accelerator: Any
     ``to_empty``. With CPU offload (the plugin's ``cpu_offload``) the shards are materialized in host memory,
     where FSDP2 keeps them (and the optimizer steps them); only the buffers go to ``device``. Full fine-tuning,
     LoRA, and QLoRA (4-bit weights packed in bf16, sharded by FSDP2; quantization state per rank:
-    ``_meta_linear4bit``; checked on CPU only). Build the optimizer after this (``build_optimizer``), over the
+    ``_meta_linear4bit``). Build the optimizer after this (``build_optimizer``), over the
     sharded parameters."""
     _require_train_stack()
     import torch

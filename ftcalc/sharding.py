@@ -186,12 +186,23 @@ class ModelStates:
     # model's parameters (0 for untied models). Measured: plans n and o, 1.80e9 local parameters per rank of
     # Llama-3.2-3B on 2 GPUs = (3.21e9 + 0.39e9) / 2
     untied_share: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # the part of ``weights`` every rank holds whole under FSDP: the 4-bit Linears' quantization state of
+    # sharded QLoRA (ftcalc.recipe._fill_linear4bit_shards keeps it on each module; FSDP2 shards only the
+    # packed rows). 0 elsewhere
+    quant_state: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         if np.size(self.gap_fsdp) == 0 and np.size(self.weights) > 0:
             object.__setattr__(self, "gap_fsdp", np.full(np.shape(self.weights), np.nan))
-        if np.size(self.untied_share) == 0 and np.size(self.weights) > 0:
-            object.__setattr__(self, "untied_share", np.zeros(np.shape(self.weights)))
+        for name in ("untied_share", "quant_state"):
+            if np.size(getattr(self, name)) == 0 and np.size(self.weights) > 0:
+                object.__setattr__(self, name, np.zeros(np.shape(self.weights)))
+
+    @property
+    def gathered_weights(self) -> Any:
+        """What FSDP all-gathers of the model: the weights (in storage) and adapters, less the replicated
+        quantization state."""
+        return self.weights - self.quant_state + self.adapters
 
     def untie(self, sharding: Any) -> Any:
         """The factor on the weights under ``sharding``: 1 + ``untied_share`` under FSDP, 1 otherwise."""
@@ -217,7 +228,7 @@ def _phases(st: ModelStates, sharding: Any, num_gpus: Any, grad_accum: Any) -> t
     keep = _keep(sh, n)
     states = st.weights + st.adapters + st.opt_states
     u, u_train = st.untie(sh), st.untie_trainable(sh)  # FSDP: the embedding's parameters twice (tied models)
-    states_g = (st.weights * u + st.adapters + st.opt_states * u_train) * keep
+    states_g = ((st.weights - st.quant_state) * u + st.adapters + st.opt_states * u_train) * keep + st.quant_state
     grads_g = st.grads * u_train * keep
     # units gathered in full beside the own shard (which is in states_g): at the loss the tail unit and the
     # last layer (prefetched for backward); in a layer's backward the current and the prefetched layer (and

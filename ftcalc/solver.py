@@ -276,7 +276,8 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["ckpt"].append(ckpt)
                 cols["full"].append(method == "full")
                 cols["root_bytes"].append(root_b)
-                cols["layer_bytes"].append((w["weights"] - root_b + w["lora_adapters"]) / layers)
+                cols["quant_state"].append(w["quant_state"])
+                cols["layer_bytes"].append((w["weights"] - w["quant_state"] - root_b + w["lora_adapters"]) / layers)
                 cols["layer_grad_bytes"].append(
                     grads * (1 - root_params / inv.total_params) / layers if method == "full" else 0.0)
                 head = inv.params_by_kind.get("lm_head", 0) + arch.hidden_size
@@ -576,7 +577,7 @@ class _Candidates:
         parts = times.take(ci, gi)
         self.host_bound = parts.host_bound  # HOST_BOUND_NOTE
         self.step_s, self.compute_s = sh.step_seconds_parallel(
-            parts, si, n, ga, st.weights + st.adapters, st.grads, st.trainable_params,
+            parts, si, n, ga, st.gathered_weights, st.grads, st.trainable_params,
             offers.instances[ki], bw, a, units=st.units, untie=st.untie_trainable(si))
         self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
         train_s = self.steps * self.step_s

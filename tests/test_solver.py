@@ -139,16 +139,41 @@ def test_hidden_fsdp_collectives_slow_the_compute_they_hide_behind():
     assert 0.1 < a.comm_contention < 0.3  # 24 of 132 SMs (data/solver_assumptions.json)
 
 
-def test_sharded_qlora_is_not_estimated_until_measured():
-    """The recipe builds sharded QLoRA (CPU-checked), but its memory differs from the one-GPU QLoRA model's
-    (bf16 embeddings and adapters, the quantization state on every rank) and no GPU has run it: refused."""
+def test_sharded_qlora_keeps_the_quantization_state_whole_on_every_rank():
+    """Sharded QLoRA (FSDP): FSDP2 shards the 4-bit rows, the bf16 embeddings, head and adapters, but every rank
+    keeps the whole quantization state (ftcalc.recipe._fill_linear4bit_shards). Going from 4 to 8 GPUs halves
+    the sharded states only; CPU offload of 4-bit weights is refused (the recipe does not run it)."""
     from ftcalc.errors import InvalidArgumentError
+    from ftcalc.inventory import inventory
+    from ftcalc.memory import weights_bytes
     from ftcalc.parallel import estimate_parallel
+    from ftcalc.solver import _config_grid
+
+    spec = resolve_model("meta-llama/Llama-3.1-405B")
+    opts = make_options(method="qlora", seq_len=1024, qlora_fp32_upcast=False)
+    w = weights_bytes(inventory(spec.arch), opts)
+    assert 5e9 < w["quant_state"] < 8e9  # ~1/64 byte per 4-bit parameter with double quantization (405B: ~6.4 GB)
+    _, st = _config_grid(spec, opts, ["qlora"], [1], 1, checkpointing=(True,))
+    one = st.take(np.array([0]))
+    states = one.weights + one.adapters + one.opt_states
+    a4 = float(sh.allocated_per_gpu(one, np.array([sh.FSDP]), np.array([4.0]), np.array([1]))[0])
+    a8 = float(sh.allocated_per_gpu(one, np.array([sh.FSDP]), np.array([8.0]), np.array([1]))[0])
+    assert a4 - a8 == pytest.approx(float((states - one.quant_state)[0]) * (1 / 4 - 1 / 8), rel=1e-6)
+    with pytest.raises(InvalidArgumentError, match="fsdp_offload with qlora"):
+        estimate_parallel("meta-llama/Meta-Llama-3-70B", make_options(method="qlora"), "h200", "fsdp_offload", 2)
+
+
+def test_sharded_qlora_fits_70b_where_a_qlora_replica_does_not():
+    """70B QLoRA on two 48 GB GPUs: a DDP replica does not fit, sharded QLoRA does; and its bf16 states make it
+    smaller per GPU than DDP's fp32-upcast replica on 2 H200s too."""
+    from ftcalc.parallel import default_strategy, estimate_parallel
 
     opts = make_options(method="qlora", seq_len=2048)
-    with pytest.raises(InvalidArgumentError, match="sharded QLoRA is not modelled"):
-        estimate_parallel("meta-llama/Llama-3.1-405B", opts, "h200", "fsdp", 8)
-    assert estimate_parallel("meta-llama/Meta-Llama-3-8B", opts, "h200", "ddp", 2).device_used_bytes > 0
+    ddp = estimate_parallel("meta-llama/Meta-Llama-3-70B", opts, "l40s", "ddp", 2)
+    fsdp = estimate_parallel("meta-llama/Meta-Llama-3-70B", opts, "l40s", "fsdp", 2)
+    assert ddp.device_used_bytes > 48e9 > fsdp.device_used_bytes
+    assert default_strategy("meta-llama/Meta-Llama-3-70B", opts, "l40s", 2) == "fsdp"
+    assert default_strategy("meta-llama/Meta-Llama-3-8B", opts, "l40s", 2) == "ddp"
 
 
 def test_host_bound_steps_carry_the_host_note():
