@@ -208,7 +208,11 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
     tc = tc or load_throughput()
     arch = spec.arch
     f = flops_per_token(spec, opts)
-    eff = {"full": tc.efficiency_full, "lora": tc.efficiency_lora, "qlora": tc.efficiency_qlora}[opts.method]
+    # QLoRA as peft prepares it (one GPU, DDP) runs its residual stream, norms and adapters in fp32
+    # (efficiency_qlora, fitted on such runs); sharded QLoRA (FSDP) keeps everything but the 4-bit weights in
+    # bf16, as LoRA does: LoRA's rate, plus the dequantization traffic below
+    eff = {"full": tc.efficiency_full, "lora": tc.efficiency_lora,
+           "qlora": tc.efficiency_qlora if opts.fp32_upcast else tc.efficiency_lora}[opts.method]
     eff *= arch.hidden_size / (arch.hidden_size + tc.efficiency_half_hidden)
     rate = gpu.bf16_dense_tflops * 1e12 * eff
     if opts.precision == "32-true":
