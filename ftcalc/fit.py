@@ -175,6 +175,8 @@ def _fsdp_used(spec: ModelSpec, opts: TrainingOptions, counts: list[int]) -> dic
     from ftcalc import sharding as sh
     from ftcalc.solver import _config_grid
 
+    if opts.method == "qlora":  # FSDP runs sharded QLoRA (bf16, not upcast)
+        opts = opts.model_copy(update={"qlora_fp32_upcast": False})
     _, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size,
                          checkpointing=(opts.checkpointing,))
     nccl = sh.load_assumptions().nccl_buffer_bytes
@@ -190,7 +192,7 @@ def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.0
     c = coeffs or load_coefficients()
     e = estimate_memory(spec.arch, inventory(spec.arch), opts, c, fragmentation="simulated")
     counts = [n for n in (2, 4, 8) if n <= max_gpus]
-    sharded = _fsdp_used(spec, opts, counts) if counts and opts.method != "qlora" else {}
+    sharded = _fsdp_used(spec, opts, counts) if counts else {}
     fit, no = [], []
     for g in sorted(load_gpus().values(), key=lambda g: g.memory_bytes):
         budget = g.memory_bytes * (1 - headroom)

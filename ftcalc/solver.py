@@ -227,9 +227,11 @@ def _gpu_counts(max_gpus: int) -> list[int]:
 
 
 def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str], micro_batches: Sequence[int],
-                 target_seqs: int, checkpointing: Sequence[bool] = (True, False)
+                 target_seqs: int, checkpointing: Sequence[bool] = (True, False), sharded_qlora: bool = False
                  ) -> tuple[list[TrainingOptions], sh.ModelStates]:
-    """Every (method, micro-batch, checkpointing) and the byte counts ftcalc.sharding needs for each."""
+    """Every (method, micro-batch, checkpointing) and the byte counts ftcalc.sharding needs for each.
+    ``sharded_qlora``: QLoRA twice, as peft prepares it (one GPU, DDP) and as FSDP runs it (bf16, not upcast:
+    ``TrainingOptions.qlora_fp32_upcast``); otherwise QLoRA as ``base`` says."""
     arch = spec.arch
     inv = inventory(arch)
     c = load_coefficients()
@@ -237,14 +239,17 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
     root_params = inv.params_by_kind.get("embed_tokens", 0) + inv.params_by_kind.get("lm_head", 0)
     opts_list: list[TrainingOptions] = []
     cols: dict[str, list[float]] = {f: [] for f in sh.ModelStates.__dataclass_fields__ if f != "gap_fraction"}
-    for method in methods:
+    variants = [(m, up) for m in methods
+                for up in ((True, False) if m == "qlora" and sharded_qlora else (base.qlora_fp32_upcast,))]
+    for method, upcast in variants:
         if method == "qlora" and base.precision == "32-true":
             continue  # QLoRA computes in bf16 (estimate_memory refuses 32-true)
         for mb in micro_batches:
             if mb > max(target_seqs, 1) and mb != 1:
                 continue
             for ckpt in checkpointing:
-                opts = base.model_copy(update={"method": method, "batch_size": mb, "gradient_checkpointing": ckpt})
+                opts = base.model_copy(update={"method": method, "batch_size": mb, "gradient_checkpointing": ckpt,
+                                               "qlora_fp32_upcast": upcast})
                 mem = estimate_memory(arch, inv, opts, c)  # unconstrained: the fit test uses device_used
                 w = weights_bytes(inv, opts)
                 states = optimizer_state_bytes(inv, opts)
@@ -463,7 +468,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         raise InvalidArgumentError(
             f"no instance in the price table rents {', '.join(slugs)} in counts up to {max_gpus}"
             + (" (guide quotes excluded: include_quotes=False)" if include_quotes is False else ""))
-    opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target)
+    opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target, sharded_qlora=True)
     if not opts_list:
         raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
     times = _micro_batch_times(spec, opts_list, gpus)
@@ -541,10 +546,12 @@ class _Candidates:
         # one GPU: no data parallelism (FSDP + offload still possible); several: DDP or FSDP
         valid = np.where(n == 1, (si == sh.SINGLE) | (si == sh.FSDP_OFFLOAD), si != sh.SINGLE)
         valid &= si != sh.FSDP_GRAD_OP  # measured (docs/multi-gpu.md), not offered: full-shard never holds more
-        # QLoRA on one GPU or under DDP only: the recipe's sharded QLoRA (recipe.build_model_sharded) has not
-        # run on GPUs and its memory is not modelled yet (parallel.estimate_parallel refuses it)
-        qlora = np.array([o.method == "qlora" for o in opts_list])[ci]
-        valid &= ~(qlora & ((si == sh.FSDP) | (si == sh.FSDP_OFFLOAD)))
+        # QLoRA as peft prepares it (fp32 upcast) runs on one GPU or under DDP; sharded QLoRA (bf16,
+        # recipe.build_model_sharded) under FSDP full-shard only (the recipe does not offload 4-bit weights)
+        upcast = np.array([o.fp32_upcast for o in opts_list])[ci]
+        sharded_q = np.array([o.method == "qlora" and not o.fp32_upcast for o in opts_list])[ci]
+        valid &= ~(upcast & ((si == sh.FSDP) | (si == sh.FSDP_OFFLOAD)))
+        valid &= ~(sharded_q & (si != sh.FSDP))
         valid &= (mb * n <= target) | (mb == 1)  # the global batch stays at the target
         self.ci, self.si, self.ki, self.n, mb = ci[valid], si[valid], ki[valid], n[valid], mb[valid]
         ci, si, ki, n = self.ci, self.si, self.ki, self.n
@@ -709,7 +716,7 @@ def _raise_no_plan(c: _Candidates, model_id: str, method: str, in_time, in_budge
         j = int(np.flatnonzero(plain)[np.argmin((c.used / c.usable)[plain])]) if plain.any() else 0
         mine = (c.gi == c.gi[j]) & (c.n == c.n[j])
         reason, _ = _memory_reason(c, mine, headroom)
-        how = ("QLoRA runs on one GPU or under DDP (sharded QLoRA is not modelled yet)" if method == "qlora"
+        how = ("even sharded (FSDP; the recipe does not offload 4-bit weights)" if method == "qlora"
                else "even sharded (FSDP, CPU offload)")
         msg = f"{model_id} ({method}) fits no allowed GPU with up to {max_gpus} GPU(s), {how}; the closest: {reason}"
         more = _gpus_to_fit(c, headroom)
@@ -749,17 +756,18 @@ def _gpus_to_fit(c: _Candidates, headroom: float) -> tuple[str, int] | None:
     configuration with FSDP, or FSDP + offload (host RAM included); None when even 4096 would not."""
     a = sh.load_assumptions()
     g = max(c.gpus, key=lambda x: x.memory_bytes)
-    shardable = [i for i in np.unique(c.ci) if c.opts_list[i].method != "qlora"]  # QLoRA: no FSDP (recipe)
+    shardable = [i for i in np.unique(c.ci) if not c.opts_list[i].fp32_upcast]  # QLoRA: the sharded variant
     if not shardable:
         return None
     cfg, counts = np.meshgrid(np.array(shardable), np.array([2.0**k for k in range(1, 13)]), indexing="ij")
     cfg, counts = cfg.ravel(), counts.ravel()
     st = c.states.take(cfg)
+    qlora = np.array([c.opts_list[i].method == "qlora" for i in cfg])  # not offloaded by the recipe
     for shard in (sh.FSDP, sh.FSDP_OFFLOAD):
         used = sh.device_used_per_gpu(st, shard, counts, 1, a.nccl_buffer_bytes)
         ok = used <= g.memory_bytes * (1 - headroom)
         if shard == sh.FSDP_OFFLOAD:
-            ok &= sh.host_bytes_offload(st) <= 0.9 * a.host_memory_bytes_per_gpu * counts
+            ok &= (sh.host_bytes_offload(st) <= 0.9 * a.host_memory_bytes_per_gpu * counts) & ~qlora
         if ok.any():
             return g.gpu, int(counts[ok].min())
     return None

@@ -208,13 +208,21 @@ def test_plans_are_ranked_by_the_objective():
     assert [p.rank for p in by_cost.plans] == list(range(1, 9))
 
 
-def test_qlora_plans_are_single_gpu_or_ddp_as_the_recipe_runs_them():
-    # the recipe refuses QLoRA under FSDP (recipe.make_accelerator): no FSDP or offload QLoRA plan is offered
+def test_qlora_plans_are_the_ones_the_recipe_runs():
+    """QLoRA runs on one GPU, under DDP (peft's fp32 upcast) or sharded under FSDP full-shard (bf16, not
+    upcast); never with CPU offload, which the recipe refuses for 4-bit weights. 70B QLoRA does not fit one
+    48 GB L40S: sharded over two it does, and the plan's figures are the sharded ones."""
     rec = recommend("70b", method="qlora", dataset_tokens=50_000_000, top=20)
-    assert rec.plans and {p.sharding for p in rec.plans} <= {"single", "ddp"}
-    # 70B QLoRA does not fit a 48 GB card without sharding, so no L40S plan is left
-    with pytest.raises(DoesNotFitError):
-        recommend("70b", method="qlora", dataset_tokens=10_000_000, gpu="l40s", max_gpus=8)
+    assert rec.plans and {p.sharding for p in rec.plans} <= {"single", "ddp", "fsdp"}
+    rec = recommend("70b", method="qlora", dataset_tokens=10_000_000, gpu="l40s", max_gpus=8, top=20)
+    assert rec.plans and {p.sharding for p in rec.plans} == {"fsdp"} and min(p.num_gpus for p in rec.plans) == 2
+    p = rec.plans[0]
+    opts = make_options(method="qlora", seq_len=2048, batch_size=p.micro_batch_size,
+                        gradient_accumulation_steps=p.grad_accum, gradient_checkpointing=p.gradient_checkpointing)
+    from ftcalc.parallel import estimate_parallel
+
+    e = estimate_parallel("70b", opts, "l40s", "fsdp", p.num_gpus)
+    assert p.device_used_bytes == pytest.approx(e.device_used_bytes, rel=1e-6)
 
 
 def test_70b_qlora_fits_one_h100_and_full_70b_does_not():
