@@ -45,9 +45,9 @@ def test_allocated_per_gpu_on_every_multi_gpu_run():
     # short at 1024 tokens, not explained yet (no trace); device used is over (+2.4, +3.5 %)
     b = summarize([r for r in recs if r["run_id"] in big], "err_peak_allocated")
     assert b["n"] == 2 and b["max_abs"] <= 0.05, b
-    # sharded QLoRA (plan r, blind): -3.8 % (r-000) to +1.2 %
+    # sharded QLoRA (plans r and s, blind): -3.8 % (r-000) to +1.9 %
     q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_peak_allocated")
-    assert q["n"] == 5 and q["max_abs"] <= 0.04, q
+    assert q["n"] >= 8 and q["max_abs"] <= 0.04, q
 
 
 def test_regression_guard():
@@ -67,9 +67,10 @@ def test_tokens_per_second_goal_on_every_gpu_bound_run():
     gpu_bound = [r for r in recs if not r["host_bound"] and r["run_id"] not in SHARDED_QLORA]
     assert len(gpu_bound) >= 38
     assert summarize(gpu_bound, "err_tokens_per_second")["max_abs"] <= 0.15
-    # sharded QLoRA: under-predicted by 13-19 % (as 70B QLoRA on one GPU and 70B LoRA under FSDP, by less)
+    # sharded QLoRA: 70B under-predicted by 13-19 % (as 70B QLoRA on one GPU and 70B LoRA under FSDP, by less);
+    # plan s (blind, after the matmul-rate change): -13.1, +4.0, -7.3 %
     q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_tokens_per_second")
-    assert q["n"] == 5 and q["max_abs"] <= 0.20, q
+    assert q["n"] >= 8 and q["max_abs"] <= 0.20, q
 
 
 @pytest.mark.xfail(strict=True, reason="tokens/s on host-bound runs (i-003 +25 %, p-000 +41 %, q-000 +16 %, r-005 +34 %: "
