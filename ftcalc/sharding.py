@@ -183,7 +183,8 @@ class ModelStates:
     gap_fsdp: np.ndarray = field(default_factory=lambda: np.zeros(0))
     # FSDP (ftcalc's sharded build): the tie is lost (module.to_empty gives the embedding and the LM head
     # their own tensors), so the sharded model has the embedding's parameters twice: their share of the
-    # model's parameters (0 for untied models). Measured: plans n and o, 1.80e9 local parameters per rank of
+    # sharded weights' bytes (of the parameters where all have one dtype; sharded QLoRA: the bf16 embedding
+    # beside the 4-bit Linears), 0 for untied models. Measured: plans n and o, 1.80e9 local parameters per rank of
     # Llama-3.2-3B on 2 GPUs = (3.21e9 + 0.39e9) / 2
     untied_share: np.ndarray = field(default_factory=lambda: np.zeros(0))
     # the part of ``weights`` every rank holds whole under FSDP: the 4-bit Linears' quantization state of
