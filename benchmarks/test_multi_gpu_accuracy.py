@@ -1,10 +1,11 @@
 """Multi-GPU accuracy (issues 7 and 8) on the 2x, 4x and 8xH200 runs, and the time one multi-GPU estimate takes.
 
 Goal: per-GPU device memory within 6 % of measured on every multi-GPU run, tokens/s within 15 %. Met for
-device memory on every run but one (DDP: the simulated allocation sequence of a rank; FSDP: the simulated
-three-stream sequence of a rank, ftcalc/alloc_sequence_fsdp.py): r-000, sharded QLoRA of Llama-3-8B at 2048
-tokens, +8.3 % (its compute stream's fragmentation, 0.64 GiB in trace t-fsdpq8, predicted 1.40 from the
-one-GPU fit). Met for tokens/s on every GPU-bound run but sharded QLoRA (plan r, under by 13-19 %, blind 23-29 %).
+device memory on every run but two (DDP: the simulated allocation sequence of a rank; FSDP: the simulated
+three-stream sequence of a rank, ftcalc/alloc_sequence_fsdp.py), both sharded QLoRA with small footprints:
+r-000 (Llama-3-8B, 2048 tokens) +8.3 % and u-002 (Mistral-7B, 4096) +7.8 %, over-predicted by the compute
+stream's fragmentation (0.64 GiB in trace t-fsdpq8, predicted 1.40 from the one-GPU fit). Met for tokens/s on
+every GPU-bound run but sharded QLoRA (plans r, s, u: -20 to +4 %; plan r blind before a change, -23 to -29 %).
 Not met on host-bound runs: Llama-3.2-3B full fine-tuning at 1024 tokens per GPU under DDP, whose step took
 0.225-0.310 s on four GPUs of three machines (i-003 +25 %, p-000 +41 %) and 0.226-0.285 s on two (q-000 +16 %,
 r-005 +34 %): the host's launch speed, which varied within minutes on one machine (docs/notes/time-model.md;
@@ -45,9 +46,9 @@ def test_allocated_per_gpu_on_every_multi_gpu_run():
     # short at 1024 tokens, not explained yet (no trace); device used is over (+2.4, +3.5 %)
     b = summarize([r for r in recs if r["run_id"] in big], "err_peak_allocated")
     assert b["n"] == 2 and b["max_abs"] <= 0.05, b
-    # sharded QLoRA (plans r and s, blind): -3.8 % (r-000) to +1.9 %
+    # sharded QLoRA (plans r, s and u, blind): -3.8 % (r-000) to +3.6 % (u-002)
     q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_peak_allocated")
-    assert q["n"] >= 8 and q["max_abs"] <= 0.04, q
+    assert q["n"] >= 11 and q["max_abs"] <= 0.04, q
 
 
 def test_regression_guard():
@@ -57,9 +58,11 @@ def test_regression_guard():
         assert d["median_abs"] <= 0.02 and d["worst_under"] >= -0.05, d
         # blind runs: 8.8 % since plans q and r (host-bound repeats, sharded QLoRA); all runs: 5.5 %
         assert t["median_abs"] <= 0.09, t
-        # device used within 6 % on every run but r-000 (sharded QLoRA, +8.3 %: module docstring)
-        assert summarize([r for r in recs if r["run_id"] != "r-000"], "err_device_used")["max_abs"] <= 0.06
-        assert summarize([r for r in recs if r["run_id"] == "r-000"], "err_device_used")["max_abs"] <= 0.09
+        # device used within 6 % on every run but sharded QLoRA, over-predicted by +0.9 to +8.3 % (r-000 +8.3 %,
+        # u-002 +7.8 %: the compute stream's fragmentation, module docstring)
+        assert summarize([r for r in recs if r["run_id"] not in SHARDED_QLORA], "err_device_used")["max_abs"] <= 0.06
+        q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_device_used")
+        assert q["max_abs"] <= 0.09 and q["worst_under"] >= 0.0, q
 
 
 def test_tokens_per_second_goal_on_every_gpu_bound_run():
@@ -67,15 +70,15 @@ def test_tokens_per_second_goal_on_every_gpu_bound_run():
     gpu_bound = [r for r in recs if not r["host_bound"] and r["run_id"] not in SHARDED_QLORA]
     assert len(gpu_bound) >= 38
     assert summarize(gpu_bound, "err_tokens_per_second")["max_abs"] <= 0.15
-    # sharded QLoRA: 70B under-predicted by 13-19 % (as 70B QLoRA on one GPU and 70B LoRA under FSDP, by less);
-    # plan s (blind, after the matmul-rate change): -13.1, +4.0, -7.3 %
+    # sharded QLoRA: under-predicted by up to 20 % (u-002 -19.8 %, 70B -13 to -19 %); plans s and u (blind, after
+    # the matmul-rate change): -13.1, +4.0, -7.3, -1.4, -13.1, -19.8 %
     q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_tokens_per_second")
-    assert q["n"] >= 8 and q["max_abs"] <= 0.20, q
+    assert q["n"] >= 11 and q["max_abs"] <= 0.20, q
 
 
 @pytest.mark.xfail(strict=True, reason="tokens/s on host-bound runs (i-003 +25 %, p-000 +41 %, q-000 +16 %, r-005 +34 %: "
                    "Llama-3.2-3B full fine-tuning, 1024 tokens per GPU, DDP, whose step time follows the host's speed), "
-                   "sharded QLoRA's tokens/s (plan r, -13 to -19 %) and device used on r-000 (+8.3 %); docs/multi-gpu.md")
+                   "sharded QLoRA's tokens/s (up to -19.8 %) and device used (r-000 +8.3 %, u-002 +7.8 %); docs/multi-gpu.md")
 def test_issue_7_goal_on_every_multi_gpu_run():
     recs = validate_multi_gpu_rows(ROWS)
     assert summarize(recs, "err_device_used")["max_abs"] <= 0.06
