@@ -148,7 +148,7 @@ class FSDPSettings(_Section):
 class DistributionSection(_Section):
     strategy: Literal["single", "ddp", "fsdp"] = Field(
         "single", description="single: one device in-process; ddp: data parallel (adapter methods); "
-                              "fsdp: fully sharded (full fine-tuning of large models)")
+                              "fsdp: fully sharded (full fine-tuning of large models; sharded QLoRA)")
     fsdp: FSDPSettings = Field(default_factory=FSDPSettings)
 
 
