@@ -88,7 +88,7 @@ def _print_estimate(est: Any) -> None:
     print(f"{'peak reserved':28s} {_fmt_bytes(est.peak_reserved_bytes)}")
     print(f"{'device used (nvidia-smi)':28s} {_fmt_bytes(est.device_used_bytes)}")
     if est.distribution:
-        how = est.distribution.upper() + (" (sharded QLoRA: bf16, not upcast)" if est.method == "qlora"
+        how = est.distribution.upper() + (", sharded QLoRA" if est.method == "qlora"
                                           and est.distribution.startswith("fsdp") else "")
         print(f"\non {est.num_gpus} GPUs with {how} (docs/multi-gpu.md), per GPU:")
         print(f"{'  peak allocated':28s} {_fmt_bytes(est.per_gpu_peak_allocated_bytes)}")
