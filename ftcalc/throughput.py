@@ -49,9 +49,12 @@ __all__ = ["HOST_BOUND_NOTE", "ThroughputCoefficients", "StepParts", "flops_per_
 
 # said of a configuration whose forward + backward is bound by the host's kernel launches (StepParts.cpu_s >
 # gpu_s): one such step, Llama-3.2-3B full fine-tuning at 1024 tokens per GPU with DDP on 4 H200s, took 0.225,
-# 0.277 and 0.310 s on three machines of one kind (runs m-000, i-003, p-000; docs/notes/time-model.md)
+# 0.277 and 0.310 s on three machines of one kind (runs m-000, i-003, p-000), and on one machine its one-GPU
+# twin 0.184 s and 0.243 s two minutes apart (q-001; docs/notes/time-model.md). The launches are per
+# micro-batch, the GPU's work per token: a larger micro-batch moves the step toward GPU-bound
 HOST_BOUND_NOTE = ("host-bound: the GPU waits on the host's kernel launches; such steps ran up to 38 % slower "
-                   "on some machines than on others of the same kind")
+                   "on some machines than on others of the same kind, and varied on one machine; a larger "
+                   "micro-batch, where it fits, moves the step toward GPU-bound")
 
 
 @dataclass(frozen=True)
