@@ -220,7 +220,7 @@ PLANS = {
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
-        # sharded QLoRA (recipe.build_model_sharded, fifth session): checked on CPU only; this is its first GPU run
+        # sharded QLoRA (recipe.build_model_sharded, fifth session): its first GPU run (sixth session: all good)
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
     ],
     # fifth session, on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in

@@ -1,8 +1,8 @@
 """FSDP2 with random weights built on the meta device and materialized per shard (recipe.build_model_sharded),
 on 2 CPU processes: every parameter is a real shard (about half of it per rank), the rotary buffers are
 back, and three training steps give finite losses; for QLoRA, the gathered 4-bit rows and each rank's
-quantization state reproduce the seeded weight (checked on CPU only; not yet run on GPUs). The same code runs on GPUs in ftcalc.profile_dist and
-`ftcalc run` (measured on 2xH200: docs/multi-gpu.md)."""
+quantization state reproduce the seeded weight. The same code runs on GPUs in ftcalc.profile_dist and
+`ftcalc run` (measured on 2x and 4xH200, sharded QLoRA included: docs/multi-gpu.md)."""
 
 from __future__ import annotations
 
