@@ -388,9 +388,6 @@ class _Runner:
         if s.output.merge_adapter and s.method == "qlora" and s.model.init == "random":
             raise InvalidArgumentError("output.merge_adapter with qlora needs init: pretrained (the base is reloaded "
                                        "in bf16 to merge); a random base has nothing worth merging")
-        if s.distribution.strategy == "fsdp" and s.method == "qlora" and s.distribution.fsdp.offload_params:
-            raise InvalidArgumentError("distribution.fsdp.offload_params with qlora: the recipe does not offload 4-bit "
-                                       "weights; set offload_params false")
         if self.record and s.hardware.device != "cuda":
             raise InvalidArgumentError("--record: measurements are of CUDA runs; this spec runs on "
                                        f"{s.hardware.device} (hardware.device)")

@@ -165,7 +165,7 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
         gpu = None
     world = num_gpus * num_nodes
     default_distribution = distribution is None
-    if distribution is None:  # refined below for LoRA once the options are known (ftcalc.parallel.default_strategy)
+    if distribution is None:  # refined below for LoRA/QLoRA once the options are known (parallel.default_strategy)
         distribution = "single" if world == 1 else ("fsdp" if method == "full" else "ddp")
     if init is None:
         init = "random" if mspec.id.startswith("ftcalc/") else "pretrained"
@@ -204,10 +204,10 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
     opts = spec.to_options()
     if spec.gradient_checkpointing is None:  # write the resolved value: the reader should not need the rule
         spec = spec.model_copy(update={"gradient_checkpointing": opts.checkpointing})
-    if default_distribution and world > 1 and num_nodes == 1 and gpu and method == "lora":
+    if default_distribution and world > 1 and num_nodes == 1 and gpu and method in ("lora", "qlora"):
         from ftcalc.parallel import default_strategy
 
-        distribution = default_strategy(mspec, opts, gpu, num_gpus)  # FSDP when a LoRA replica does not fit
+        distribution = default_strategy(mspec, opts, gpu, num_gpus)  # FSDP when a replica does not fit
         spec = spec.model_copy(update={"distribution": spec.distribution.model_copy(update={"strategy": distribution})})
 
     # steps: rows after the validation split, per global batch (packed: estimated tokens / sequence_len)

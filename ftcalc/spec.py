@@ -220,6 +220,9 @@ class TrainingSpec(_Section):
             problems.append(f"distribution.strategy single with {hw.world_size} GPUs: use ddp or fsdp")
         if dist.strategy != "single" and hw.world_size == 1:
             problems.append(f"distribution.strategy {dist.strategy} needs more than one GPU (hardware.num_gpus)")
+        if dist.strategy == "fsdp" and self.method == "qlora" and dist.fsdp.offload_params:
+            problems.append("distribution.fsdp.offload_params with qlora: the recipe does not offload 4-bit weights; "
+                            "set offload_params false")
         if problems:
             raise ValueError("; ".join(problems))
         return self

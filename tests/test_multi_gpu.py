@@ -105,6 +105,12 @@ def test_plan_predicts_per_gpu_memory_with_the_multi_gpu_model():
     big = make_spec("70b", "lora", alpaca, gpu="h200", num_gpus=2, seq_len=2048, batch_size=1, max_steps=4,
                     init="random", sample_packing=True)
     assert big.distribution.strategy == "fsdp" and big.predicted.device_used_bytes < 140 * GIB
+    # 70B QLoRA on two 48 GB L40S: a replica does not fit, so the plan is sharded QLoRA, with its figures
+    q = make_spec("70b", "qlora", alpaca, gpu="l40s", num_gpus=2, seq_len=2048, batch_size=1, max_steps=4,
+                  init="random", sample_packing=True)
+    e = estimate_parallel("70b", make_options(method="qlora", seq_len=2048, batch_size=1), "l40s", "fsdp", 2)
+    assert q.distribution.strategy == "fsdp" and q.predicted.device_used_bytes == pytest.approx(e.device_used_bytes)
+    assert q.predicted.device_used_bytes < 45 * GIB
 
 
 def test_fsdp_gap_is_the_three_streams():

@@ -236,6 +236,17 @@ def test_planner_never_imports_torch(tmp_path):
 # --------------------------------------------------------------------------- emitters
 
 
+def test_fsdp_qlora_with_cpu_offload_is_refused_at_load():
+    """Sharded QLoRA runs under FSDP, but the recipe does not offload 4-bit weights to the host: the spec says so
+    when it is read, before any process starts."""
+    with pytest.raises(SpecError, match="offload_params with qlora"):
+        spec_from_dict(_minimal(method="qlora", hardware={"num_gpus": 2, "gpu": "h200"},
+                                distribution={"strategy": "fsdp", "fsdp": {"offload_params": True}}))
+    ok = spec_from_dict(_minimal(method="qlora", hardware={"num_gpus": 2, "gpu": "h200"},
+                                 distribution={"strategy": "fsdp"}))
+    assert ok.distribution.strategy == "fsdp" and ok.method == "qlora"
+
+
 def test_emit_accelerate_fsdp_and_ddp():
     fsdp = spec_from_dict(_minimal(method="full", hardware={"num_gpus": 8, "gpu": "h100"},
                                    distribution={"strategy": "fsdp"}))
