@@ -5,7 +5,8 @@ device memory on every run but two (DDP: the simulated allocation sequence of a 
 three-stream sequence of a rank, ftcalc/alloc_sequence_fsdp.py), both sharded QLoRA with small footprints:
 r-000 (Llama-3-8B, 2048 tokens) +8.3 % and u-002 (Mistral-7B, 4096) +7.8 %, over-predicted by the compute
 stream's fragmentation (0.64 GiB in trace t-fsdpq8, predicted 1.40 from the one-GPU fit). Met for tokens/s on
-every GPU-bound run but sharded QLoRA (plans r, s, u: -20 to +4 %; plan r blind before a change, -23 to -29 %).
+every GPU-bound run but sharded QLoRA (plans r, s, u: -16.4 to +8.6 %; plan r blind before two changes, -23 to
+-29 %).
 Not met on host-bound runs: Llama-3.2-3B full fine-tuning at 1024 tokens per GPU under DDP, whose step took
 0.225-0.310 s on four GPUs of three machines (i-003 +25 %, p-000 +41 %) and 0.226-0.285 s on two (q-000 +16 %,
 r-005 +34 %): the host's launch speed, which varied within minutes on one machine (docs/notes/time-model.md;
@@ -70,15 +71,15 @@ def test_tokens_per_second_goal_on_every_gpu_bound_run():
     gpu_bound = [r for r in recs if not r["host_bound"] and r["run_id"] not in SHARDED_QLORA]
     assert len(gpu_bound) >= 38
     assert summarize(gpu_bound, "err_tokens_per_second")["max_abs"] <= 0.15
-    # sharded QLoRA: under-predicted by up to 20 % (u-002 -19.8 %, 70B -13 to -19 %); plans s and u (blind, after
-    # the matmul-rate change): -13.1, +4.0, -7.3, -1.4, -13.1, -19.8 %
+    # sharded QLoRA: within 16.4 % (u-002 -16.4 %, 70B -9 to -15 %) since its bf16 adapter path is counted;
+    # registered blind (plans s and u, after the matmul-rate change only): -13.1, +4.0, -7.3, -1.4, -13.1, -19.8 %
     q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_tokens_per_second")
-    assert q["n"] >= 11 and q["max_abs"] <= 0.20, q
+    assert q["n"] >= 11 and q["max_abs"] <= 0.17, q
 
 
 @pytest.mark.xfail(strict=True, reason="tokens/s on host-bound runs (i-003 +25 %, p-000 +41 %, q-000 +16 %, r-005 +34 %: "
                    "Llama-3.2-3B full fine-tuning, 1024 tokens per GPU, DDP, whose step time follows the host's speed), "
-                   "sharded QLoRA's tokens/s (up to -19.8 %) and device used (r-000 +8.3 %, u-002 +7.8 %); docs/multi-gpu.md")
+                   "sharded QLoRA's tokens/s (u-002 -16.4 %) and device used (r-000 +8.3 %, u-002 +7.8 %); docs/multi-gpu.md")
 def test_issue_7_goal_on_every_multi_gpu_run():
     recs = validate_multi_gpu_rows(ROWS)
     assert summarize(recs, "err_device_used")["max_abs"] <= 0.06
