@@ -232,15 +232,19 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
         traffic += inv.linear_weight_params * 2.5 * passes / tc.dequant_bandwidth_share
     if opts.precision == "bf16-mixed" and opts.method != "qlora":  # autocast casts fp32 weights to bf16
         traffic += inv.linear_weight_params * 6.0 * passes
-    if opts.method == "qlora" and not opts.fp32_upcast:
-        # sharded QLoRA keeps its adapters in bf16, so the adapter path of each targeted Linear skips the fp32
-        # round trip of the LoRA runs efficiency_lora was fitted on (fp32 adapters: peft casts the input to fp32,
-        # 2 + 4 bytes per element, dropout in fp32, 4 + 4 + a 1-byte mask, autocast back to bf16 for lora_A, 4 + 2;
-        # in bf16 only the dropout, 2 + 2 + 1): 16 bytes per input element (12 without dropout) less, in the
-        # forward, the recompute and the backward (the same casts and dropout, reversed)
-        per_element = 12.0 + (4.0 if opts.lora_dropout > 0 else 0.0)
+    if opts.uses_adapters:
+        # the input side of each adapted Linear's adapter path, which depends on the adapters' dtype (peft
+        # LoRA Linear.forward: x.to(lora_A.dtype), dropout, lora_A under autocast), in the forward, the recompute
+        # and the backward alike (the same casts and dropout, reversed). fp32 adapters (LoRA; QLoRA as peft
+        # prepares it): cast to fp32 (2 + 4 bytes per element), fp32 dropout (4 + 4 + a 1-byte mask), autocast
+        # back to bf16 for lora_A (4 + 2): 21 bytes, 12 without dropout. bf16 adapters (sharded QLoRA): only the
+        # dropout, 2 + 2 + 1: 5 bytes, none without it. The output side (lora_B's output scaled and added) is
+        # the same in both and stays in the fitted efficiency. Sixth session: made explicit when sharded QLoRA
+        # (bf16 adapters) ran faster than LoRA's fitted rate said (docs/notes/time-model.md)
+        drop = opts.lora_dropout > 0
+        per_input = (5.0 if drop else 0.0) if opts.method == "qlora" and not opts.fp32_upcast else (21.0 if drop else 12.0)
         inputs = sum(g.count * g.in_features for g in inv.linears if opts.is_target(g.kind))
-        traffic -= per_element * inputs * opts.tokens_per_step * passes
+        traffic += per_input * inputs * opts.tokens_per_step * passes
     moe = expert_lora_bytes(inv, opts)["per_layer_saved"]
     if moe:  # checkpointing repeats the forward's merge (about a third of the traffic, an assumption)
         traffic += arch.num_layers * tc.expert_lora_traffic_stacks * moe * (4.0 / 3.0 if opts.checkpointing else 1.0)
@@ -264,8 +268,7 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
         update += tc.opt_fixed_paged_s
     # per-GPU speed calibration (H200 runs vs the datasheet transfer from the H100)
     scale = 1.0 / tc.speed_h200 if getattr(gpu, "gpu", None) == "h200" else 1.0
-    return StepParts(gpu_s=max(compute + traffic / bw, 0.5 * compute) * scale,
-                     cpu_s=arch.num_layers * passes * per_layer * scale,
+    return StepParts(gpu_s=(compute + traffic / bw) * scale, cpu_s=arch.num_layers * passes * per_layer * scale,
                      optimizer_s=update * scale, power=tc.overlap_power, optimizer_host_s=host * scale)
 
 

@@ -1,0 +1,48 @@
+"""Refit the three time coefficients the adapter input-path term moves (sixth session), every other one held.
+
+    python scripts/refit_adapter_rates.py [--write]
+
+ftcalc/throughput.py counts the input side of each adapted Linear's adapter path in bytes (21 per element for
+fp32 adapters, 5 for bf16: docs/notes/time-model.md). Before that term the fitted matmul rates held that cost;
+this refits efficiency_lora, efficiency_qlora and efficiency_half_hidden with ftcalc calibrate's own loss on its
+own fit rows (calibrate._tp_loss over calibrate._time_fit_rows: validation rows are never fitted) from the shipped
+values, and with --write stores them in data/coefficients.json. A full `ftcalc calibrate` would refit every
+coefficient; this keeps the rest as shipped so that only what the new term touches moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, replace
+
+from ftcalc._paths import data_dir
+from ftcalc.calibrate import _TP_BOUNDS, _coordinate_descent, _time_fit_rows, _tp_loss, load_measurements
+from ftcalc.throughput import load_throughput
+
+NAMES = ("efficiency_lora", "efficiency_qlora", "efficiency_half_hidden")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args()
+    tc0 = load_throughput()
+    rows = _time_fit_rows(load_measurements())
+    best = _coordinate_descent(tc0, {k: _TP_BOUNDS[k] for k in NAMES}, lambda t: _tp_loss(rows, t),
+                               (0.2, 0.05, 0.01), rounds=8)
+    print(f"{len(rows)} fit rows; loss {_tp_loss(rows, tc0):.4f} -> {_tp_loss(rows, best):.4f}")
+    for k in NAMES:
+        print(f"  {k}: {getattr(tc0, k):.4g} -> {getattr(best, k):.4g}")
+    if a.write:
+        path = data_dir() / "coefficients.json"
+        d = json.loads(path.read_text())
+        src = d["throughput"]["source"].split("; ")[0]
+        d["throughput"] = asdict(replace(best, source=f"{src}; {', '.join(NAMES)} refitted alone on {len(rows)} runs "
+                                                      "with the adapter input-path term (scripts/refit_adapter_rates.py)"))
+        path.write_text(json.dumps(d, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
