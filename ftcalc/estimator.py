@@ -82,7 +82,9 @@ class Estimate(BaseModel):
     @property
     def host_bound(self) -> bool:
         """The step's forward + backward is bound by the host's kernel launches (tokens/s less certain)."""
-        return bool(self.host_launch_ratio and self.host_launch_ratio > 1.0)
+        from ftcalc.throughput import is_host_bound
+
+        return bool(self.host_launch_ratio and is_host_bound(self.host_launch_ratio))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -496,14 +496,14 @@ class _Runner:
         t0 = time.perf_counter()
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))
-        sharded = self.accelerator is not None and s.distribution.strategy == "fsdp" and s.model.init == "random"
+        fsdp = self.accelerator is not None and s.distribution.strategy == "fsdp"
+        sharded = fsdp and s.model.init == "random"
         if sharded:  # built on meta, sharded, then each rank materializes its shards (a 70B never exists whole;
             # with CPU offload the shards are materialized in host memory)
             self.model = recipe.build_model_sharded(self.model_spec, self.opts, self.accelerator, self.device)
         else:
             self.model = recipe.build_model(self.model_spec, self.opts, device=self.device, init=s.model.init,
-                                            model_path=self._model_path(),
-                                            sharded=self.accelerator is not None and s.distribution.strategy == "fsdp")
+                                            model_path=self._model_path(), sharded=fsdp)
         self.optimizer = recipe.build_optimizer(self.model, self.opts, lr=s.training.learning_rate,
                                                 weight_decay=s.training.weight_decay)
         if sharded:

@@ -173,10 +173,10 @@ def max_fit(model: str | ModelSpec, opts: TrainingOptions, gpu: str | GPU, maxim
 def _fsdp_used(spec: ModelSpec, opts: TrainingOptions, counts: list[int]) -> dict[int, float]:
     """Per-GPU device memory under FSDP full-shard for each GPU count (ftcalc.sharding, docs/multi-gpu.md)."""
     from ftcalc import sharding as sh
+    from ftcalc.parallel import strategy_options
     from ftcalc.solver import _config_grid
 
-    if opts.method == "qlora":  # FSDP runs sharded QLoRA (bf16, not upcast)
-        opts = opts.model_copy(update={"qlora_fp32_upcast": False})
+    opts = strategy_options(opts, "fsdp")
     _, st = _config_grid(spec, opts, [opts.method], [opts.batch_size], opts.batch_size,
                          checkpointing=(opts.checkpointing,))
     nccl = sh.load_assumptions().nccl_buffer_bytes

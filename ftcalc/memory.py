@@ -258,7 +258,7 @@ def _trainable_bytes_per_param(opts: TrainingOptions) -> int:
     """Gradient and optimizer-state element size: the trainable parameters' dtype (fp32 adapters; bf16 for
     sharded QLoRA)."""
     if opts.uses_adapters:
-        return 2 if opts.method == "qlora" and not opts.fp32_upcast else 4
+        return 2 if opts.sharded_qlora else 4
     return _weight_bytes_per_param(opts)
 
 

@@ -93,6 +93,11 @@ class TrainingOptions(BaseModel):
         return self.method == "qlora" and self.qlora_fp32_upcast
 
     @property
+    def sharded_qlora(self) -> bool:
+        """QLoRA as the FSDP build runs it: bf16 unquantized parameters and adapters (no fp32 upcast)."""
+        return self.method == "qlora" and not self.qlora_fp32_upcast
+
+    @property
     def tokens_per_step(self) -> int:
         return self.seq_len * self.batch_size
 

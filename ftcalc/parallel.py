@@ -20,7 +20,7 @@ from ftcalc.hardware import get_gpu
 from ftcalc.options import TrainingOptions
 
 __all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "strategy_of", "STRATEGIES",
-           "simulated_fsdp_gap_bytes"]
+           "simulated_fsdp_gap_bytes", "strategy_options"]
 
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload", "fsdp_grad_op")  # = ftcalc.sharding.SHARDINGS
 
@@ -45,7 +45,9 @@ class ParallelEstimate:
     @property
     def host_bound(self) -> bool:
         """The forward + backward is bound by the host's kernel launches, not by the GPU."""
-        return self.host_launch_ratio > 1.0
+        from ftcalc.throughput import is_host_bound
+
+        return bool(is_host_bound(self.host_launch_ratio))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,8 +70,7 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
     if opts.method == "qlora" and strategy == "fsdp_offload":
         raise InvalidArgumentError("strategy fsdp_offload with qlora: the recipe does not offload 4-bit weights "
                                    "(bitsandbytes re-quantizes weights moved to the GPU); use fsdp or ddp")
-    if opts.method == "qlora":  # FSDP runs sharded QLoRA (bf16, no fp32 upcast), one GPU and DDP peft's way
-        opts = opts.model_copy(update={"qlora_fp32_upcast": strategy not in ("fsdp", "fsdp_grad_op")})
+    opts = strategy_options(opts, strategy)
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     g = get_gpu(gpu)
     a = sh.load_assumptions()
@@ -102,6 +103,14 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
                             compute_seconds=float(compute), tokens_per_second=per_gpu * num_gpus,
                             tokens_per_second_per_gpu=per_gpu, scaling_efficiency=float(compute / step),
                             host_launch_ratio=float(times.host_launch_ratio))
+
+
+def strategy_options(opts: TrainingOptions, strategy: str) -> TrainingOptions:
+    """``opts`` as ``strategy`` trains them: QLoRA under FSDP (full-shard, shard-grad-op) is sharded QLoRA (bf16,
+    no fp32 upcast: recipe.build_model_sharded); on one GPU and under DDP it is peft's (fp32 upcast)."""
+    if opts.method != "qlora":
+        return opts
+    return opts.model_copy(update={"qlora_fp32_upcast": strategy not in ("fsdp", "fsdp_grad_op")})
 
 
 def simulated_fsdp_gap_bytes(spec: ModelSpec, opts: TrainingOptions, num_gpus: int,

@@ -550,7 +550,7 @@ class _Candidates:
         # QLoRA as peft prepares it (fp32 upcast) runs on one GPU or under DDP; sharded QLoRA (bf16,
         # recipe.build_model_sharded) under FSDP full-shard only (the recipe does not offload 4-bit weights)
         upcast = np.array([o.fp32_upcast for o in opts_list])[ci]
-        sharded_q = np.array([o.method == "qlora" and not o.fp32_upcast for o in opts_list])[ci]
+        sharded_q = np.array([o.sharded_qlora for o in opts_list])[ci]
         valid &= ~(upcast & ((si == sh.FSDP) | (si == sh.FSDP_OFFLOAD)))
         valid &= ~(sharded_q & (si != sh.FSDP))
         valid &= (mb * n <= target) | (mb == 1)  # the global batch stays at the target

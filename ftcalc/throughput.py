@@ -45,7 +45,7 @@ from ftcalc.memory import expert_lora_bytes, lora_params, resolve_attention
 from ftcalc.options import TrainingOptions
 
 __all__ = ["HOST_BOUND_NOTE", "ThroughputCoefficients", "StepParts", "flops_per_token", "step_parts", "step_seconds", "tokens_per_second",
-           "load_throughput", "overlap", "trainable_tensors"]
+           "load_throughput", "overlap", "trainable_tensors", "is_host_bound"]
 
 # said of a configuration whose forward + backward is bound by the host's kernel launches (StepParts.cpu_s >
 # gpu_s): one such step, Llama-3.2-3B full fine-tuning at 1024 tokens per GPU with DDP on 4 H200s, took 0.225,
@@ -172,7 +172,7 @@ class StepParts:
     @property
     def host_bound(self) -> Any:
         """The forward + backward waits on the host's launches, not on the GPU (HOST_BOUND_NOTE)."""
-        return self.host_launch_ratio > 1.0
+        return is_host_bound(self.host_launch_ratio)
 
     def per_micro_batch_s(self, grad_accum: Any) -> Any:
         """Seconds per micro-batch, the optimizer update's share included (one per ``grad_accum`` micro-batches)."""
@@ -185,6 +185,11 @@ class StepParts:
         host = np.broadcast_to(np.asarray(self.optimizer_host_s, dtype=float), np.shape(self.optimizer_s))
         return replace(self, gpu_s=np.asarray(self.gpu_s)[index], cpu_s=np.asarray(self.cpu_s)[index],
                        optimizer_s=np.asarray(self.optimizer_s)[index], optimizer_host_s=host[index])
+
+
+def is_host_bound(host_launch_ratio: Any) -> Any:
+    """Whether a forward + backward with this host launch time / GPU time is bound by the host (HOST_BOUND_NOTE)."""
+    return host_launch_ratio > 1.0
 
 
 def overlap(gpu_s: Any, cpu_s: Any, power: float) -> Any:
@@ -242,7 +247,7 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
         # the same in both and stays in the fitted efficiency. Sixth session: made explicit when sharded QLoRA
         # (bf16 adapters) ran faster than LoRA's fitted rate said (docs/notes/time-model.md)
         drop = opts.lora_dropout > 0
-        per_input = (5.0 if drop else 0.0) if opts.method == "qlora" and not opts.fp32_upcast else (21.0 if drop else 12.0)
+        per_input = (5.0 if drop else 0.0) if opts.sharded_qlora else (21.0 if drop else 12.0)
         inputs = sum(g.count * g.in_features for g in inv.linears if opts.is_target(g.kind))
         traffic += per_input * inputs * opts.tokens_per_step * passes
     moe = expert_lora_bytes(inv, opts)["per_layer_saved"]
