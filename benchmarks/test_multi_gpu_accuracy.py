@@ -1,12 +1,11 @@
 """Multi-GPU accuracy (issues 7 and 8) on the 2x, 4x and 8xH200 runs, and the time one multi-GPU estimate takes.
 
 Goal: per-GPU device memory within 6 % of measured on every multi-GPU run, tokens/s within 15 %. Met for
-device memory on every run but two (DDP: the simulated allocation sequence of a rank; FSDP: the simulated
-three-stream sequence of a rank, ftcalc/alloc_sequence_fsdp.py), both sharded QLoRA with small footprints:
-r-000 (Llama-3-8B, 2048 tokens) +8.3 % and u-002 (Mistral-7B, 4096) +7.8 %, over-predicted by the compute
-stream's fragmentation (0.64 GiB in trace t-fsdpq8, predicted 1.40 from the one-GPU fit). Met for tokens/s on
-every run the model calls GPU-bound (sharded QLoRA's plans r, s, u included since the sixth session's
-adapter-path term; plan r was -23 to -29 % as registered).
+device memory on every run (DDP: the simulated allocation sequence of a rank; FSDP: the simulated three-stream
+sequence of a rank, ftcalc/alloc_sequence_fsdp.py for full fine-tuning and, since the seventh session,
+ftcalc/alloc_sequence_adapter.py for LoRA and sharded QLoRA, which took r-000 from +8.3 to -2.2 % and u-002
+from +7.8 to +2.8 %). Met for tokens/s on every run the model calls GPU-bound (sharded QLoRA's plans r, s, u
+included since the sixth session's adapter-path term; plan r was -23 to -29 % as registered).
 Not met on host-bound runs: Llama-3.2-3B full fine-tuning at 1024 tokens per GPU under DDP, whose step took
 0.225-0.310 s on four GPUs of three machines (i-003 +25 %, p-000 +41 %) and 0.226-0.285 s on two (q-000 +16 %,
 r-005 +34 %): the host's launch speed, which varied within minutes on one machine (docs/notes/time-model.md;
@@ -60,11 +59,18 @@ def test_regression_guard():
         assert d["median_abs"] <= 0.02 and d["worst_under"] >= -0.05, d
         # blind runs: 8.8 % since plans q and r (host-bound repeats, sharded QLoRA); all runs: 5.5 %
         assert t["median_abs"] <= 0.09, t
-        # device used within 6 % on every run but sharded QLoRA, over-predicted by +0.9 to +8.3 % (r-000 +8.3 %,
-        # u-002 +7.8 %: the compute stream's fragmentation, module docstring)
-        assert summarize([r for r in recs if r["run_id"] not in SHARDED_QLORA], "err_device_used")["max_abs"] <= 0.06
-        q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_device_used")
-        assert q["max_abs"] <= 0.09 and q["worst_under"] >= 0.0, q
+        # LoRA and sharded QLoRA under FSDP: the simulated adapter sequence, -4.2 to +2.2 % on their 21 runs
+        # (sharded QLoRA was +0.9 to +8.3 % with the one-GPU fit of the compute stream's gap); the worst are the
+        # runs whose peak allocated is under-predicted (h-002, 405B LoRA: allocated -4.8 %, used -4.2 %)
+        a = summarize([r for r in recs if r["method"] in ("lora", "qlora") and r["distribution"] == "fsdp"],
+                      "err_device_used")
+        assert a["max_abs"] <= 0.045, a
+
+
+def test_device_used_goal_on_every_multi_gpu_run():
+    recs = validate_multi_gpu_rows(ROWS)
+    assert len(recs) >= 59
+    assert summarize(recs, "err_device_used")["max_abs"] <= 0.06
 
 
 def test_tokens_per_second_goal_on_every_gpu_bound_run():
@@ -80,7 +86,7 @@ def test_tokens_per_second_goal_on_every_gpu_bound_run():
 
 @pytest.mark.xfail(strict=True, reason="tokens/s on host-bound runs (i-003 +25 %, p-000 +41 %, q-000 +16 %, r-005 +34 %: "
                    "Llama-3.2-3B full fine-tuning, 1024 tokens per GPU, DDP, whose step time follows the host's speed), "
-                   "and u-002 -15.5 % (sharded QLoRA, host-bound), and device used (r-000 +8.3 %, u-002 +7.8 %); docs/multi-gpu.md")
+                   "and u-002 -15.5 % (sharded QLoRA, host-bound); docs/multi-gpu.md")
 def test_issue_7_goal_on_every_multi_gpu_run():
     recs = validate_multi_gpu_rows(ROWS)
     assert summarize(recs, "err_device_used")["max_abs"] <= 0.06

@@ -119,19 +119,24 @@ def simulated_fsdp_gap_bytes(spec: ModelSpec, opts: TrainingOptions, num_gpus: i
     (ftcalc/alloc_sequence_fsdp.py: all-gather buffers, gradient shards on the reduce-scatter stream, the
     compute stream's own fragmentation); None where the sequence does not cover the configuration
     (``fsdp_sequence_supported``: full fine-tuning of untied decoders). About 0.1 s, cached."""
-    from ftcalc.alloc_sequence_fsdp import fsdp_sequence_supported
+    from ftcalc.alloc_sequence_adapter import adapter_sequence_supported, simulate_adapter_fsdp
+    from ftcalc.alloc_sequence_fsdp import fsdp_sequence_supported, simulate_fsdp
 
-    if num_gpus < 2 or not fsdp_sequence_supported(spec, opts):
+    if num_gpus < 2:
         return None
-    from ftcalc.alloc_sequence_fsdp import simulate_fsdp
+    if fsdp_sequence_supported(spec, opts):
+        sim = simulate_fsdp
+    elif adapter_sequence_supported(spec, opts):
+        sim = simulate_adapter_fsdp
+    else:
+        return None
 
     # keyed on the architecture itself (a config edited in memory is another model than its catalog id)
     key = (repr(spec.arch), opts.model_dump_json(), num_gpus, reshard_after_forward)
     if key not in _FSDP_GAPS:
         if len(_FSDP_GAPS) >= 256:
             _FSDP_GAPS.pop(next(iter(_FSDP_GAPS)))
-        _FSDP_GAPS[key] = float(simulate_fsdp(spec, opts, num_gpus, steps=2,
-                                              reshard_after_forward=reshard_after_forward).gap)
+        _FSDP_GAPS[key] = float(sim(spec, opts, num_gpus, steps=2, reshard_after_forward=reshard_after_forward).gap)
     return _FSDP_GAPS[key]
 
 

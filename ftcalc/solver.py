@@ -513,18 +513,17 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
 def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,
                     si: np.ndarray, n: np.ndarray, ga: np.ndarray) -> sh.ModelStates:
     """``st`` (one row per candidate) with the simulated FSDP gap of each full-shard candidate whose
-    three-stream allocation sequence ftcalc simulates (full fine-tuning of untied decoders, one micro-batch
-    per step: ftcalc.parallel.simulated_fsdp_gap_bytes, cached per configuration and GPU count, ~0.1 s each);
+    three-stream allocation sequence ftcalc simulates (full fine-tuning, LoRA and sharded QLoRA of untied
+    decoders, one micro-batch per step: ftcalc.parallel.simulated_fsdp_gap_bytes, cached per configuration and
+    GPU count, 0.1-0.5 s each);
     NaN elsewhere (gradient accumulation included), where sharding.device_used_per_gpu takes its analytic
     path, as estimate_parallel does."""
     from ftcalc.parallel import simulated_fsdp_gap_bytes
 
     gaps = np.full(len(ci), np.nan)
     for k in np.flatnonzero((si == sh.FSDP) & (np.asarray(ga) == 1)):
-        opts = opts_list[ci[k]]
-        if opts.method == "full":
-            g = simulated_fsdp_gap_bytes(spec, opts, int(n[k]))
-            gaps[k] = np.nan if g is None else g
+        g = simulated_fsdp_gap_bytes(spec, opts_list[ci[k]], int(n[k]))
+        gaps[k] = np.nan if g is None else g
     return replace(st, gap_fsdp=gaps)
 
 
