@@ -10,4 +10,4 @@ export PYTHONPATH=$PWD/.site:$PWD FTCALC_GIT_COMMIT=$2 PYTHONUNBUFFERED=1 NCCL_N
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 (lscpu | head -20; nproc; free -g; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) > "$out/host.txt" 2>&1
-timeout 420 python3 -m ftcalc.profile --batch "scripts/plans/$plan.jsonl" --out "$out/$plan.jsonl" --timeout 200 2>&1 | grep "^\["
+timeout "${PLAN_TIMEOUT:-420}" python3 -m ftcalc.profile --batch "scripts/plans/$plan.jsonl" --out "$out/$plan.jsonl" --timeout 200 2>&1 | grep "^\["
