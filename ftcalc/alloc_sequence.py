@@ -156,6 +156,24 @@ def _norm_fwd(s: _Seq, d: Dims, keep: bool) -> tuple[int, list[int]]:
     return y, saved
 
 
+def _rotary_fwd(s: _Seq, d: Dims) -> list[int]:
+    """Rotary embedding of q then k (bf16): ``x * cos``, ``rotate_half`` (a negated half and a cat), ``* sin``,
+    the sum; returns the two rotated tensors."""
+    n, c = d.n, 2
+    rot = []
+    for dim in (d.q_dim, d.kv_dim):
+        t1 = s.a(n * dim * c)
+        ng = s.a(n * dim * c // 2)
+        cat = s.a(n * dim * c)
+        s.f(ng)
+        t2 = s.a(n * dim * c)
+        s.f(cat)
+        out = s.a(n * dim * c)
+        s.f(t1, t2)
+        rot.append(out)
+    return rot
+
+
 def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
                free_input: bool = False) -> tuple[int | None, dict]:
     """One decoder layer forward from input ``x``; returns (output, saved dict). ``free_input``: the
@@ -171,17 +189,7 @@ def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
     q = s.a(n * d.q_dim * c)
     k = s.a(n * d.kv_dim * c)
     v = s.a(n * d.kv_dim * c)
-    rot = []
-    for dim in (d.q_dim, d.kv_dim):
-        t1 = s.a(n * dim * c)
-        ng = s.a(n * dim * c // 2)
-        cat = s.a(n * dim * c)
-        s.f(ng)
-        t2 = s.a(n * dim * c)
-        s.f(cat)
-        out = s.a(n * dim * c)
-        s.f(t1, t2)
-        rot.append(out)
+    rot = _rotary_fwd(s, d)
     s.f(q, k)
     o = s.a(n * d.q_dim * c)
     lse = s.a(d.b * d.heads * d.t * 4)

@@ -37,7 +37,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftcalc.alloc_sequence import CUBLAS_WORKSPACE_BYTES, _loss_bwd, _loss_fwd, _optimizer, dims_for
+from ftcalc.alloc_sequence import (
+    CUBLAS_WORKSPACE_BYTES,
+    _loss_bwd,
+    _loss_fwd,
+    _optimizer,
+    _rotary_fwd,
+    dims_for,
+)
 from ftcalc.alloc_sequence_fsdp import ALL_GATHER, REDUCE_SCATTER, FsdpSim, _shard, _SSeq
 from ftcalc.allocator import CachingAllocator, simulate
 
@@ -255,17 +262,7 @@ def _layer_fwd(s: _SSeq, d, ad: _Adapter, x: int, save: bool, stop_early: bool =
     q, sv["lin"]["q_proj"] = _lin_fwd(s, d, ad, "q_proj", save)
     k, sv["lin"]["k_proj"] = _lin_fwd(s, d, ad, "k_proj", save)
     v, sv["lin"]["v_proj"] = _lin_fwd(s, d, ad, "v_proj", save)
-    rot = []
-    for dim in (d.q_dim, d.kv_dim):
-        t1 = s.a(n * dim * c)
-        ng = s.a(n * dim * c // 2)
-        cat = s.a(n * dim * c)
-        s.f(ng)
-        t2 = s.a(n * dim * c)
-        s.f(cat)
-        out = s.a(n * dim * c)
-        s.f(t1, t2)
-        rot.append(out)
+    rot = _rotary_fwd(s, d)
     s.f(q, k)
     o = s.a(n * d.q_dim * c)
     lse = s.a(d.b * d.heads * d.t * 4)
