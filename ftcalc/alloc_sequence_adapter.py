@@ -35,7 +35,7 @@ micro-batch per step. Elsewhere ``ftcalc.sharding`` keeps the one-GPU fit of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ftcalc.alloc_sequence import (
     CUBLAS_WORKSPACE_BYTES,
@@ -45,12 +45,11 @@ from ftcalc.alloc_sequence import (
     _rotary_fwd,
     dims_for,
 )
-from ftcalc.alloc_sequence_fsdp import ALL_GATHER, REDUCE_SCATTER, FsdpSim, _shard, _SSeq
+from ftcalc.alloc_sequence_fsdp import FsdpSim, _Collectives, _shard, _SSeq
 from ftcalc.allocator import CachingAllocator, simulate
+from ftcalc.inventory import inventory
 
 __all__ = ["adapter_fsdp_step_sequence", "simulate_adapter_fsdp", "adapter_sequence_supported"]
-
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -63,25 +62,26 @@ class _Adapter:
     double_quant: bool
     dropout: bool
     targets: frozenset  # adapted Linear kinds
+    shapes: dict  # (in, out) features of each decoder Linear kind, in module order (ftcalc.inventory)
+
+
+def _adapter(spec, opts) -> _Adapter:
+    """The :class:`_Adapter` of a model and its (strategy's) options."""
+    shapes = {g.kind: (g.in_features, g.out_features) for g in inventory(spec.arch).linears}
+    return _Adapter(r=opts.lora_r, ab=2 if opts.sharded_qlora else 4, qlora=opts.sharded_qlora,
+                    double_quant=bool(opts.double_quant), dropout=opts.lora_dropout > 0,
+                    targets=frozenset(k for k in shapes if opts.is_target(k)), shapes=shapes)
 
 
 def adapter_sequence_supported(spec, opts) -> bool:
     """True when :func:`adapter_fsdp_step_sequence` models the configuration (module docstring)."""
-    from ftcalc.memory import SIMULATED_MODEL_TYPES
+    from ftcalc.memory import resolve_attention, sequence_ops_covered
 
     a = spec.arch
     return (opts.method == "lora" or opts.sharded_qlora) and opts.precision == "bf16-true" \
-        and a.model_type in SIMULATED_MODEL_TYPES and not a.tie_word_embeddings and not a.num_experts \
+        and opts.optimizer in ("adamw_torch", "adamw_torch_fused") and not a.tie_word_embeddings \
         and not a.fused_qkv and not a.fused_gate_up and not a.qk_norm \
-        and opts.loss == "standard" and opts.gradient_accumulation_steps == 1 \
-        and opts.attention in ("auto", "sdpa") and opts.optimizer in ("adamw_torch", "adamw_torch_fused")
-
-
-def _linear_shapes(d) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each decoder Linear."""
-    return {"q_proj": (d.h, d.q_dim), "k_proj": (d.h, d.kv_dim), "v_proj": (d.h, d.kv_dim),
-            "o_proj": (d.q_dim, d.h), "gate_proj": (d.h, d.inter), "up_proj": (d.h, d.inter),
-            "down_proj": (d.inter, d.h)}
+        and sequence_ops_covered(a, opts, resolve_attention(a, opts))
 
 
 def _params(d, ad: _Adapter) -> tuple[list, list[list], list]:
@@ -90,7 +90,7 @@ def _params(d, ad: _Adapter) -> tuple[list, list[list], list]:
     layers = []
     for li in range(d.layers):
         u = []
-        for kind, (i, o) in _linear_shapes(d).items():
+        for kind, (i, o) in ad.shapes.items():
             u.append((f"{li}.{kind}", i * o // 2 if ad.qlora else i * o * 2))
             if kind in ad.targets:
                 u += [(f"{li}.{kind}.A", ad.r * i * ad.ab), (f"{li}.{kind}.B", o * ad.r * ad.ab)]
@@ -112,7 +112,7 @@ def _quant_state_bytes(numel: int, double_quant: bool) -> int:
 def _lin_fwd(s: _SSeq, d, ad: _Adapter, kind: str, save: bool) -> tuple[int, list[int]]:
     """Forward of one decoder Linear on the (caller-held) input; returns (output, saved tensors)."""
     n = d.n
-    i, o = _linear_shapes(d)[kind]
+    i, o = ad.shapes[kind]
     adapted = kind in ad.targets
     if ad.qlora:  # MatMul4Bit: absmax dequantized (two fp32 transients), the weight dequantized to bf16
         t = [s.a(i * o // 16), s.a(i * o // 16)] if ad.double_quant else []
@@ -161,7 +161,7 @@ def _lin_bwd(s: _SSeq, d, ad: _Adapter, kind: str, g: int, saved: list[int], own
     residual gradient, shared); returns the input gradient (bf16). The adapter branch first, then the base;
     the two summed in place into the first."""
     n = d.n
-    i, o = _linear_shapes(d)[kind]
+    i, o = ad.shapes[kind]
     adapted = kind in ad.targets
     gx = None
     if adapted:
@@ -352,9 +352,7 @@ def adapter_fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2,
     """The requests of one FSDP2 rank training adapters (:func:`adapter_sequence_supported`): the sharded
     build, then ``steps`` steps (units gathered and resharded as in ``fsdp_step_sequence``)."""
     d = dims_for(spec, opts)
-    ad = _Adapter(r=opts.lora_r, ab=2 if opts.sharded_qlora else 4, qlora=opts.sharded_qlora,
-                  double_quant=bool(opts.double_quant), dropout=opts.lora_dropout > 0,
-                  targets=frozenset(k for k in LINEARS if opts.is_target(k)))
+    ad = _adapter(spec, opts)
     n, h, c = d.n, d.h, 2
     s = _SSeq()
     emb_unit, layer_units, tail_unit = _params(d, ad)
@@ -364,7 +362,7 @@ def adapter_fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2,
     if ad.qlora:  # each Linear quantized on the device: its bf16 weight, absmax transients, the packed
         prev = None  # weight (freed after the next Linear's), the quantization state kept (t-fsdpq8's build)
         for _li in range(d.layers):
-            for _kind, (i, o) in _linear_shapes(d).items():
+            for i, o in ad.shapes.values():
                 w = s.a(i * o * 2)
                 t1 = s.a(i * o // 16)
                 packed = s.a(i * o // 2)
@@ -374,37 +372,21 @@ def adapter_fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2,
                 prev = packed
         s.f(prev)
     s.req.append(("reset", 0, 0))
+    adapters = [[(name, nb) for name, nb in u if name.endswith((".A", ".B"))] for u in layer_units]
     trainable = [(name, _shard(nb // 2, num_gpus) * 2 // ad.ab)  # the rank's shards of the adapters
-                 for u in layer_units for name, nb in u if name.endswith((".A", ".B"))]
-    dd = _ShardDims(d, ad.ab)
+                 for u in adapters for name, nb in u]
+    grad_bytes = [sum(nb for _, nb in u) for u in adapters]  # each layer's adapter gradients
+    dd = replace(d, wbytes=ad.ab)  # the adapters' optimizer states: their dtype
     states: dict = {}
 
     def unit_bytes(unit) -> int:
         return sum(_shard(nb // 2, num_gpus) * 2 * num_gpus for _, nb in unit)
 
     for k in range(steps):
-        ag = {"prev": None}
+        col = _Collectives(s, num_gpus)
 
-        def gather(unit, forward: bool, ag: dict = ag) -> list[int]:
-            if not forward:
-                s.f(ag["prev"])
-                ag["prev"] = None
-            buf = s.on(ALL_GATHER, unit_bytes(unit))
-            params = [s.a(nb) for _, nb in unit]
-            s.f(ag["prev"])
-            ag["prev"] = buf
-            return params
-
-        rs = {"prev": None, "out": []}
-
-        def reduce(unit, rs: dict = rs) -> None:
-            grads = [(name, nb) for name, nb in unit if name.endswith((".A", ".B"))]
-            if not grads:
-                return
-            s.f(rs["prev"])
-            total = sum(nb for _, nb in grads)
-            rs["prev"] = s.a(total)
-            rs["out"].append(s.on(REDUCE_SCATTER, -(-total // num_gpus)))
+        def gather(unit, forward: bool, col: _Collectives = col) -> list[int]:
+            return col.gather(unit_bytes(unit), [nb for _, nb in unit], forward)
 
         p_emb = gather(emb_unit, True)
         emb = s.a(n * h * c)
@@ -428,8 +410,7 @@ def adapter_fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2,
         logits, l32, lsm = _loss_fwd(s, n, d.vocab, c)
         s.f(l32)
         s.f(yf)
-        s.f(ag["prev"])
-        ag["prev"] = None
+        col.release()
         s.f(logits)
         gb = _loss_bwd(s, n, d.vocab, c, lsm)
         if k == 0:  # the autograd thread's cuBLAS workspace
@@ -448,26 +429,14 @@ def adapter_fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2,
             if d.checkpointing and li > 0:  # the checkpoint frame's input
                 s.f(inputs[li])
             s.f(*p_layers[li])
-            reduce(layer_units[li])
-        s.f(ag["prev"])
-        ag["prev"] = None
+            if grad_bytes[li]:  # a layer without adapted Linears has no gradients to reduce
+                col.reduce(grad_bytes[li])
+        col.release()
         s.f(dy, emb)
-        s.f(rs["prev"])
+        col.end_backward()
         _optimizer(s, dd, trainable, {}, states, first=(k == 0))
-        s.f(*rs["out"])
+        col.zero_grad()
     return s.req
-
-
-@dataclass(frozen=True)
-class _ShardDims:
-    """The ``Dims`` view ``alloc_sequence._optimizer`` reads (optimizer, state element size)."""
-
-    d: object
-    wbytes: int
-
-    @property
-    def optimizer(self) -> str:
-        return self.d.optimizer
 
 
 def simulate_adapter_fsdp(spec, opts, num_gpus: int, steps: int = 2, reshard_after_forward: bool = True) -> FsdpSim:

@@ -77,6 +77,54 @@ class _SSeq(_Seq):
         return i
 
 
+class _Collectives:
+    """One step's all-gathers and reduce-scatters on the request list ``s`` (order read off t-fsdp8: module
+    docstring): each unit's flat all-gather buffer, freed after the next unit's is allocated in forward and
+    before it in backward; each unit's reduce-scatter input on the compute stream (freed before the next one),
+    its gradient shard on the reduce-scatter stream (alive until zero_grad, :meth:`zero_grad`)."""
+
+    def __init__(self, s: _SSeq, num_gpus: int) -> None:
+        self.s, self.num_gpus = s, num_gpus
+        self.buffer: int | None = None  # the all-gather buffer alive
+        self.rs_input: int | None = None
+        self.shards: list[int] = []
+
+    def gather(self, unit_bytes: int, param_bytes: list[int], forward: bool) -> list[int]:
+        """Unshard a unit: its all-gather buffer, then the parameters copied out of it (one block each)."""
+        s = self.s
+        if not forward:
+            self.release()
+        buf = s.on(ALL_GATHER, unit_bytes)
+        params = [s.a(nbytes) for nbytes in param_bytes]
+        s.f(self.buffer)
+        self.buffer = buf
+        return params
+
+    def release(self) -> None:
+        """Free the all-gather buffer alive."""
+        self.s.f(self.buffer)
+        self.buffer = None
+
+    def reduce(self, unit_bytes: int, grads: list[int] = ()) -> None:
+        """Post-backward of a unit whose gradients take ``unit_bytes``: the reduce-scatter input, the unsharded
+        gradients ``grads`` freed after the copy-in, the gradient shard."""
+        s = self.s
+        s.f(self.rs_input)
+        self.rs_input = s.a(unit_bytes)
+        s.f(*grads)
+        self.shards.append(s.on(REDUCE_SCATTER, -(-unit_bytes // self.num_gpus)))
+
+    def end_backward(self) -> None:
+        """Free the last reduce-scatter input."""
+        self.s.f(self.rs_input)
+        self.rs_input = None
+
+    def zero_grad(self) -> None:
+        """zero_grad(set_to_none=True): the gradient shards."""
+        self.s.f(*self.shards)
+        self.shards = []
+
+
 def _shard(numel: int, n: int) -> int:
     """Elements of one rank's shard (FSDP2 pads each parameter to a multiple of N, ``_chunk_with_empty``)."""
     return -(-numel // n)
@@ -119,29 +167,13 @@ def fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2, reshard_after_
         return sum(_shard(numel, num_gpus) * num_gpus for _, numel in unit) * w
 
     for k in range(steps):
-        ag = {"prev": None}
+        col = _Collectives(s, num_gpus)
 
-        def gather(unit, forward: bool, ag: dict = ag) -> list[int]:
-            """Unshard: the all-gather buffer (A), the parameters copied out of it (C), and the previous
-            buffer freed (forward: after this one is allocated; backward: before)."""
-            if not forward:
-                s.f(ag["prev"])
-                ag["prev"] = None
-            buf = s.on(ALL_GATHER, unit_bytes(unit))
-            params = [s.a(numel * w) for _, numel in unit]
-            s.f(ag["prev"])
-            ag["prev"] = buf
-            return params
+        def gather(unit, forward: bool, col: _Collectives = col) -> list[int]:
+            return col.gather(unit_bytes(unit), [numel * w for _, numel in unit], forward)
 
-        rs = {"prev": None, "out": []}
-
-        def reduce(unit, grads: list[int], rs: dict = rs) -> None:
-            """Post-backward: the reduce-scatter input (C, freed before the next one), the unsharded
-            gradients freed after the copy-in, the gradient shard on the reduce-scatter stream."""
-            s.f(rs["prev"])
-            rs["prev"] = s.a(unit_bytes(unit))
-            s.f(*grads)
-            rs["out"].append(s.on(REDUCE_SCATTER, unit_bytes(unit) // num_gpus))
+        def reduce(unit, grads: list[int], col: _Collectives = col) -> None:
+            col.reduce(unit_bytes(unit), grads)
 
         # forward
         p_emb = gather(emb_unit, True)
@@ -166,8 +198,7 @@ def fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2, reshard_after_
         logits, l32, lsm = _loss_fwd(s, n, d.vocab, c)
         s.f(l32)
         s.f(logits)
-        s.f(ag["prev"])  # the tail's buffer
-        ag["prev"] = None
+        col.release()  # the tail's buffer
         if not d.checkpointing:
             s.f(emb)
         gb = _loss_bwd(s, n, d.vocab, c, lsm)
@@ -199,18 +230,17 @@ def fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2, reshard_after_
                 s.f(emb)
             s.f(*p_layers[li])
             reduce(layer_units[li], list(grads.values()))
-        s.f(ag["prev"])
-        ag["prev"] = None
+        col.release()
         if reshard_after_forward:
             p_emb = gather(emb_unit, False)
         ge = s.a(d.vocab * h * w)
         s.f(dy)
         s.f(*p_emb)
-        s.f(ag["prev"])
+        col.release()
         reduce(emb_unit, [ge])
-        s.f(rs["prev"])
+        col.end_backward()
         _optimizer(s, d, shards, {}, states, first=(k == 0))
-        s.f(*rs["out"])  # zero_grad(set_to_none=True): the gradient shards
+        col.zero_grad()
     return s.req
 
 

@@ -571,9 +571,16 @@ SIMULATED_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged
 
 def simulation_supported(arch: Architecture, opts: TrainingOptions, attention: str) -> bool:
     """Whether the caching-allocator simulation models this configuration (else the fitted gap is used)."""
-    return (opts.method == "full" and arch.model_type in SIMULATED_MODEL_TYPES and attention == "sdpa"
-            and opts.loss == "standard" and opts.gradient_accumulation_steps == 1
-            and opts.precision in ("bf16-true", "bf16-mixed") and opts.optimizer in SIMULATED_OPTIMIZERS
+    return (opts.method == "full" and opts.precision in ("bf16-true", "bf16-mixed")
+            and sequence_ops_covered(arch, opts, attention))
+
+
+def sequence_ops_covered(arch: Architecture, opts: TrainingOptions, attention: str) -> bool:
+    """What every generated allocation sequence (alloc_sequence, alloc_sequence_fsdp, alloc_sequence_adapter)
+    needs whatever the method: a decoder type, attention, loss and optimizer its op model covers, one
+    micro-batch per step, no experts."""
+    return (arch.model_type in SIMULATED_MODEL_TYPES and attention == "sdpa" and opts.loss == "standard"
+            and opts.gradient_accumulation_steps == 1 and opts.optimizer in SIMULATED_OPTIMIZERS
             and not arch.num_experts)
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from ftcalc.alloc_sequence import CUBLAS_WORKSPACE_BYTES, dims_for
 from ftcalc.alloc_sequence_adapter import (
-    LINEARS,
-    _Adapter,
+    _adapter,
     _params,
     adapter_fsdp_step_sequence,
     adapter_sequence_supported,
@@ -69,7 +68,7 @@ def test_every_tensor_of_a_step_is_freed_but_the_states():
                        for k in (0, 1, 2))
     # after a step only the adapters' AdamW states (two per trainable shard) and the two cuBLAS workspaces stay
     # beside the build; a second step leaves nothing more behind
-    _, layers, _ = _params(dims_for(spec, opts), _Adapter(16, 2, True, True, True, frozenset(LINEARS)))
+    _, layers, _ = _params(dims_for(spec, opts), _adapter(spec, opts))
     adapters = sum(_shard(nb // 2, 2) * 2 for u in layers for name, nb in u if name.endswith((".A", ".B")))
     assert one.allocated - build.allocated == 2 * adapters + 2 * CUBLAS_WORKSPACE_BYTES
     assert two.allocated == one.allocated
