@@ -312,7 +312,7 @@ def _tp_loss(rows: list[dict[str, Any]], tc: ThroughputCoefficients) -> float:
         spec = resolve_model(row["model"])
         opts = row_options(row)
         parts = step_parts(spec, opts, get_gpu(row["gpu_name"]), tc)
-        pred = opts.tokens_per_step / parts.per_micro_batch_s(opts.gradient_accumulation_steps)
+        pred = parts.tokens_per_second(opts)
         errs.append(abs(math.log(pred / row["tokens_per_second"])))
         phases = measured_phases(row)
         if phases:

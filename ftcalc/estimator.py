@@ -173,13 +173,13 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
                 note = f"needs {mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB"
     tps = hours = launch_ratio = None
     if gpu_obj is not None:
-        from ftcalc.throughput import step_parts, tokens_per_second
+        from ftcalc.throughput import step_parts
 
         if par is not None:
             tps, launch_ratio = par.tokens_per_second_per_gpu, par.host_launch_ratio
         else:
-            tps = tokens_per_second(spec, opts, gpu_obj)
-            launch_ratio = float(step_parts(spec, opts, gpu_obj).host_launch_ratio)
+            parts = step_parts(spec, opts, gpu_obj)
+            tps, launch_ratio = float(parts.tokens_per_second(opts)), float(parts.host_launch_ratio)
         if dataset_tokens:
             hours = dataset_tokens * epochs / (tps * opts.num_gpus) / 3600
     attn = resolve_attention(arch, opts)

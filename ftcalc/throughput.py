@@ -178,6 +178,10 @@ class StepParts:
         """Seconds per micro-batch, the optimizer update's share included (one per ``grad_accum`` micro-batches)."""
         return self.micro_batch_s + self.optimizer_s / grad_accum
 
+    def tokens_per_second(self, opts: TrainingOptions) -> Any:
+        """Trained tokens per second of ``opts`` (whose step these are the parts of), all tokens counted."""
+        return opts.tokens_per_step / self.per_micro_batch_s(opts.gradient_accumulation_steps)
+
     def take(self, *index: Any) -> StepParts:
         """The parts at ``index`` of array-valued parts."""
         import numpy as np
@@ -228,6 +232,7 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
     compute = opts.tokens_per_step * (f["dense"] + f["attention"]) / rate
     bw = gpu.memory_bandwidth_gbps * 1e9
     inv = inventory(arch)
+    targeted = [g for g in inv.linears if opts.is_target(g.kind)] if opts.uses_adapters else []  # adapted Linears
     passes = 2 + (1 if opts.checkpointing else 0)  # forward, backward, recompute
     traffic = 0.0
     if resolve_attention(arch, opts) == "eager":  # T x T scores written and read in fp32 and bf16
@@ -248,14 +253,14 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
         # (bf16 adapters) ran faster than LoRA's fitted rate said (docs/notes/time-model.md)
         drop = opts.lora_dropout > 0
         per_input = (5.0 if drop else 0.0) if opts.sharded_qlora else (21.0 if drop else 12.0)
-        inputs = sum(g.count * g.in_features for g in inv.linears if opts.is_target(g.kind))
+        inputs = sum(g.count * g.in_features for g in targeted)
         traffic += per_input * inputs * opts.tokens_per_step * passes
     moe = expert_lora_bytes(inv, opts)["per_layer_saved"]
     if moe:  # checkpointing repeats the forward's merge (about a third of the traffic, an assumption)
         traffic += arch.num_layers * tc.expert_lora_traffic_stacks * moe * (4.0 / 3.0 if opts.checkpointing else 1.0)
     per_layer = tc.layer_overhead_s + tc.norm_overhead_s * (arch.norms_per_layer + (2 if arch.qk_norm else 0))
     if opts.uses_adapters:
-        per_layer += tc.lora_module_overhead_s * sum(g.count for g in inv.linears if opts.is_target(g.kind)) / arch.num_layers
+        per_layer += tc.lora_module_overhead_s * sum(g.count for g in targeted) / arch.num_layers
     if opts.method == "qlora":
         per_layer += tc.qlora_module_overhead_s * sum(g.count for g in inv.linears) / arch.num_layers
     # the optimizer update: its states' memory traffic, the host's per-tensor work, paged optimizers' sync
@@ -285,5 +290,5 @@ def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: Throughpu
 
 def tokens_per_second(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:
     """Trained tokens per second per GPU (all tokens counted, no padding)."""
-    return opts.tokens_per_step / step_seconds(spec, opts, gpu, tc)
+    return step_parts(spec, opts, gpu, tc).tokens_per_second(opts)
 
