@@ -95,7 +95,7 @@ def estimate_parallel(model: str | ModelSpec, opts: TrainingOptions, gpu: str, s
     step, compute = sh.step_seconds_parallel(
         times, code, num_gpus, ga, float(one.gathered_weights[0]), float(one.grads[0]),
         float(one.trainable_params[0]), num_instances, bw, a, units=float(one.units[0]),
-        untie=float(one.untie_trainable(code)[0]))
+        untie=float(one.untie_trainable(code)[0]), memory_bandwidth_bytes_per_s=g.memory_bandwidth_gbps * 1e9)
     per_gpu = opts.tokens_per_step * ga / step
     return ParallelEstimate(model=spec.id, gpu=g.gpu, strategy=strategy, num_gpus=num_gpus,
                             device_used_bytes=float(np.asarray(used).ravel()[0]),

@@ -399,7 +399,7 @@ def comm_bandwidth_bytes_per_s(interconnect_gbps: Any, link_efficiency: Any, p2p
 def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_accum: Any,
                           gather_bytes: Any, grad_bytes: Any, trainable_params: Any, num_instances: Any,
                           bandwidth_bytes_per_s: Any, a: Assumptions, units: Any = 0.0,
-                          untie: Any = 1.0) -> tuple[Any, Any]:
+                          untie: Any = 1.0, memory_bandwidth_bytes_per_s: Any = None) -> tuple[Any, Any]:
     """Seconds per optimizer step on each GPU, and the compute-only part of it (for scaling efficiency).
 
     Args:
@@ -411,6 +411,8 @@ def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_a
         units: FSDP units (ModelStates.units), for the fixed cost per collective.
         untie: the factor on the trainable parameters under FSDP (``ModelStates.untie_trainable``: tied
             embeddings are untied by the sharded build), for the optimizer update.
+        memory_bandwidth_bytes_per_s: the GPU's memory bandwidth, for FSDP's all-gather copy-out on the compute
+            stream (None: not counted).
     """
     n = np.asarray(num_gpus, dtype=float)
     sh = np.asarray(sharding)
@@ -434,12 +436,19 @@ def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_a
     ddp_exposed = np.maximum(2.0 * ring * grad_bytes / (bandwidth_bytes_per_s * share)
                              - a.ddp_comm_overlap * micro_batch_s, 0.0)
     gathers = np.where(sh == FSDP_GRAD_OP, 1.0, 2.0)  # shard-grad-op: no re-gather in backward
-    fsdp_comm = ring * (gathers * gather_bytes + grad_bytes) / bandwidth_bytes_per_s
-    fsdp_exposed = np.maximum(fsdp_comm - hide, 0.0)
+    # FSDP's collectives hide behind the compute of their own phase: the forward's all-gathers (one per unit)
+    # behind the first forward, the backward's (re-gather, unless shard-grad-op) and the reduce-scatters behind
+    # the backward with its recompute; a forward that moves the whole model behind a third (LoRA) or a quarter
+    # (full, checkpointed) of the compute exposes what the backward would have hidden
+    fwd_share = np.asarray(times.forward_share, dtype=float)
+    comm_fwd = ring * gather_bytes / bandwidth_bytes_per_s
+    comm_bwd = ring * ((gathers - 1.0) * gather_bytes + grad_bytes) / bandwidth_bytes_per_s
+    hide_fwd, hide_bwd = hide * fwd_share, hide * (1.0 - fwd_share)
+    fsdp_exposed = np.maximum(comm_fwd - hide_fwd, 0.0) + np.maximum(comm_bwd - hide_bwd, 0.0)
     # the hidden part is not free: while a collective runs beside the matmuls its NCCL kernel holds some of
     # the SMs (24 of an H100's 132 for an all-gather), so the compute stream runs that much slower
     # (comm_contention, data/solver_assumptions.json)
-    contention = a.comm_contention * np.minimum(fsdp_comm, hide)
+    contention = a.comm_contention * (np.minimum(comm_fwd, hide_fwd) + np.minimum(comm_bwd, hide_bwd))
     # offload: the GPU's parameter shard copied in for each all-gather (2 per micro-batch), its gradient
     # shard copied out, all over the host link, not overlapped
     offload_copy = (2.0 * gather_bytes + grad_bytes) / n / (a.offload_host_gbps * 1e9)
@@ -448,7 +457,12 @@ def step_seconds_parallel(times: StepParts, sharding: Any, num_gpus: Any, grad_a
     # FSDP's fixed cost per unit and collective (all-gather in forward, again in backward, reduce-scatter):
     # hooks, copy-in/copy-out and stream waits that do not hide behind compute (measured, docs/multi-gpu.md)
     latency = (gathers + 1.0) * np.asarray(units, dtype=float) * a.fsdp_collective_latency_s
-    per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + contention + latency, 0.0)
+    # FSDP2 copies each all-gather's output into the unsharded parameters on the compute stream
+    # (FSDPParamGroup.wait_for_unshard -> foreach_all_gather_copy_out, torch 2.11): every gathered byte read and
+    # written once more, in series with the compute, not hidden like the collective itself
+    copy_out = 0.0 if memory_bandwidth_bytes_per_s is None else \
+        gathers * 2.0 * gather_bytes / np.asarray(memory_bandwidth_bytes_per_s, dtype=float)
+    per_micro = (micro_batch_s + np.where(fsdp, fsdp_exposed + contention + latency + copy_out, 0.0)
                  + np.where(off, offload_copy, 0.0))
     opt = np.where(off, cpu_step, np.where(fsdp, opt_fsdp, optimizer_s))
     step = ga * per_micro + np.where(sh == DDP, ddp_exposed, 0.0) + opt

@@ -308,12 +308,14 @@ def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: 
 
     tc = load_throughput()
     shape = (len(opts_list), len(gpus))
-    gpu_s, cpu_s, opt_s, host_s = np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape)
+    gpu_s, cpu_s, opt_s, host_s, fwd = (np.empty(shape) for _ in range(5))
     for i, opts in enumerate(opts_list):
         for j, g in enumerate(gpus):
             p = step_parts(spec, opts, g, tc)
             gpu_s[i, j], cpu_s[i, j], opt_s[i, j], host_s[i, j] = p.gpu_s, p.cpu_s, p.optimizer_s, p.optimizer_host_s
-    return StepParts(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=tc.overlap_power, optimizer_host_s=host_s)
+            fwd[i, j] = p.forward_share
+    return StepParts(gpu_s=gpu_s, cpu_s=cpu_s, optimizer_s=opt_s, power=tc.overlap_power, optimizer_host_s=host_s,
+                     forward_share=fwd)
 
 
 class _Offers:
@@ -585,7 +587,8 @@ class _Candidates:
         self.host_bound = parts.host_bound  # HOST_BOUND_NOTE
         self.step_s, self.compute_s = sh.step_seconds_parallel(
             parts, si, n, ga, st.gathered_weights, st.grads, st.trainable_params,
-            offers.instances[ki], bw, a, units=st.units, untie=st.untie_trainable(si))
+            offers.instances[ki], bw, a, units=st.units, untie=st.untie_trainable(si),
+            memory_bandwidth_bytes_per_s=np.array([g.memory_bandwidth_gbps * 1e9 for g in gpus])[gi])
         self.steps = np.ceil(total_tokens / (self.global_seqs * seq_len))
         train_s = self.steps * self.step_s
         resume_bytes = np.where(st.full, st.weights, st.adapters) + st.opt_states + st.opt_paged

@@ -94,6 +94,12 @@ class ThroughputCoefficients:
     # +10.6 ms over attention-only LoRA (peft 0.21, transformers 5.17; scripts/moe_layer_bench.py,
     # data/measurements/benchmarks/moe-layer-h200.md); 10.6 ms x 4.8 TB/s / 2.82 GB = 18
     expert_lora_traffic_stacks: float = 18.0
+    # the routed experts' matmul rate over a dense MLP's of the same FLOPs: one Mixtral-8x7B layer (transformers'
+    # default grouped_mm experts, routing included) against a dense layer with intermediate 2 x 14336, frozen, input
+    # gradient, a checkpointed layer's three passes, on one H200: 0.70 / 0.69 / 0.72 at 4096 / 8192 / 16384 tokens
+    # (scripts/moe_rate_bench.py, data/measurements/benchmarks/moe-rate-h200.jsonl; below 4096 tokens that bench is
+    # launch-bound). Not fitted (eighth session)
+    expert_rate_ratio: float = 0.70
     # per-GPU calibration (issue 3: "efficiency per GPU and method"): the measured speed of the H200 runs
     # relative to the datasheet transfer from the H100 (the reference, where most runs are). Fitted; its
     # cause is not separated (clocks under load, the host CPU that launches the kernels, HBM3e bandwidth for
@@ -131,17 +137,18 @@ def flops_per_token(spec: ModelSpec, opts: TrainingOptions) -> dict[str, float]:
     inv = inventory(arch)
     head = arch.vocab_size * arch.hidden_size
     linear = inv.linear_weight_params
+    routed = 0.0
     if arch.is_moe:  # only the routed experts compute
-        expert = 3 * arch.hidden_size * arch.intermediate_size
-        linear += arch.num_layers * arch.experts_per_token * expert
-    fwd_dense = 2.0 * (linear + head)
+        routed = arch.num_layers * arch.experts_per_token * 3 * arch.hidden_size * arch.intermediate_size
+    fwd_dense = 2.0 * (linear + routed + head)
     fwd_attn = 2.0 * arch.num_layers * opts.seq_len * arch.q_dim  # causal: half of 4*T*q_dim
     passes = 3.0 if opts.method == "full" else 2.0  # forward + backward (input and weight grads for full)
     if opts.checkpointing:
         passes += 1.0
     adapters = 6.0 * lora_params(inv, opts) if opts.uses_adapters else 0.0
     attn_passes = 3.0 + (1.0 if opts.checkpointing else 0.0)  # attention backward ~2x forward for all methods
-    return {"dense": fwd_dense * passes + adapters, "attention": fwd_attn * attn_passes}
+    return {"dense": fwd_dense * passes + adapters, "attention": fwd_attn * attn_passes,
+            "forward": fwd_dense + fwd_attn, "experts": 2.0 * routed * passes}
 
 
 @dataclass(frozen=True)
@@ -151,13 +158,16 @@ class StepParts:
 
     ``gpu_s`` / ``cpu_s``: one micro-batch's forward + backward on the GPU and the host's launch time for it;
     ``optimizer_s``: one optimizer update, of which ``optimizer_host_s`` is the per-tensor host work (it does not
-    shrink when FSDP shards the tensors); ``power``: the overlap exponent of the two sides."""
+    shrink when FSDP shards the tensors); ``power``: the overlap exponent of the two sides; ``forward_share``: the
+    first forward's share of the micro-batch's GPU work (the rest is the backward, with checkpointing's recompute),
+    behind which FSDP's forward all-gathers must hide (ftcalc.sharding.step_seconds_parallel)."""
 
     gpu_s: Any
     cpu_s: Any
     optimizer_s: Any
     power: float
     optimizer_host_s: Any = 0.0
+    forward_share: Any = 0.25
 
     @property
     def micro_batch_s(self) -> Any:
@@ -186,9 +196,12 @@ class StepParts:
         """The parts at ``index`` of array-valued parts."""
         import numpy as np
 
-        host = np.broadcast_to(np.asarray(self.optimizer_host_s, dtype=float), np.shape(self.optimizer_s))
+        def at(v: Any) -> Any:
+            return np.broadcast_to(np.asarray(v, dtype=float), np.shape(self.optimizer_s))[index]
+
         return replace(self, gpu_s=np.asarray(self.gpu_s)[index], cpu_s=np.asarray(self.cpu_s)[index],
-                       optimizer_s=np.asarray(self.optimizer_s)[index], optimizer_host_s=host[index])
+                       optimizer_s=np.asarray(self.optimizer_s)[index], optimizer_host_s=at(self.optimizer_host_s),
+                       forward_share=at(self.forward_share))
 
 
 def is_host_bound(host_launch_ratio: Any) -> Any:
@@ -215,6 +228,38 @@ def trainable_tensors(spec: ModelSpec, opts: TrainingOptions) -> int:
     return n + norms + (1 if inv.tied_embeddings else 2)
 
 
+def adapter_path_bytes(opts: TrainingOptions) -> dict[str, float]:
+    """Bytes moved per element of an adapted Linear's input (``in_``) and output (``out_``), in the forward and in the
+    backward, by the adapter path peft adds beside the frozen Linear (peft 0.21 ``lora.Linear.forward`` and, for
+    4-bit bases, ``lora.bnb.Linear4bit.forward``): every elementwise op reads its operands and writes its result once;
+    the rank-r matmuls read the big operand (x into lora_A, the output gradient out of lora_B, twice in the backward:
+    input and weight gradients) and write the big result (lora_B's output); their rank-sized sides are left out.
+    Counted op by op, not fitted. The eighth session's pairs of runs that differ only in the adapted Linears (plan y)
+    measured this cost (docs/notes/time-model.md).
+
+    - LoRA, bf16-true (fp32 adapters, bf16 activations, no autocast): x cast to fp32 (2 + 4), dropout (4 + 4 + a 1-byte
+      mask), lora_A reads x (4); lora_B writes fp32 (4), the scaling (4 + 4), the sum with the bf16 base result into
+      fp32 (2 + 4 + 4), cast back to bf16 (4 + 2). Backward: lora_A's input and weight gradients (4 + 4), dropout
+      (4 + 1 + 4), the cast (4 + 2), the sum with the base path's input gradient (2 + 2 + 2); out: the casts
+      (2 + 4, 4 + 2), the scaling (4 + 4), lora_B's two gradients read the output gradient (4 + 4).
+    - QLoRA as peft prepares it (fp32 activations, fp32 adapters, 4-bit base): no input cast; the 4-bit result is
+      cloned (4 + 4) before the sum (4 + 4 + 4); the input gradients are summed in fp32 (4 + 4 + 4).
+    - Sharded QLoRA (bf16 everything, 4-bit base): the same ops as peft's QLoRA at 2 bytes per element.
+    - bf16-mixed LoRA (autocast): fp32 x and dropout as bf16-true, autocast casts x back to bf16 for lora_A (4 + 2),
+      lora_B's output and the sum are bf16.
+    """
+    d = 1.0 if opts.lora_dropout > 0 else 0.0
+    if opts.sharded_qlora:
+        return {"in_fwd": 2 + 5 * d, "in_bwd": 10 + 5 * d, "out_fwd": 16.0, "out_bwd": 8.0}
+    if opts.method == "qlora":
+        return {"in_fwd": 4 + 9 * d, "in_bwd": 20 + 9 * d, "out_fwd": 32.0, "out_bwd": 16.0}
+    if opts.precision == "32-true":  # fp32 everything: peft's QLoRA without the 4-bit clone
+        return {"in_fwd": 4 + 9 * d, "in_bwd": 20 + 9 * d, "out_fwd": 24.0, "out_bwd": 16.0}
+    if opts.precision == "bf16-mixed":
+        return {"in_fwd": 14 + 9 * d, "in_bwd": 22 + 9 * d, "out_fwd": 12.0, "out_bwd": 8.0}
+    return {"in_fwd": 10 + 9 * d, "in_bwd": 20 + 9 * d, "out_fwd": 28.0, "out_bwd": 28.0}
+
+
 def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> StepParts:
     """The parts of one step on one GPU: forward + backward of a micro-batch (GPU and host sides) and the update."""
     tc = tc or load_throughput()
@@ -229,7 +274,9 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
     rate = gpu.bf16_dense_tflops * 1e12 * eff
     if opts.precision == "32-true":
         rate *= tc.fp32_rate_ratio
-    compute = opts.tokens_per_step * (f["dense"] + f["attention"]) / rate
+    # the routed experts' grouped matmuls run at expert_rate_ratio of the dense rate (the dense part holds them once)
+    experts_extra = f["experts"] * (1.0 / tc.expert_rate_ratio - 1.0)
+    compute = opts.tokens_per_step * (f["dense"] + f["attention"] + experts_extra) / rate
     bw = gpu.memory_bandwidth_gbps * 1e9
     inv = inventory(arch)
     targeted = [g for g in inv.linears if opts.is_target(g.kind)] if opts.uses_adapters else []  # adapted Linears
@@ -242,19 +289,13 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
         traffic += inv.linear_weight_params * 2.5 * passes / tc.dequant_bandwidth_share
     if opts.precision == "bf16-mixed" and opts.method != "qlora":  # autocast casts fp32 weights to bf16
         traffic += inv.linear_weight_params * 6.0 * passes
-    if opts.uses_adapters:
-        # the input side of each adapted Linear's adapter path, which depends on the adapters' dtype (peft
-        # LoRA Linear.forward: x.to(lora_A.dtype), dropout, lora_A under autocast), in the forward, the recompute
-        # and the backward alike (the same casts and dropout, reversed). fp32 adapters (LoRA; QLoRA as peft
-        # prepares it): cast to fp32 (2 + 4 bytes per element), fp32 dropout (4 + 4 + a 1-byte mask), autocast
-        # back to bf16 for lora_A (4 + 2): 21 bytes, 12 without dropout. bf16 adapters (sharded QLoRA): only the
-        # dropout, 2 + 2 + 1: 5 bytes, none without it. The output side (lora_B's output scaled and added) is
-        # the same in both and stays in the fitted efficiency. Sixth session: made explicit when sharded QLoRA
-        # (bf16 adapters) ran faster than LoRA's fitted rate said (docs/notes/time-model.md)
-        drop = opts.lora_dropout > 0
-        per_input = (5.0 if drop else 0.0) if opts.sharded_qlora else (21.0 if drop else 12.0)
+    if opts.uses_adapters:  # the adapter path around each adapted Linear, in bytes (adapter_path_bytes)
+        ab = adapter_path_bytes(opts)
+        fwd_passes = 2.0 if opts.checkpointing else 1.0  # the forward, again in the recompute
         inputs = sum(g.count * g.in_features for g in targeted)
-        traffic += per_input * inputs * opts.tokens_per_step * passes
+        outputs = sum(g.count * g.out_features for g in targeted)
+        traffic += opts.tokens_per_step * (inputs * (fwd_passes * ab["in_fwd"] + ab["in_bwd"])
+                                           + outputs * (fwd_passes * ab["out_fwd"] + ab["out_bwd"]))
     moe = expert_lora_bytes(inv, opts)["per_layer_saved"]
     if moe:  # checkpointing repeats the forward's merge (about a third of the traffic, an assumption)
         traffic += arch.num_layers * tc.expert_lora_traffic_stacks * moe * (4.0 / 3.0 if opts.checkpointing else 1.0)
@@ -278,8 +319,12 @@ def step_parts(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputC
         update += tc.opt_fixed_paged_s
     # per-GPU speed calibration (H200 runs vs the datasheet transfer from the H100)
     scale = 1.0 / tc.speed_h200 if getattr(gpu, "gpu", None) == "h200" else 1.0
+    # the first forward's share of the GPU work: its matmuls over all of them (the memory traffic above is
+    # spread over the passes alike)
+    forward_share = f["forward"] / (f["dense"] + f["attention"])
     return StepParts(gpu_s=(compute + traffic / bw) * scale, cpu_s=arch.num_layers * passes * per_layer * scale,
-                     optimizer_s=update * scale, power=tc.overlap_power, optimizer_host_s=host * scale)
+                     optimizer_s=update * scale, power=tc.overlap_power, optimizer_host_s=host * scale,
+                     forward_share=forward_share)
 
 
 def step_seconds(spec: ModelSpec, opts: TrainingOptions, gpu: Any, tc: ThroughputCoefficients | None = None) -> float:

@@ -20,7 +20,7 @@ from ftcalc._paths import data_dir
 from ftcalc.calibrate import _TP_BOUNDS, _coordinate_descent, _time_fit_rows, _tp_loss, load_measurements
 from ftcalc.throughput import load_throughput
 
-NAMES = ("efficiency_lora", "efficiency_qlora", "efficiency_half_hidden")
+NAMES = ("efficiency_lora", "efficiency_qlora", "efficiency_half_hidden", "fp32_rate_ratio")
 
 
 def main() -> None:
