@@ -62,7 +62,7 @@ def test_validate_multi_gpu_cli(capsys):
     assert main(["validate", "--multi-gpu", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     blind = set(json.loads((Path(__file__).resolve().parents[1] / "data" / "measurements" / "split.json").read_text())["multi_gpu_validation_plans"])
-    assert {r["run_id"].split("-")[0] for r in d["rows"]} == blind == {"f", "i", "m", "h", "p", "q", "r", "s", "u", "x", "y", "z"}  # blind only
+    assert {r["run_id"].split("-")[0] for r in d["rows"]} == blind == {"f", "i", "m", "h", "p", "q", "r", "s", "u", "x", "y", "z", "sq"}  # blind only
     assert d["summary"]["err_peak_allocated"]["max_abs"] < 0.05
     # the rows carry the model's verdict, and the goal check reports the GPU-bound runs apart
     assert {r["run_id"] for r in d["rows"] if r["host_bound"]} >= {"i-003", "p-000", "q-000", "r-005"}
