@@ -104,10 +104,11 @@ def _print_estimate(est: Any) -> None:
             if est.hours is not None:
                 line += f"; {est.dataset_tokens / 1e6:,.0f}M tokens -> {est.hours:.2f} h"
             print(line)
-            if est.host_bound:
-                from ftcalc.throughput import HOST_BOUND_NOTE
+            from ftcalc.throughput import host_note
 
-                print(textwrap.fill(HOST_BOUND_NOTE, 80, initial_indent="  ", subsequent_indent="  "))
+            note = host_note(est.host_launch_ratio)
+            if note:
+                print(textwrap.fill(note, 80, initial_indent="  ", subsequent_indent="  "))
     print(f"\ncoefficients: {est.coefficients}")
 
 

@@ -234,10 +234,11 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
         notes.append(f"the estimator predicts this does NOT fit on {est.gpu}: {est.fit_note}")
     if est.tokens_per_second:
         pred["tokens_per_second"] = round(est.tokens_per_second, 1)
-        if est.host_bound:
-            from ftcalc.throughput import HOST_BOUND_NOTE
+        from ftcalc.throughput import host_note
 
-            notes.append(HOST_BOUND_NOTE)
+        note = host_note(est.host_launch_ratio)
+        if note:
+            notes.append(note)
         pred["hours"] = total_tokens / (est.tokens_per_second * world) / 3600
         try:
             from ftcalc.pricing import cheapest_instances

@@ -55,6 +55,13 @@ __all__ = ["HOST_BOUND_NOTE", "ThroughputCoefficients", "StepParts", "flops_per_
 HOST_BOUND_NOTE = ("host-bound: the GPU waits on the host's kernel launches; such steps ran up to 38 % slower "
                    "on some machines than on others of the same kind, and varied on one machine; a larger "
                    "micro-batch, where it fits, moves the step toward GPU-bound")
+# between NEAR_HOST_BOUND_RATIO and 1 the step is GPU-bound by the model but the host's launches take most of the
+# GPU's time: on the 5 multi-GPU runs in that band (eighth session) tokens/s was off by 7.6 % median, 22 % at worst
+# (z-004; its repeat on another machine: 7.6 %), against 3 % median below it
+NEAR_HOST_BOUND_RATIO = 0.8
+NEAR_HOST_BOUND_NOTE = ("near host-bound: the host's kernel launches take most of the GPU's time, so a slower host "
+                        "slows the step (measured on such steps: up to 22 % slower than predicted); a larger "
+                        "micro-batch, where it fits, makes it less sensitive")
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,16 @@ class StepParts:
         return replace(self, gpu_s=np.asarray(self.gpu_s)[index], cpu_s=np.asarray(self.cpu_s)[index],
                        optimizer_s=np.asarray(self.optimizer_s)[index], optimizer_host_s=at(self.optimizer_host_s),
                        forward_share=at(self.forward_share))
+
+
+def host_note(host_launch_ratio: float | None) -> str | None:
+    """What to tell the user about the host's share of a step: HOST_BOUND_NOTE above 1, NEAR_HOST_BOUND_NOTE from
+    NEAR_HOST_BOUND_RATIO to 1, nothing below (or without a ratio)."""
+    if not host_launch_ratio:
+        return None
+    if is_host_bound(host_launch_ratio):
+        return HOST_BOUND_NOTE
+    return NEAR_HOST_BOUND_NOTE if host_launch_ratio > NEAR_HOST_BOUND_RATIO else None
 
 
 def is_host_bound(host_launch_ratio: Any) -> Any:
