@@ -66,7 +66,7 @@ from ftcalc.memory import (
 )
 from ftcalc.options import METHODS, TrainingOptions, make_options
 from ftcalc.pricing import PriceRow, cheapest_instances, load_prices
-from ftcalc.throughput import HOST_BOUND_NOTE, StepParts
+from ftcalc.throughput import StepParts, host_note
 
 __all__ = ["recommend", "Recommendation", "Plan", "Rejected", "UnknownProviderError", "MICRO_BATCH_SIZES"]
 
@@ -584,7 +584,7 @@ class _Candidates:
         bw = sh.comm_bandwidth_bytes_per_s(np.array([g.interconnect_gbps for g in gpus])[gi], link_eff,
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
         parts = times.take(ci, gi)
-        self.host_bound = parts.host_bound  # HOST_BOUND_NOTE
+        self.host_ratio = parts.host_launch_ratio  # HOST_BOUND_NOTE / NEAR_HOST_BOUND_NOTE (throughput.host_note)
         self.step_s, self.compute_s = sh.step_seconds_parallel(
             parts, si, n, ga, st.gathered_weights, st.grads, st.trainable_params,
             offers.instances[ki], bw, a, units=st.units, untie=st.untie_trainable(si),
@@ -615,8 +615,9 @@ class _Candidates:
             notes.append(MULTI_GPU_NOTE)
         if si == sh.FSDP_OFFLOAD:
             notes.append(f"CPU offload: needs about {self.host_need[j] / GB:.0f} GB of host RAM")
-        if self.host_bound[j]:
-            notes.append(HOST_BOUND_NOTE)
+        note = host_note(float(self.host_ratio[j]))
+        if note:
+            notes.append(note)
         tokens_step = self.global_seqs[j] * self.seq_len
         return Plan(
             rank=rank, provider=ch.provider, instance_type=ch.instance_type, region=ch.region, basis=ch.basis,
