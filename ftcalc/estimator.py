@@ -27,7 +27,7 @@ from ftcalc.memory import (
 )
 from ftcalc.options import TrainingOptions, make_options
 
-__all__ = ["Estimate", "estimate", "estimate_options"]
+__all__ = ["Estimate", "check_options", "estimate", "estimate_options"]
 
 GIB = 2**30
 GB = 1e9
@@ -114,17 +114,16 @@ class Estimate(BaseModel):
         return f"<div>{head}{fit}<table><tr><th>component</th><th>GiB</th></tr>{body}{tot}</table></div>"
 
 
-def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = None,
-                     coeffs: Coefficients | None = None, dataset_tokens: int | None = None,
-                     epochs: float = 1.0) -> Estimate:
-    """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
+def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
+    """Refuse options ``spec`` cannot train (InvalidArgumentError, one line): a sequence beyond its context, LoRA
+    targets it does not have, dropout on fused MoE experts (peft refuses it), a rank wider than a targeted Linear."""
     arch = spec.arch
     if arch.max_position_embeddings and opts.seq_len > arch.max_position_embeddings:
         raise InvalidArgumentError(
             f"--seq-len {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
         )
-    inv = inventory(arch)
     if opts.uses_adapters:
+        inv = inventory(arch)
         kinds = {g.kind for g in inv.linears}
         bad = [t for t in opts.lora_targets if t not in kinds and t != "all-linear"]
         if bad:
@@ -139,6 +138,15 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         width = min(min(g.in_features, g.out_features) for g in inv.linears if opts.is_target(g.kind))
         if opts.lora_r > width:
             raise InvalidArgumentError(f"--lora-r {opts.lora_r} exceeds the narrowest targeted layer width ({width})")
+
+
+def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = None,
+                     coeffs: Coefficients | None = None, dataset_tokens: int | None = None,
+                     epochs: float = 1.0) -> Estimate:
+    """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
+    arch = spec.arch
+    check_options(spec, opts)
+    inv = inventory(arch)
     c = coeffs or load_coefficients()
     gpu_obj = None
     if gpu:

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def predict(line: dict, gpu_name: str, gpu_total: int) -> dict:
     from ftcalc.calibrate import predict_multi_gpu_row, predict_row, row_options
     from ftcalc.catalog import resolve_model
-    from ftcalc.estimator import estimate_options
+    from ftcalc.estimator import check_options
 
     row = dict(line, gpu_name=gpu_name, gpu_total_bytes=gpu_total)
     row.setdefault("num_gpus", 1)
     # refuse before any GPU time what `ftcalc estimate` refuses (plan z's Mixtral line asked for dropout on the
     # fused experts, which peft refuses at run time)
-    estimate_options(resolve_model(row["model"]), row_options(row))
+    check_options(resolve_model(row["model"]), row_options(row))
     if int(row["num_gpus"]) > 1:
         e = predict_multi_gpu_row(row)
         out = {"strategy": e.strategy, "peak_allocated_bytes": e.peak_allocated_bytes,
