@@ -268,10 +268,9 @@ def adapter_path_bytes(opts: TrainingOptions) -> dict[str, float]:
     d = 1.0 if opts.lora_dropout > 0 else 0.0
     if opts.sharded_qlora:
         return {"in_fwd": 2 + 5 * d, "in_bwd": 10 + 5 * d, "out_fwd": 16.0, "out_bwd": 8.0}
-    if opts.method == "qlora":
-        return {"in_fwd": 4 + 9 * d, "in_bwd": 20 + 9 * d, "out_fwd": 32.0, "out_bwd": 16.0}
-    if opts.precision == "32-true":  # fp32 everything: peft's QLoRA without the 4-bit clone
-        return {"in_fwd": 4 + 9 * d, "in_bwd": 20 + 9 * d, "out_fwd": 24.0, "out_bwd": 16.0}
+    if opts.method == "qlora" or opts.precision == "32-true":  # fp32 activations and adapters
+        clone = 8.0 if opts.method == "qlora" else 0.0  # peft's defensive clone of the 4-bit result
+        return {"in_fwd": 4 + 9 * d, "in_bwd": 20 + 9 * d, "out_fwd": 24.0 + clone, "out_bwd": 16.0}
     if opts.precision == "bf16-mixed":
         return {"in_fwd": 14 + 9 * d, "in_bwd": 22 + 9 * d, "out_fwd": 12.0, "out_bwd": 8.0}
     return {"in_fwd": 10 + 9 * d, "in_bwd": 20 + 9 * d, "out_fwd": 28.0, "out_bwd": 28.0}
