@@ -47,33 +47,18 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False  # torch's default, stated: the recipe does not change it
     budget_s = float(os.environ.get("BUDGET_S", "420"))
     t_start = time.time()
-    plans: list[tuple[str, str, int, int, int, int]] = []
     ms = [64, 128] if tiny else [1024, 2048, 4096, 8192, 16384]
     shapes = {"tiny": [(64, 64), (64, 16), (64, 192), (192, 64)]} if tiny else LLAMA
+    lora16 = [("lora", model, fi, fo, m, 16) for model in shapes for fi, fo in shapes[model] for m in ms
+              if tiny or m * max(fi, fo) <= 16384 * 53248]
+    variants = [(v, model, fi, fo, m, r) for model in (["tiny"] if tiny else ["8b", "70b"])
+                for fi, fo in shapes[model] for m in (ms if tiny else [1024, 4096, 8192])
+                for v, r in (("lora_nodrop", 16), ("qlora", 16), ("sqlora", 16), ("lora", 64))]
     part = os.environ.get("PART", "all")  # all | skinny | lora | variants: one device call each fits the lease
-    for model in shapes:
-        for fi, fo in shapes[model]:
-            for m in ms:
-                if not tiny and m * max(fi, fo) > 16384 * 53248:
-                    continue
-                plans.append(("lora", model, fi, fo, m, 16))
-    if part == "variants":
-        plans = []
-    for model in (["tiny"] if tiny else ["8b", "70b"]):
-        for fi, fo in shapes[model]:
-            for m in (ms if tiny else [1024, 4096, 8192]):
-                for v in ("lora_nodrop", "qlora", "sqlora"):
-                    plans.append((v, model, fi, fo, m, 16))
-                plans.append(("lora", model, fi, fo, m, 64))
-    if part in ("skinny", "lora"):
-        plans = plans if part == "lora" else []
-        plans = [p for p in plans if p[0] == "lora" and p[5] == 16]
-    skinny = []
-    for model in (shapes if part in ("all", "skinny") else []):
-        for k in sorted({fi for fi, _ in shapes[model]} | {fo for _, fo in shapes[model]}):
-            for m in ms:
-                for dt in ("float32", "bfloat16"):
-                    skinny.append((model, m, k, dt))
+    plans = {"all": lora16 + variants, "skinny": [], "lora": lora16, "variants": variants}[part]
+    skinny = [(model, m, k, dt) for model in (shapes if part in ("all", "skinny") else [])
+              for k in sorted({fi for fi, _ in shapes[model]} | {fo for _, fo in shapes[model]})
+              for m in ms for dt in ("float32", "bfloat16")]
 
     with open(out_path, "w") as f:
         f.write(json.dumps({"kind": "host", "device": torch.cuda.get_device_name() if cuda else "cpu",
