@@ -1,13 +1,14 @@
-"""Refit the three time coefficients the adapter input-path term moves (sixth session), every other one held.
+"""Refit the time coefficients the adapter path's byte count moves, every other one held.
 
     python scripts/refit_adapter_rates.py [--write]
 
-ftcalc/throughput.py counts the input side of each adapted Linear's adapter path in bytes (21 per element for
-fp32 adapters, 5 for bf16: docs/notes/time-model.md). Before that term the fitted matmul rates held that cost;
-this refits efficiency_lora, efficiency_qlora and efficiency_half_hidden with ftcalc calibrate's own loss on its
-own fit rows (calibrate._tp_loss over calibrate._time_fit_rows: validation rows are never fitted) from the shipped
-values, and with --write stores them in data/coefficients.json. A full `ftcalc calibrate` would refit every
-coefficient; this keeps the rest as shipped so that only what the new term touches moves.
+ftcalc/throughput.py counts each adapted Linear's adapter path in bytes (adapter_path_bytes: its input and output
+elements, by dtype; docs/notes/time-model.md). Before that count the fitted matmul rates held that cost. This refits
+efficiency_lora, efficiency_qlora, efficiency_half_hidden and fp32_rate_ratio (whose one fit row, c-006, is fp32
+LoRA) with ftcalc calibrate's own loss on its own fit rows (calibrate._tp_loss over calibrate._time_fit_rows:
+validation rows are never fitted) from the shipped values, and with --write stores them in data/coefficients.json.
+A full `ftcalc calibrate` would refit every coefficient; this keeps the rest as shipped so that only what the count
+touches moves. Sixth session: the input side only (three coefficients, 97 rows); eighth: both sides (104 rows).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
         d = json.loads(path.read_text())
         src = d["throughput"]["source"].split("; ")[0]
         d["throughput"] = asdict(replace(best, source=f"{src}; {', '.join(NAMES)} refitted alone on {len(rows)} runs "
-                                                      "with the adapter input-path term (scripts/refit_adapter_rates.py)"))
+                                                      "with the adapter path counted in bytes (scripts/refit_adapter_rates.py)"))
         path.write_text(json.dumps(d, indent=2) + "\n")
         print(f"wrote {path}")
 
