@@ -304,7 +304,7 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     # second step into the holes the first left: run t-ddp3's trace, docs/notes/allocator.md)
     gap = np.where(sh == SINGLE, st.gap_single, st.gap_ddp)
     used = peak + gap
-    # FSDP (full-shard, shard-grad-op; rank 0's trace t-fsdp8, docs/notes/allocator.md "Fourth session"): the
+    # FSDP (full-shard, shard-grad-op; rank 0's trace t-fsdp8, docs/notes/allocator.md "FSDP trace: three streams"): the
     # allocator keeps a pool per stream and its reservation only grows, so the peak reserved is the sum of the
     # three streams' reservations. Where the three-stream sequence was simulated (gap_fsdp, full fine-tuning):
     # peak + its gap. Elsewhere: the compute stream's peak plus the one-GPU estimate's fragmentation (its
@@ -328,7 +328,7 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
 def collective_pool_bytes(st: ModelStates, sharding: Any, num_gpus: Any = 2.0) -> Any:
     """Bytes FSDP2 holds reserved in its collective streams' own pools of the caching allocator.
 
-    Mechanism from rank 0's trace t-fsdp8 (docs/notes/allocator.md "Fourth session"): FSDP2 all-gathers each
+    Mechanism from rank 0's trace t-fsdp8 (docs/notes/allocator.md "FSDP trace: three streams"): FSDP2 all-gathers each
     unit into a flat buffer of the unit's full size on its all-gather stream (two alive at a time in forward:
     the next unit's is allocated before the previous one's copy-out has finished) and allocates each unit's
     gradient shard, the reduce-scatter output that becomes the sharded ``.grad``, on its reduce-scatter
