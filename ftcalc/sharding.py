@@ -22,7 +22,7 @@ layer backward, optimizer step) and replaces the model states in each phase:
   per GPU, plus the Reducer's gradient buckets, a flat copy of all gradients allocated at construction
   (torch/nn/parallel/distributed.py, ``gradient_as_bucket_view``: "the saved memory size will be equal to
   the total gradients size"), plus NCCL buffers outside the caching allocator (~0.5 GiB per communicator:
-  Fujii et al. 2024 tool notes, reference/memory.md section 4.3).
+  Fujii et al. 2024, arXiv 2411.06465, notes of its memory-estimator tool).
 - fsdp (FULL_SHARD / FSDP2 ``reshard_after_forward=True``, as accelerate's ``fsdp2_prepare_model`` wraps it):
   weights, adapters, gradients, optimizer states and the optimizer's temporaries divided by N; plus the
   units all-gathered at the phase's peak, each in full (FSDP2 all-gathers a unit into a new full-size
@@ -59,7 +59,7 @@ Step time per GPU (seconds per optimizer step):
 Communication volume per GPU (ring algorithms, NCCL): DDP all-reduces the gradients once per optimizer
 step, 2 (N-1)/N x gradient bytes; FSDP all-gathers the weights in forward and again in backward and
 reduce-scatters the gradients every micro-batch, (N-1)/N x (2 x weight bytes + gradient bytes), about
-3 x parameter bytes for full fine-tuning (reference/cost.md section 4.5, Lightning-AI/litgpt#607). It runs
+3 x parameter bytes for full fine-tuning (Lightning-AI/litgpt#607). It runs
 at the interconnect's one-direction bandwidth (gpus.csv ``interconnect_gbps`` / 2) times the achieved
 NCCL share (link_efficiency), inter-node at ``inter_node_gbps_per_gpu``; for FSDP ``comm_overlap`` of one
 micro-batch's compute hides it and only the excess is exposed. DDP's all-reduce of 25 MB buckets runs at
