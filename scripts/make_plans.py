@@ -220,11 +220,11 @@ PLANS = {
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
-        # sharded QLoRA (recipe.build_model_sharded, fifth session): its first GPU run (sixth session: all good)
+        # sharded QLoRA (recipe.build_model_sharded): its first GPU run (smoke-h200x2-q.jsonl: all good)
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
     ],
-    # fifth session, on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
-    # data/predictions/p.json) 8-GPU rows for issue 7 (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
+    # on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
+    # data/predictions/p.json) 8-GPU rows for the multi-GPU accuracy goal (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
     # third host for i-003's configuration (its repeat m-000 was within 2 %), and its one-GPU twin with no
     # other process on the host
     "p": [
