@@ -29,8 +29,8 @@ to be fed to :mod:`ftcalc.allocator`. The order and sizes were read off recorded
   exits after the loss) and its fp32 input (a new bf16 copy per Linear); the rotary products are fp32;
   backward adds a ``ToCopyBackward`` per cast (fp32 input gradient, fp32 weight gradient), a bf16 copy of
   the fp32 residual gradient at each residual add, and accumulates the norms' input gradients into one fp32
-  residual gradient. The first-session :func:`_layer_fwd` / :func:`_layer_bwd` mixed structure is kept for
-  ``alloc_sequence_fsdp``.
+  residual gradient. The coarser :func:`_layer_fwd` / :func:`_layer_bwd` mixed structure (not read off a
+  trace) is kept for ``alloc_sequence_fsdp``.
 - two 32 MiB cuBLAS workspaces (forward and autograd thread) and the embedding backward's fp32
   partial-segment buffer.
 - optimizer: AdamW states (exp_avg, exp_avg_sq, param dtype) allocated lazily at the first step, in
@@ -177,8 +177,9 @@ def _rotary_fwd(s: _Seq, d: Dims) -> list[int]:
 def _layer_fwd(s: _Seq, d: Dims, x: int, keep: bool, stop_early: bool = False,
                free_input: bool = False) -> tuple[int | None, dict]:
     """One decoder layer forward from input ``x``; returns (output, saved dict). ``free_input``: the
-    input dies after the attention residual add (it is not saved by any node). bf16-mixed: the first-session
-    structure, kept for ``alloc_sequence_fsdp`` (one-GPU sequences use :func:`_mixed_layer_fwd`)."""
+    input dies after the attention residual add (it is not saved by any node). bf16-mixed: the coarser
+    structure (not read off a trace), kept for ``alloc_sequence_fsdp`` (one-GPU sequences use
+    :func:`_mixed_layer_fwd`)."""
     n, h, c = d.n, d.h, 2
     sv: dict = {}
     y, sv["n1"] = _norm_fwd(s, d, keep)
@@ -595,7 +596,7 @@ def _mixed_layer_bwd(s: _Seq, d: Dims, li: int, resid: int, g_mlp: int, sv: dict
 
 def _norm_bwd(s: _Seq, d: Dims, dy: int, saved: list[int]) -> int:
     """RMSNorm backward from ``dy``; frees its saved tensors and returns the input gradient (the caller
-    frees ``dy``). First-session approximation, kept for ``alloc_sequence_fsdp``; one-GPU sequences use
+    frees ``dy``). Coarse approximation (not read off a trace), kept for ``alloc_sequence_fsdp``; one-GPU sequences use
     :func:`_rmsnorm_bwd` (bf16-true) and :func:`_mixed_rmsnorm_bwd` (bf16-mixed)."""
     n, h = d.n, d.h
     dxb = s.a(n * h * 2)
@@ -625,7 +626,7 @@ def _linear_bwd(s: _Seq, d: Dims, grads: dict, name: str, wnumel: int, din: int)
 
 
 def _layer_bwd(s: _Seq, d: Dims, li: int, dy: int, sv: dict, grads: dict) -> int:
-    """One decoder layer's backward, first-session approximation (a new tensor for each residual sum; the
+    """One decoder layer's backward, coarse approximation (a new tensor for each residual sum; the
     caller frees the layer input). Kept for ``alloc_sequence_fsdp``; one-GPU sequences use
     :func:`_decoder_layer_bwd` (bf16-true) and :func:`_mixed_layer_bwd` (bf16-mixed)."""
     n, h, c, inter = d.n, d.h, 2, d.inter

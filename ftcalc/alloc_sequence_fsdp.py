@@ -7,8 +7,8 @@
 A mechanism model of what ``fully_shard`` (torch.distributed.fsdp, FSDP2, as accelerate 1.15's
 ``fsdp2_prepare_model`` wraps a causal LM: one unit per decoder layer, one for the input embedding, a tail unit
 [final norm, LM head] not resharded after forward) asks of the caching allocator, read off rank 0's trace of
-4-GPU Llama-3-8B full fine-tuning (``data/traces/fsdp/t-fsdp8.json.gz``, docs/notes/allocator.md "Fourth
-session"). Three streams, and the allocator keeps a pool per stream (ftcalc/allocator.py):
+4-GPU Llama-3-8B full fine-tuning (``data/traces/fsdp/t-fsdp8.json.gz``, docs/notes/allocator.md
+"FSDP trace: three streams"). Three streams, and the allocator keeps a pool per stream (ftcalc/allocator.py):
 
 - **all-gather stream** (``ALL_GATHER``): each unit is all-gathered into one flat buffer of the unit's full
   size (``foreach_all_gather``); the buffer is freed once the copy-out into the parameters has run, which in

@@ -338,7 +338,7 @@ def fit_throughput(rows: list[dict[str, Any]], start: ThroughputCoefficients | N
 
 def fit_gpu_speed(rows: list[dict[str, Any]], start: ThroughputCoefficients | None = None) -> ThroughputCoefficients:
     """Fit only the per-GPU speed factors (``speed_h200``) on the fit rows, every other time coefficient held:
-    the per-GPU calibration of issue 3, without refitting what the rest of the model rests on."""
+    a per-GPU calibration (a speed factor per GPU), without refitting what the rest of the model rests on."""
     fit_rows = _time_fit_rows(rows)
     tc = start or ThroughputCoefficients()
     best = _coordinate_descent(tc, {"speed_h200": _TP_BOUNDS["speed_h200"]}, lambda t: _tp_loss(fit_rows, t),

@@ -29,7 +29,7 @@ from ftcalc.throughput import ThroughputCoefficients
 GIB = 2**30
 GOALS = {"device_used_median_abs": 0.03, "device_used_max_abs": 0.06, "device_used_worst_under": -0.03,
          "tokens_per_second_median_abs": 0.10}
-# issue 7: per-GPU device memory within 6 % on every multi-GPU run, tokens/s within 15 %
+# the multi-GPU accuracy goal: per-GPU device memory within 6 % on every multi-GPU run, tokens/s within 15 %
 MULTI_GPU_GOALS = {"device_used_max_abs": 0.06, "tokens_per_second_max_abs": 0.15}
 
 
@@ -132,8 +132,9 @@ def _print_error_rows(recs: list[dict[str, Any]], heads: tuple[str, ...], keys: 
 
 
 def multi_gpu_goal_check(recs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 7's goals over ``recs``, and the tokens/s goal over the runs the model calls GPU-bound alone (the
-    host-bound ones wait on the host's launches, whose speed varies between machines: HOST_BOUND_NOTE)."""
+    """The multi-GPU accuracy goals (``MULTI_GPU_GOALS``) over ``recs``, and the tokens/s goal over the runs
+    the model calls GPU-bound alone (the host-bound ones wait on the host's launches, whose speed varies between
+    machines: HOST_BOUND_NOTE)."""
     d = summarize(recs, "err_device_used")
     t = summarize(recs, "err_tokens_per_second")
     g = summarize([r for r in recs if not r.get("host_bound")], "err_tokens_per_second")

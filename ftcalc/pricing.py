@@ -365,7 +365,8 @@ def _read_skypilot(path: str, reader: csv.DictReader, provider: str | None) -> t
             continue  # CPU-only instance
         instance_type = (raw.get("InstanceType") or "").strip()
         if not instance_type:
-            # GCP lists GPUs as separate rows priced apart from the host VM (cost.md §1.2); pairing them
+            # GCP lists GPUs as separate rows priced apart from the host VM (SkyPilot catalog
+            # catalogs/v8/gcp/vms.csv: a GPU row has an empty InstanceType); pairing them
             # with a VM row is not implemented, so these rows are left out.
             reason = "GPU-only rows without InstanceType (GCP split pricing)"
             skipped[reason] = skipped.get(reason, 0) + 1

@@ -10,7 +10,8 @@ memory in use (with the CUDA context), allocator retries, per-step times, tokens
 (``ok`` or ``oom``) and provenance (GPU, driver, CUDA, library versions, date, git commit).
 
 One configuration per process: CUDA memory statistics, the caching allocator's pool and the CUDA
-context are per process (../shared/reference/measuring.md). ``--batch`` forks a fresh child per
+context are per process (PyTorch's CUDA semantics notes, "Memory management"; ``torch.cuda.memory_stats``).
+``--batch`` forks a fresh child per
 configuration from a parent that has imported the heavy libraries but never touched CUDA.
 """
 

@@ -22,7 +22,7 @@ layer backward, optimizer step) and replaces the model states in each phase:
   per GPU, plus the Reducer's gradient buckets, a flat copy of all gradients allocated at construction
   (torch/nn/parallel/distributed.py, ``gradient_as_bucket_view``: "the saved memory size will be equal to
   the total gradients size"), plus NCCL buffers outside the caching allocator (~0.5 GiB per communicator:
-  Fujii et al. 2024 tool notes, reference/memory.md section 4.3).
+  Fujii et al. 2024, arXiv 2411.06465, notes of its memory-estimator tool).
 - fsdp (FULL_SHARD / FSDP2 ``reshard_after_forward=True``, as accelerate's ``fsdp2_prepare_model`` wraps it):
   weights, adapters, gradients, optimizer states and the optimizer's temporaries divided by N; plus the
   units all-gathered at the phase's peak, each in full (FSDP2 all-gathers a unit into a new full-size
@@ -59,7 +59,7 @@ Step time per GPU (seconds per optimizer step):
 Communication volume per GPU (ring algorithms, NCCL): DDP all-reduces the gradients once per optimizer
 step, 2 (N-1)/N x gradient bytes; FSDP all-gathers the weights in forward and again in backward and
 reduce-scatters the gradients every micro-batch, (N-1)/N x (2 x weight bytes + gradient bytes), about
-3 x parameter bytes for full fine-tuning (reference/cost.md section 4.5, Lightning-AI/litgpt#607). It runs
+3 x parameter bytes for full fine-tuning (Lightning-AI/litgpt#607). It runs
 at the interconnect's one-direction bandwidth (gpus.csv ``interconnect_gbps`` / 2) times the achieved
 NCCL share (link_efficiency), inter-node at ``inter_node_gbps_per_gpu``; for FSDP ``comm_overlap`` of one
 micro-batch's compute hides it and only the excess is exposed. DDP's all-reduce of 25 MB buckets runs at
@@ -304,7 +304,7 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
     # second step into the holes the first left: run t-ddp3's trace, docs/notes/allocator.md)
     gap = np.where(sh == SINGLE, st.gap_single, st.gap_ddp)
     used = peak + gap
-    # FSDP (full-shard, shard-grad-op; rank 0's trace t-fsdp8, docs/notes/allocator.md "Fourth session"): the
+    # FSDP (full-shard, shard-grad-op; rank 0's trace t-fsdp8, docs/notes/allocator.md "FSDP trace: three streams"): the
     # allocator keeps a pool per stream and its reservation only grows, so the peak reserved is the sum of the
     # three streams' reservations. Where the three-stream sequence was simulated (gap_fsdp, full fine-tuning):
     # peak + its gap. Elsewhere: the compute stream's peak plus the one-GPU estimate's fragmentation (its
@@ -328,7 +328,7 @@ def device_used_per_gpu(st: ModelStates, sharding: Any, num_gpus: Any, grad_accu
 def collective_pool_bytes(st: ModelStates, sharding: Any, num_gpus: Any = 2.0) -> Any:
     """Bytes FSDP2 holds reserved in its collective streams' own pools of the caching allocator.
 
-    Mechanism from rank 0's trace t-fsdp8 (docs/notes/allocator.md "Fourth session"): FSDP2 all-gathers each
+    Mechanism from rank 0's trace t-fsdp8 (docs/notes/allocator.md "FSDP trace: three streams"): FSDP2 all-gathers each
     unit into a flat buffer of the unit's full size on its all-gather stream (two alive at a time in forward:
     the next unit's is allocated before the previous one's copy-out has finished) and allocates each unit's
     gradient shard, the reduce-scatter output that becomes the sharded ``.grad``, on its reduce-scatter

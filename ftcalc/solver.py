@@ -21,7 +21,7 @@ What it does:
    billed cost. A candidate fits when its device memory per GPU <= GPU memory x (1 - headroom). CPU
    offload is a last resort: it is dropped when anything fits without it.
 4. Gradient accumulation reaches the target global batch: ``global_batch_size`` sequences (default 16,
-   a common fine-tuning batch: seeds/003 uses 4 x 4), or ``global_batch_tokens`` / seq_len;
+   a common fine-tuning batch: the io.net guide of docs/seed-scenarios.md, seed 003, uses 4 x 4), or ``global_batch_tokens`` / seq_len;
    grad_accum = ceil(target / (micro-batch x GPUs)). A micro-batch larger than the target is skipped
    (except 1 with many GPUs, whose global batch is then the GPU count).
 5. Time: optimizer steps = ceil(epochs x dataset tokens / (global batch x seq_len)) (packed sequences,

@@ -56,8 +56,8 @@ HOST_BOUND_NOTE = ("host-bound: the GPU waits on the host's kernel launches; suc
                    "on some machines than on others of the same kind, and varied on one machine; a larger "
                    "micro-batch, where it fits, moves the step toward GPU-bound")
 # between NEAR_HOST_BOUND_RATIO and 1 the step is GPU-bound by the model but the host's launches take most of the
-# GPU's time: on the 5 multi-GPU runs in that band (eighth session) tokens/s was off by 7.6 % median, 22 % at worst
-# (z-004; its repeat on another machine: 7.6 %), against 3 % median below it
+# GPU's time: on the 5 multi-GPU runs in that band (through plans y and z) tokens/s was off by 7.6 % median,
+# 22 % at worst (z-004; its repeat on another machine: 7.6 %), against 3 % median below it
 NEAR_HOST_BOUND_RATIO = 0.8
 NEAR_HOST_BOUND_NOTE = ("near host-bound: the host's kernel launches take most of the GPU's time, so a slower host "
                         "slows the step (measured on such steps: up to 22 % slower than predicted); a larger "
@@ -105,9 +105,9 @@ class ThroughputCoefficients:
     # default grouped_mm experts, routing included) against a dense layer with intermediate 2 x 14336, frozen, input
     # gradient, a checkpointed layer's three passes, on one H200: 0.70 / 0.69 / 0.72 at 4096 / 8192 / 16384 tokens
     # (scripts/moe_rate_bench.py, data/measurements/benchmarks/moe-rate-h200.jsonl; below 4096 tokens that bench is
-    # launch-bound). Not fitted (eighth session)
+    # launch-bound). Not fitted
     expert_rate_ratio: float = 0.70
-    # per-GPU calibration (issue 3: "efficiency per GPU and method"): the measured speed of the H200 runs
+    # per-GPU calibration (an efficiency per GPU and method): the measured speed of the H200 runs
     # relative to the datasheet transfer from the H100 (the reference, where most runs are). Fitted; its
     # cause is not separated (clocks under load, the host CPU that launches the kernels, HBM3e bandwidth for
     # the memory-bound work the model folds into the efficiency). Unmeasured GPUs: 1.
@@ -251,7 +251,7 @@ def adapter_path_bytes(opts: TrainingOptions) -> dict[str, float]:
     4-bit bases, ``lora.bnb.Linear4bit.forward``): every elementwise op reads its operands and writes its result once;
     the rank-r matmuls read the big operand (x into lora_A, the output gradient out of lora_B, twice in the backward:
     input and weight gradients) and write the big result (lora_B's output); their rank-sized sides are left out.
-    Counted op by op, not fitted. The eighth session's pairs of runs that differ only in the adapted Linears (plan y)
+    Counted op by op, not fitted. Plan y's pairs of runs that differ only in the adapted Linears
     measured this cost (docs/notes/time-model.md).
 
     - LoRA, bf16-true (fp32 adapters, bf16 activations, no autocast): x cast to fp32 (2 + 4), dropout (4 + 4 + a 1-byte

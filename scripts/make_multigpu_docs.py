@@ -115,7 +115,7 @@ def main() -> None:
         xs = [low, lim]
         ax.plot(xs, xs, "k-", lw=0.8)
         ax.fill_between(xs, [x * (1 - band) for x in xs], [x * (1 + band) for x in xs], color="grey", alpha=0.15,
-                        label=f"±{band * 100:.0f}% (issue 7 goal)")
+                        label=f"±{band * 100:.0f}% (multi-GPU goal)")
         if low:  # tokens/s spans 1.6k (70B) to 31k (3B): log axes
             ax.set_xscale("log")
             ax.set_yscale("log")

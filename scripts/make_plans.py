@@ -124,7 +124,7 @@ PLANS = {
         c("Qwen/Qwen3-4B", "full", 1024, 4, gradient_checkpointing=True, optimizer="adamw_8bit"),
         c(L8, "lora", 3072, 6),
     ],
-    # issue 7, on nvidia-h200-x2 (2 GPUs, NCCL): DDP LoRA 8B, FSDP2 full 8B, FSDP2 LoRA 70B in bf16, each at two
+    # the multi-GPU model, on nvidia-h200-x2 (2 GPUs, NCCL): DDP LoRA 8B, FSDP2 full 8B, FSDP2 LoRA 70B in bf16, each at two
     # sequence lengths, FSDP LoRA 8B and DDP full 8B for the model's other terms, then 1-GPU baselines of the
     # same configurations (scaling efficiency) where no H200 row exists yet. 8 steps, 3 warm-up.
     "e": [
@@ -170,7 +170,7 @@ PLANS = {
           steps=8, warmup_steps=3),
     ],
     # one GPU of the same machine: the one-GPU twins of f-004 and e-007 (what DDP adds), b-015's configuration
-    # again (run-to-run spread), and the MoE issue 3 asks for: Mixtral LoRA in bf16 (fits one H200) and QLoRA
+    # again (run-to-run spread), and an MoE model: Mixtral LoRA in bf16 (fits one H200) and QLoRA
     # (predicted not to fit: peft's prepare_model_for_kbit_training upcasts the fused 3-D expert tensors,
     # which bitsandbytes does not quantize, to fp32)
     "g1": [
@@ -199,7 +199,7 @@ PLANS = {
         c("mistralai/Mixtral-8x7B-v0.1", "lora", 2048, 1, lora_dropout=0.0, steps=6, warmup_steps=2),
         c("mistralai/Mixtral-8x7B-v0.1", "lora", 4096, 2, lora_dropout=0.0, steps=6, warmup_steps=2),
     ],
-    # issue 8 (needs nvidia-h200-x8, not lent so far); predictions registered in docs/multi-gpu.md first
+    # 8×H200: 70B full fine-tuning and 405B LoRA (needs nvidia-h200-x8); predictions registered in docs/multi-gpu.md first
     "h": [
         c(L70, "full", 2048, 1, gradient_checkpointing=True, num_gpus=8, distribution="fsdp", steps=6, warmup_steps=2),
         c(L70, "full", 4096, 1, gradient_checkpointing=True, num_gpus=8, distribution="fsdp", steps=6, warmup_steps=2),
@@ -220,11 +220,11 @@ PLANS = {
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
         c("ftcalc/tiny-llama", "lora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="ddp"),
-        # sharded QLoRA (recipe.build_model_sharded, fifth session): its first GPU run (sixth session: all good)
+        # sharded QLoRA (recipe.build_model_sharded): its first GPU run (smoke-h200x2-q.jsonl: all good)
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
     ],
-    # fifth session, on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
-    # data/predictions/p.json) 8-GPU rows for issue 7 (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
+    # on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
+    # data/predictions/p.json) 8-GPU rows for the multi-GPU accuracy goal (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
     # third host for i-003's configuration (its repeat m-000 was within 2 %), and its one-GPU twin with no
     # other process on the host
     "p": [
