@@ -24,10 +24,10 @@ GB = 1e9
 
 
 def _parse_tokens(text: str) -> int:
-    """'100M' -> 100_000_000 (the solver's parser: ftcalc/solver_cli.py parse_tokens)."""
-    from ftcalc.solver_cli import parse_tokens
+    """'100M' -> 100_000_000 (ftcalc.validation.tokens, which the Python API takes too)."""
+    from ftcalc.validation import cli_tokens
 
-    return parse_tokens(text)
+    return cli_tokens(text)
 
 
 def _bool_flag(p: argparse.ArgumentParser, name: str, help_: str) -> None:
@@ -412,14 +412,23 @@ def run_with_errors(parser: argparse.ArgumentParser, argv: list[str] | None = No
 
     Shared by ``ftcalc`` and the stand-alone entry points (``python -m ftcalc.solver_cli``, ...).
     """
+    from ftcalc.validation import cli_spelling, install_cli_checks
+
+    install_cli_checks(parser)  # every numeric flag finite and >= 0 (ftcalc/validation.py)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: usage errors exit 2 with one line already printed
         return int(e.code or 0)
     try:
-        return args.func(args)
+        with cli_spelling():  # messages name --flags, not Python parameters
+            return args.func(args)
     except FtcalcError as e:
         print(f"ftcalc: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave that cannot be read or written: one line with the path
+        if e.filename is None or isinstance(e, BrokenPipeError):
+            raise
+        print(f"ftcalc: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

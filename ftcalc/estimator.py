@@ -26,6 +26,7 @@ from ftcalc.memory import (
     resolve_attention,
 )
 from ftcalc.options import TrainingOptions, make_options
+from ftcalc.validation import param, positive_float, tokens
 
 __all__ = ["Estimate", "check_options", "estimate", "estimate_options"]
 
@@ -120,7 +121,7 @@ def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
     arch = spec.arch
     if arch.max_position_embeddings and opts.seq_len > arch.max_position_embeddings:
         raise InvalidArgumentError(
-            f"--seq-len {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
+            f"{param('seq_len')} {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
         )
     if opts.uses_adapters:
         inv = inventory(arch)
@@ -128,16 +129,16 @@ def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
         bad = [t for t in opts.lora_targets if t not in kinds and t != "all-linear"]
         if bad:
             raise InvalidArgumentError(
-                f"--lora-targets {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
+                f"{param('lora_targets')} {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
             )
         if expert_lora_targeted(inv, opts) and opts.lora_dropout > 0:
             raise InvalidArgumentError(
-                f"--lora-targets all-linear on {spec.id}: peft also adapts the fused MoE expert tensors "
-                f"(lora.ParamWrapper), which refuses lora_dropout {opts.lora_dropout}; use --lora-dropout 0, "
-                "or --lora-targets q_proj,k_proj,v_proj,o_proj for attention only")
+                f"{param('lora_targets')} all-linear on {spec.id}: peft also adapts the fused MoE expert tensors "
+                f"(lora.ParamWrapper), which refuses lora_dropout {opts.lora_dropout}; use {param('lora_dropout')} 0, "
+                f"or {param('lora_targets')} q_proj,k_proj,v_proj,o_proj for attention only")
         width = min(min(g.in_features, g.out_features) for g in inv.linears if opts.is_target(g.kind))
         if opts.lora_r > width:
-            raise InvalidArgumentError(f"--lora-r {opts.lora_r} exceeds the narrowest targeted layer width ({width})")
+            raise InvalidArgumentError(f"{param('lora_r')} {opts.lora_r} exceeds the narrowest targeted layer width ({width})")
 
 
 def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = None,
@@ -146,6 +147,9 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
     arch = spec.arch
     check_options(spec, opts)
+    epochs = positive_float(epochs, "epochs")
+    if dataset_tokens is not None:
+        dataset_tokens = tokens(dataset_tokens, "dataset_tokens")
     inv = inventory(arch)
     c = coeffs or load_coefficients()
     gpu_obj = None
@@ -176,11 +180,12 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
             fits = needed <= _ALLOCATED_FIT_SHARE * cap
             if fits:  # the pool is capped by the GPU: the allocator frees cached blocks and retries
                 mem = estimate_memory(arch, inv, opts, c, gpu_memory_bytes=cap, fragmentation="simulated")
+                headroom = int(cap - mem.device_used_bytes)  # of the capped pool, not of the unconstrained one
                 note = "near the limit: the allocator will have to free cached blocks and retry"
             else:
                 note = f"needs {mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB"
     tps = hours = launch_ratio = None
-    if gpu_obj is not None:
+    if gpu_obj is not None and fits:  # no speed for a run that would not start
         from ftcalc.throughput import step_parts
 
         if par is not None:

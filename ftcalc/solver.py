@@ -396,30 +396,45 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         >>> rec.plans[0].num_gpus, rec.plans[0].method
         (1, 'qlora')
     """
+    from ftcalc import validation as v
+
     problems: list[str] = []
+
+    def check(fn: Any, value: Any, *args: Any) -> Any:
+        try:
+            return fn(value, *args)
+        except InvalidArgumentError as e:
+            problems.append(str(e))
+            return None
+
     if method not in (*METHODS, "auto"):
-        problems.append(f"method={method!r}: expected one of {', '.join(METHODS)}, auto")
+        problems.append(f"{v.param('method')}={method!r}: expected one of {', '.join(METHODS)}, auto")
     if objective not in ("cost", "time"):
-        problems.append(f"objective={objective!r}: expected cost or time")
-    if not (isinstance(max_gpus, int) and max_gpus >= 1):
-        problems.append(f"max_gpus={max_gpus!r}: expected an integer >= 1")
-    if not epochs > 0:
-        problems.append(f"epochs={epochs}: must be > 0")
-    if not (isinstance(top, int) and top >= 1):
-        problems.append(f"top={top!r}: expected an integer >= 1")
-    if not 0 <= headroom < 1:
-        problems.append(f"headroom={headroom}: expected a share in [0, 1), e.g. 0.05")
-    if deadline_hours is not None and not deadline_hours > 0:
-        problems.append(f"deadline={deadline_hours} h: must be > 0")
-    if budget_usd is not None and not budget_usd > 0:
-        problems.append(f"budget=${budget_usd}: must be > 0")
+        problems.append(f"{v.param('objective')}={objective!r}: expected cost or time")
+    check(v.positive_int, max_gpus, "max_gpus")
+    check(v.positive_float, epochs, "epochs")
+    check(v.positive_int, top, "top")
+    check(v.share, headroom, "headroom")
+    if deadline_hours is not None:
+        deadline_hours = check(v.hours, deadline_hours, "deadline_hours")
+    if budget_usd is not None:
+        budget_usd = check(v.usd, budget_usd, "budget_usd")
+    if global_batch_size is not None:
+        check(v.positive_int, global_batch_size, "global_batch_size")
+    if global_batch_tokens is not None:
+        check(v.tokens, global_batch_tokens, "global_batch_tokens")
     if global_batch_size is not None and global_batch_tokens is not None:
         problems.append("give global_batch_size (sequences) or global_batch_tokens, not both")
     if not micro_batch_sizes or any(not (isinstance(b, int) and b >= 1) for b in micro_batch_sizes):
         problems.append(f"micro_batch_sizes={tuple(micro_batch_sizes)}: expected integers >= 1")
-    if not (isinstance(seq_len, int) and seq_len > 0):
-        problems.append(f"seq_len={seq_len!r}: expected an integer > 0")
+    if check(v.positive_int, seq_len, "seq_len") is None:
         seq_len = 1
+    if dataset_tokens is not None:
+        dataset_tokens = check(v.tokens, dataset_tokens, "dataset_tokens") or 1
+    if examples is not None:
+        examples = check(v.positive_int, examples, "examples") or 1
+    if avg_tokens is not None:
+        avg_tokens = check(v.positive_float, avg_tokens, "avg_tokens") or 1.0
     tokens_per_epoch = _dataset_tokens(dataset_tokens, examples, avg_tokens, seq_len, problems)
     if problems:
         raise InvalidArgumentError("; ".join(problems))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import textwrap
 from typing import Any
@@ -26,41 +25,24 @@ WIDTH = 80
 
 
 def parse_tokens(text: str) -> int:
-    """'100M' -> 100_000_000; '2.5B', '50k', '1e8', plain integers."""
-    t = str(text).strip().lower().replace("_", "").replace(",", "")
-    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-    try:
-        val = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a token count (e.g. 100M, 2.5B, 50000)") from None
-    if not val > 0:
-        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
-    return int(val)
+    """'100M' -> 100_000_000; '2.5B', '50k', '1e8', plain integers (ftcalc.validation.tokens)."""
+    from ftcalc.validation import cli_tokens
+
+    return cli_tokens(text)
 
 
 def parse_hours(text: str) -> float:
-    """'8h', '90m', '2d', '1.5h', '45min', '8' (hours) -> hours."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(h|hr|hrs|hours?|m|min|mins|minutes?|d|days?)?\s*", str(text).lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (e.g. 8h, 90m, 2d)")
-    val = float(m.group(1))
-    unit = (m.group(2) or "h")[0]
-    hours = val / 60.0 if unit == "m" else val * 24.0 if unit == "d" else val
-    if not hours > 0:
-        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
-    return hours
+    """'8h', '90m', '2d', '1.5h', '45min', '8' (hours) -> hours (ftcalc.validation.hours)."""
+    from ftcalc.validation import cli_hours
+
+    return cli_hours(text)
 
 
 def parse_usd(text: str) -> float:
-    """'100', '$100', '100usd', '1,500' -> US dollars."""
-    t = str(text).strip().lower().replace(",", "").lstrip("$").removesuffix("usd").strip()
-    try:
-        val = float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an amount in US dollars (e.g. 100)") from None
-    if not val > 0:
-        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
-    return val
+    """'100', '$100', '100usd', '1,500' -> US dollars (ftcalc.validation.usd)."""
+    from ftcalc.validation import cli_usd
+
+    return cli_usd(text)
 
 
 def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -318,6 +318,8 @@ def load_spec(path: str | Path) -> TrainingSpec:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{p}: no such spec file (write one with `ftcalc plan ... -o {p}`)") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a spec (not UTF-8 text); write one with `ftcalc plan ... -o SPEC.yaml`") from None
     except OSError as e:
         raise SpecError(f"{p}: cannot read ({e.strerror})") from None
     try:
