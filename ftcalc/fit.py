@@ -22,7 +22,7 @@ from ftcalc.hardware import GPU, get_gpu, load_gpus
 from ftcalc.inventory import inventory
 from ftcalc.memory import Coefficients, MemoryEstimate, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
-from ftcalc.validation import positive_int, share
+from ftcalc.validation import param, positive_int, share
 
 __all__ = ["FitPoint", "MaxFit", "GPUFit", "MinGPU", "max_fit", "min_gpu"]
 
@@ -121,9 +121,9 @@ def max_fit(model: str | ModelSpec, opts: TrainingOptions, gpu: str | GPU, maxim
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     g = gpu if isinstance(gpu, GPU) else get_gpu(gpu)
     if maximize not in _TARGET_FIELD:
-        raise InvalidArgumentError(f"--maximize {maximize}: expected one of {', '.join(_TARGET_FIELD)}")
+        raise InvalidArgumentError(f"{param('maximize')} {maximize}: expected one of {', '.join(_TARGET_FIELD)}")
     if maximize == "lora-r" and not opts.uses_adapters:
-        raise InvalidArgumentError(f"--maximize lora-r does not apply to --method {opts.method} (no adapters)")
+        raise InvalidArgumentError(f"{param('maximize')} lora-r does not apply to {param('method')} {opts.method} (no adapters)")
     headroom = share(headroom, "headroom")
     c = coeffs or load_coefficients()
     budget = g.memory_bytes * (1 - headroom)

@@ -398,14 +398,14 @@ def _count_lines(path: str) -> int:
 
 def record_rows(rows: list[dict[str, Any]], path: str | None = None) -> Path:
     """Append measurement rows to the database (default data/measurements/runs-user.jsonl)."""
-    from ftcalc._paths import data_dir
+    from ftcalc._paths import data_dir, repo_root, user_data_dir
+    from ftcalc.safe_write import MEASUREMENT_MARKERS, append_text
 
-    out = Path(path) if path else data_dir() / "measurements" / "runs-user.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return out
+    # the checkout's measurement folder when run from one; an installed package is never written
+    default = (data_dir() if repo_root() else user_data_dir()) / "measurements" / "runs-user.jsonl"
+    out = Path(path) if path else default
+    return append_text(out, "".join(json.dumps(row) + "\n" for row in rows), marker=MEASUREMENT_MARKERS,
+                       what="measurement file")
 
 
 if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out rows.jsonl

@@ -49,6 +49,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ftcalc import sharding as sh
+from ftcalc._paths import coefficients_file
 from ftcalc.catalog import ModelSpec, resolve_model
 from ftcalc.errors import DoesNotFitError, InvalidArgumentError
 from ftcalc.hardware import GPU, get_gpu, load_gpus
@@ -446,7 +447,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     spec = resolve_model(model)
     ctx = spec.arch.max_position_embeddings
     if ctx and seq_len > ctx:
-        raise InvalidArgumentError(f"--seq-len {seq_len} exceeds {spec.id}'s context of {ctx} tokens")
+        raise InvalidArgumentError(f"{v.param('seq_len')} {seq_len} exceeds {spec.id}'s context of {ctx} tokens")
     base = make_options(method="lora" if method == "auto" else method, seq_len=seq_len, optimizer=optimizer,
                         precision=precision, lora_r=lora_r)
     methods = METHODS if method == "auto" else (method,)
@@ -488,7 +489,8 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
             + (" (guide quotes excluded: include_quotes=False)" if include_quotes is False else ""))
     opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target, sharded_qlora=True)
     if not opts_list:
-        raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
+        raise InvalidArgumentError(f"{v.param('precision')} 32-true with {v.param('method')} qlora: QLoRA computes in "
+                                   "bf16; use bf16-true")
     times = _micro_batch_times(spec, opts_list, gpus)
     a = sh.load_assumptions()
     cand = _Candidates(spec, opts_list, states, times, gpus, offers, target, seq_len,
@@ -524,7 +526,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         global_batch_size=target, objective=objective, spot=spot, max_gpus=max_gpus,
         deadline_hours=deadline_hours, budget_usd=budget_usd, headroom=headroom,
         candidates_evaluated=len(c.ci), plans=plans, rejected=rejected,
-        coefficients=load_coefficients().source, assumptions=a.source, notes=notes)
+        coefficients=f"{load_coefficients().source} ({coefficients_file()})", assumptions=a.source, notes=notes)
 
 
 def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,

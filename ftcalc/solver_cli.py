@@ -78,13 +78,22 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--prices", help="a price file replacing data/prices.csv (same columns, or a SkyPilot vms.csv)")
     p.add_argument("--json", action="store_true", help='one JSON object: {"plans": [...], "rejected": [...], ...}')
-    p.add_argument("--plot", help="write the cost-vs-time Pareto plot of the plans (PNG or SVG; [plot] extra)")
+    p.add_argument("--plot", help="write the cost-vs-time Pareto plot of the plans (PNG, SVG or PDF; [plot] extra)")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot file that ftcalc did not write")
     p.set_defaults(func=cmd_recommend)
     return p
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
     from ftcalc.solver import recommend
+
+    if getattr(a, "plot", None):  # before any work: the extra, and a path that may be written
+        from ftcalc.extras import require_extra
+        from ftcalc.safe_write import PLOT_FORMATS, PLOT_MARKERS, check_output
+
+        require_extra("plot", "--plot")
+        check_output(a.plot, marker=PLOT_MARKERS, inputs=[a.model, a.prices], force=a.force, what="plot",
+                     suffixes=PLOT_FORMATS)
 
     rec = recommend(
         a.model, method=a.method, dataset_tokens=a.dataset_tokens, examples=a.examples, avg_tokens=a.avg_tokens,
@@ -95,7 +104,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     if getattr(a, "plot", None):
         from ftcalc.plots import plot_pareto, save
 
-        save(plot_pareto(rec), a.plot)
+        save(plot_pareto(rec), a.plot, force=a.force, inputs=(a.model, a.prices))
     if a.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:
@@ -159,6 +168,7 @@ def format_recommendation(rec: Any) -> str:
     lines += textwrap.wrap(foot, WIDTH)
     for note in rec.notes:
         lines += textwrap.wrap("Note: " + note, WIDTH)
+    lines += textwrap.wrap(f"Coefficients: {rec.coefficients}", WIDTH)
     return "\n".join(lines)
 
 
