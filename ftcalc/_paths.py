@@ -56,6 +56,12 @@ def coefficients_file() -> Path:
     return Path(chosen).expanduser()
 
 
+def coefficients_label(path: Path | None = None) -> str:
+    """``path`` (default coefficients_file()) as output shows it: the shipped file by its repository name."""
+    p = path or coefficients_file()
+    return "shipped data/coefficients.json" if p == data_dir() / "coefficients.json" else str(p)
+
+
 def use_coefficients(path: str | None) -> contextvars.Token:
     """Make ``path`` the coefficients file for this context (None: back to the default); returns the token."""
     return _COEFFICIENTS.set(path)

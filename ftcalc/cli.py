@@ -109,7 +109,8 @@ def _print_estimate(est: Any) -> None:
             note = host_note(est.host_launch_ratio)
             if note:
                 print(textwrap.fill(note, 80, initial_indent="  ", subsequent_indent="  "))
-    print(f"\ncoefficients: {est.coefficients} ({est.coefficients_file})")
+    print(f"\ncoefficients: {est.coefficients}")
+    print(f"  from {est.coefficients_file}")
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:
@@ -281,6 +282,10 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from ftcalc.profile import profile, profile_multi_gpu, record_rows
 
     opts = _options_from_args(a)
+    if a.record:
+        from ftcalc.profile import check_record_file
+
+        check_record_file(a.record_file)
     if a.cpu_offload and (opts.num_gpus < 2 or opts.method == "qlora"):
         raise InvalidArgumentError("--cpu-offload is FSDP's CPU offload: it needs --num-gpus 2 or more and full "
                                    "fine-tuning or LoRA (the recipe does not offload QLoRA)")
@@ -395,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cpu-offload", action="store_true",
                    help="with FSDP: keep parameters, gradients and optimizer states in host memory (FSDP2 CPU offload)")
     f.add_argument("--record", action="store_true", help="append the row to the measurement database")
-    f.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl)")
+    f.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl in a checkout, else the user data folder)")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_profile)
 

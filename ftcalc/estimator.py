@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ftcalc._paths import coefficients_file
+from ftcalc._paths import coefficients_label
 from ftcalc.catalog import ModelSpec, resolve_model
 from ftcalc.errors import InvalidArgumentError
 from ftcalc.inventory import inventory
@@ -75,7 +75,7 @@ class Estimate(BaseModel):
     hours: float | None = None
     dataset_tokens: int | None = None
     coefficients: str = ""
-    coefficients_file: str = ""  # the file they were read from (ftcalc._paths.coefficients_file)
+    coefficients_file: str = ""  # the file they were read from (ftcalc._paths.coefficients_label)
     # num_gpus > 1: per GPU under DDP (adapters) or FSDP full-shard (full fine-tuning), ftcalc.parallel; the
     # breakdown and the single-GPU peaks above stay one GPU's view of the whole model
     distribution: str | None = None
@@ -211,7 +211,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         eval_kv_cache_bytes=int(kv_cache_bytes(arch, opts.batch_size, opts.seq_len)),
         gpu=gpu_obj.gpu if gpu_obj else None, gpu_memory_bytes=cap, fits=fits, headroom_bytes=headroom,
         fit_note=note, tokens_per_second=tps, host_launch_ratio=launch_ratio, hours=hours, dataset_tokens=dataset_tokens,
-        coefficients=c.source, coefficients_file=str(coefficients_file()) if coeffs is None else "given",
+        coefficients=c.source, coefficients_file=coefficients_label() if coeffs is None else "given",
         distribution=par.strategy if par else None,
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
         per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,

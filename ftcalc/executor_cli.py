@@ -179,7 +179,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue the run in --output-dir from its newest complete checkpoint")
     p.add_argument("--force", action="store_true", help="run even if the pre-flight predicts it will not fit")
     p.add_argument("--record", action="store_true", help="append the measurement to the database (CUDA runs)")
-    p.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl)")
+    p.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl in a checkout, else the user data folder)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON at the end")
     p.set_defaults(func=cmd_run)
     return p
@@ -190,6 +190,11 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     require_extra("train", "ftcalc run")
     from ftcalc.executor import run
+
+    if a.record:
+        from ftcalc.profile import check_record_file
+
+        check_record_file(a.record_file)
 
     report = run(a.spec, output_dir=a.output_dir, resume=a.resume, force=a.force, record=a.record,
                  record_file=a.record_file)

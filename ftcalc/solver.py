@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ftcalc import sharding as sh
-from ftcalc._paths import coefficients_file
+from ftcalc._paths import coefficients_label
 from ftcalc.catalog import ModelSpec, resolve_model
 from ftcalc.errors import DoesNotFitError, InvalidArgumentError
 from ftcalc.hardware import GPU, get_gpu, load_gpus
@@ -526,7 +526,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         global_batch_size=target, objective=objective, spot=spot, max_gpus=max_gpus,
         deadline_hours=deadline_hours, budget_usd=budget_usd, headroom=headroom,
         candidates_evaluated=len(c.ci), plans=plans, rejected=rejected,
-        coefficients=f"{load_coefficients().source} ({coefficients_file()})", assumptions=a.source, notes=notes)
+        coefficients=f"{load_coefficients().source} ({coefficients_label()})", assumptions=a.source, notes=notes)
 
 
 def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,
