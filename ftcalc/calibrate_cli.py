@@ -105,6 +105,11 @@ def run_calibrate(a: argparse.Namespace) -> int:
     payload["date"] = _dt.date.today().isoformat()
     payload["fit_runs"] = sorted(r["run_id"] for r in fit_rows if usable(r))
     payload["split"] = "data/measurements/split.json"
+    n = len(payload["fit_runs"])
+    payload["provenance"] = {  # which function made each value (tests/test_coefficients_file.py)
+        section: {k: f"ftcalc/calibrate.py {fn} on the {n} runs in fit_runs" for k, v in payload[section].items()
+                  if isinstance(v, (int, float)) and k != "fitted_on"}
+        for section, fn in (("memory", "fit_memory"), ("throughput", "fit_throughput"))}
     write_text(out, json.dumps(payload, indent=2) + "\n", marker=COEFFICIENT_MARKERS, inputs=inputs, force=force,
                what="calibration output")
     fit_recs = validate_rows(fit_rows, c, tc)

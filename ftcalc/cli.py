@@ -130,6 +130,8 @@ def cmd_estimate(a: argparse.Namespace) -> int:
         from ftcalc.plots import plot_breakdown, save
 
         save(plot_breakdown([est], gpus=[est.gpu] if est.gpu else None), a.plot, force=a.force, inputs=(a.model,))
+    if est.fits is False:  # a run that would not start has no speed or duration to print
+        est = est.model_copy(update={"tokens_per_second": None, "hours": None, "host_launch_ratio": None})
     if a.json:
         print(json.dumps(est.to_dict(), indent=2))
     else:

@@ -159,6 +159,9 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         from ftcalc.hardware import get_gpu
 
         gpu_obj = get_gpu(gpu)
+        if opts.num_gpus > gpu_obj.max_gpus_per_node:  # num_gpus counts GPUs of one node (data/gpus.csv)
+            raise InvalidArgumentError(f"{param('num_gpus')} {opts.num_gpus}: a {gpu_obj.gpu} node holds at most "
+                                       f"{gpu_obj.max_gpus_per_node} GPUs (data/gpus.csv); ftcalc plans one node")
     cap = gpu_obj.memory_bytes if gpu_obj else None
     mem = estimate_memory(arch, inv, opts, c, fragmentation="simulated")  # unconstrained: what the run would use on a large enough GPU
     fits = headroom = note = par = None
@@ -187,7 +190,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
             else:
                 note = f"needs {mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB"
     tps = hours = launch_ratio = None
-    if gpu_obj is not None and fits:  # no speed for a run that would not start
+    if gpu_obj is not None:  # speed even when it does not fit (plan uses it for the multi-GPU case); the CLI hides it
         from ftcalc.throughput import step_parts
 
         if par is not None:

@@ -37,6 +37,10 @@ def test_calibrate_writes_the_user_folder_and_estimate_reads_it(tmp_path, monkey
     assert main(["calibrate"]) == 0
     written = tmp_path / "xdg" / "ftcalc" / "coefficients.json"
     assert written.is_file() and (written.parent / "calibration_report.md").is_file()
+    refit = json.loads(written.read_text())
+    for section in ("memory", "throughput"):  # a refit names its maker for every value, as the shipped file does
+        assert all(k in refit["provenance"][section] for k, v in refit[section].items()
+                   if isinstance(v, (int, float)) and k != "fitted_on")
     assert _tree(REPO / "data") == shipped  # the shipped data is read-only to ftcalc
     capsys.readouterr()
     assert main(["estimate", "--model", "8b", "--gpu", "h100", "--coefficients", "user", "--json"]) == 0

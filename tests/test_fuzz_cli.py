@@ -63,7 +63,7 @@ def _outputs(argv: list[str]) -> set[str]:
             if i < len(argv):
                 outs.add(os.path.normpath(argv[i]))
     if argv and argv[0] == "report":
-        outs |= {os.path.splitext(o)[0] + ".html" for o in outs}
+        outs |= {os.path.splitext(o)[0] + ext for o in outs for ext in (".md", ".html")}  # report.md's twin
         outs |= {f"{os.path.splitext(o)[0]}_files/{n}" for o in outs
                  for n in ("breakdown.png", "memory_vs_seq_len.png", "pareto.png")}
     return outs
@@ -150,6 +150,14 @@ CASES = [
     (["calibrate", "--out", "notes.txt"], 2),
     (["calibrate", "--output", "train.jsonl"], 2),
     (["inventory", "--model", "bin.json"], 2),
+    (["validate", "--measurements", "some_folder"], 2),
+    (["validate", "--measurements", "bin.json"], 2),
+    (["profile", "--model", "tiny-llama", "--steps", "0"], 2),
+    (["report", "--model", "8b", "--dataset-tokens", "nan", "-o", "r.md"], 2),
+    (["report", "--model", "8b", "--dataset-tokens", "10M", "-o", "notes.txt"], 0),  # writes notes.md, keeps notes.txt
+    (["prices", "--gpu", "nope"], 2),
+    (["estimate", "--model", "8b", "--gpu", "h100", "--num-gpus", "16"], 2),
+    (["estimate", "--model", "8b", "--method", "qlora", "--precision", "32-true"], 2),
     (["models", "--json"], 0),
     (["schema"], 0),
 ]
