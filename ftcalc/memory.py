@@ -4,8 +4,8 @@
 
 It describes the recipe in ftcalc/recipe.py (transformers + peft + bitsandbytes, bf16 autocast, torch
 AdamW, the model's own causal-LM loss). Each formula names its source: a library file whose code
-decides the allocation, a paper, or "fitted" (a coefficient in data/coefficients.json, written by
-``ftcalc calibrate`` from the measurements in data/measurements/). docs/memory-model.md walks
+decides the allocation, a paper, or "fitted" (a coefficient in data/coefficients.json, made by
+``ftcalc calibrate`` or the script its ``provenance`` section names, from the measurements in data/measurements/). docs/memory-model.md walks
 through it with Llama-3-8B LoRA and Llama-3-70B QLoRA.
 
 What is allocated when (one training step, after the first, which has created the optimizer states):

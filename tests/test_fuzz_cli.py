@@ -27,6 +27,7 @@ from ftcalc.cli import main
 from ftcalc.errors import FtcalcError
 
 REPO = Path(__file__).resolve().parent.parent
+_EXAMPLES = int(os.environ.get("FTCALC_HYPOTHESIS_EXAMPLES", "150"))  # as tests/test_memory.py
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
@@ -221,7 +222,7 @@ _BASE = {
 _PATHS = ["bin.json", "some_folder", "notes.txt", "train.jsonl", "missing.json", "notes.txt/x", "héllo\u2603.json", ""]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cmd=st.sampled_from(sorted(_NUMERIC_FLAGS)), data=st.data(), json_out=st.booleans())
 def test_generated_numbers(cmd: str, data: st.DataObject, json_out: bool, work: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,7 +232,7 @@ def test_generated_numbers(cmd: str, data: st.DataObject, json_out: bool, work: 
     run_cli(argv, work, capsys)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=_EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=st.sampled_from([
     ["estimate", "--model", "{}"], ["inventory", "--model", "{}"], ["run", "{}"],
     ["plan", "--model", "tiny-llama", "--device", "cpu", "--dataset", "{}"],
@@ -252,7 +253,7 @@ def test_generated_paths(argv: list[str], path: str, work: Path, capsys: pytest.
 _API_VALUES = [float("nan"), float("inf"), -1, 0, 10**30, 1.5, "abc", "50M", None, True, b"\xff", [1]]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=_EXAMPLES, deadline=None)
 @given(fn=st.sampled_from(["estimate", "recommend", "max_fit", "min_gpu"]),
        name=st.sampled_from(["seq_len", "batch_size", "epochs", "dataset_tokens", "lora_r", "lora_alpha",
                              "lora_dropout", "num_gpus", "headroom", "max_gpus"]),
