@@ -27,7 +27,8 @@ from ftcalc.memory import (
     resolve_attention,
 )
 from ftcalc.options import TrainingOptions, make_options
-from ftcalc.validation import param, positive_float, tokens
+from ftcalc.validation import epochs as check_epochs
+from ftcalc.validation import param, tokens
 
 __all__ = ["Estimate", "check_options", "estimate", "estimate_options"]
 
@@ -149,7 +150,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
     arch = spec.arch
     check_options(spec, opts)
-    epochs = positive_float(epochs, "epochs")
+    epochs = check_epochs(epochs, "epochs")
     if dataset_tokens is not None:
         dataset_tokens = tokens(dataset_tokens, "dataset_tokens")
     inv = inventory(arch)

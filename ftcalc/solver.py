@@ -413,7 +413,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     if objective not in ("cost", "time"):
         problems.append(f"{v.param('objective')}={objective!r}: expected cost or time")
     check(v.positive_int, max_gpus, "max_gpus")
-    check(v.positive_float, epochs, "epochs")
+    check(v.epochs, epochs, "epochs")
     check(v.positive_int, top, "top")
     check(v.share, headroom, "headroom")
     if deadline_hours is not None:
@@ -437,6 +437,9 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     if avg_tokens is not None:
         avg_tokens = check(v.positive_float, avg_tokens, "avg_tokens") or 1.0
     tokens_per_epoch = _dataset_tokens(dataset_tokens, examples, avg_tokens, seq_len, problems)
+    if tokens_per_epoch > v.MAX_TOKENS:
+        problems.append(f"{v.param('examples')} x {v.param('avg_tokens')} = {tokens_per_epoch:.3g} tokens: expected at "
+                        f"most {v.MAX_TOKENS:.0e}")
     if problems:
         raise InvalidArgumentError("; ".join(problems))
     if global_batch_tokens is not None:

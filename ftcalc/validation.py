@@ -23,7 +23,7 @@ from typing import Any
 from ftcalc.errors import InvalidArgumentError
 
 __all__ = ["SPELLING", "cli_spelling", "param", "finite_float", "positive_float", "non_negative_float", "share",
-           "positive_int", "non_negative_int", "tokens", "hours", "usd", "install_cli_checks",
+           "positive_int", "non_negative_int", "tokens", "epochs", "MAX_EPOCHS", "hours", "usd", "install_cli_checks",
            "MAX_GPUS_PER_NODE"]
 
 # "api" (Python names, ``seq_len``) or "cli" (flags, ``--seq-len``); ftcalc.cli.run_with_errors sets "cli"
@@ -41,6 +41,12 @@ _POSITIVE_DESTS = frozenset({
     "epochs", "num_epochs", "global_batch_size", "max_gpus", "top", "steps", "examples", "avg_tokens",
     "max_steps", "save_steps", "save_total_limit", "from_recommendation", "learning_rate",
 })
+
+
+# Upper bounds past which a value is a typo, not a plan (and products of it overflow): a million passes over the
+# data; seeds as numpy's RandomState takes them (< 2^32); a learning rate above 10 diverges in any optimizer here
+MAX_EPOCHS = 1_000_000
+_UPPER = {"epochs": MAX_EPOCHS, "num_epochs": MAX_EPOCHS, "seed": 2**32 - 1, "learning_rate": 10.0}
 
 
 @contextlib.contextmanager
@@ -89,6 +95,11 @@ def finite_float(value: Any, name: str, *, gt: float | None = None, ge: float | 
 
 def positive_float(value: Any, name: str) -> float:
     return finite_float(value, name, gt=0)
+
+
+def epochs(value: Any, name: str = "epochs") -> float:
+    """Passes over the data: a finite number > 0 and at most MAX_EPOCHS."""
+    return finite_float(value, name, gt=0, le=MAX_EPOCHS)
 
 
 def non_negative_float(value: Any, name: str) -> float:
@@ -192,6 +203,8 @@ def _checked(kind: type, dest: str) -> Any:
             raise argparse.ArgumentTypeError(f"'{text}': must be > 0")
         if not v >= 0:
             raise argparse.ArgumentTypeError(f"'{text}': must be >= 0")
+        if dest in _UPPER and v > _UPPER[dest]:
+            raise argparse.ArgumentTypeError(f"'{text}': must be <= {_UPPER[dest]}")
         return v
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid <type> value"

@@ -159,6 +159,9 @@ CASES = [
     (["prices", "--gpu", "nope"], 2),
     (["estimate", "--model", "8b", "--gpu", "h100", "--num-gpus", "16"], 2),
     (["estimate", "--model", "8b", "--method", "qlora", "--precision", "32-true"], 2),
+    (["recommend", "--model", "8b", "--dataset-tokens", "1e15", "--epochs", "1e300"], 2),
+    (["recommend", "--model", "8b", "--examples", "99999999999999999999", "--avg-tokens", "1e300"], 2),
+    (["plan", "--model", "tiny-llama", "--dataset", "train.jsonl", "--device", "cpu", "--seed", "99999999999999999999"], 2),
     (["models", "--json"], 0),
     (["schema"], 0),
 ]
@@ -201,14 +204,14 @@ def test_calibrate_writes_the_user_folder_not_the_package(work: Path, capsys: py
 
 # ----------------------------------------------------------------------------- generated cases
 
-_BAD_NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e30", "1.5", "abc", "", "٣", "1e-300", "99999999999999999999"]
+_BAD_NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e30", "1e300", "1.5", "abc", "", "٣", "1e-300", "99999999999999999999"]
 _NUMERIC_FLAGS = {
     "estimate": ["--seq-len", "--batch-size", "--lora-r", "--lora-alpha", "--lora-dropout", "--num-gpus", "--epochs",
                  "--dataset-tokens", "--gradient-accumulation-steps"],
     "fit": ["--headroom", "--max-gpus", "--seq-len", "--lora-r"],
     "gpus": ["--min-memory-gib"],
     "recommend": ["--epochs", "--global-batch", "--max-gpus", "--top", "--headroom", "--lora-r", "--dataset-tokens",
-                  "--deadline", "--budget"],
+                  "--deadline", "--budget", "--examples", "--avg-tokens"],
     "plan": ["--seq-len", "--batch-size", "--epochs", "--val-set-size", "--max-steps", "--warmup-steps", "--lr",
              "--num-gpus", "--save-steps"],
 }
