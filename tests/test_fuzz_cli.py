@@ -257,7 +257,7 @@ _API_VALUES = [float("nan"), float("inf"), -1, 0, 10**30, 1.5, "abc", "50M", Non
 
 
 @settings(max_examples=_EXAMPLES, deadline=None)
-@given(fn=st.sampled_from(["estimate", "recommend", "max_fit", "min_gpu"]),
+@given(fn=st.sampled_from(["estimate", "recommend", "max_fit", "min_gpu", "compare"]),
        name=st.sampled_from(["seq_len", "batch_size", "epochs", "dataset_tokens", "lora_r", "lora_alpha",
                              "lora_dropout", "num_gpus", "headroom", "max_gpus"]),
        value=st.sampled_from(_API_VALUES) | st.floats() | st.integers(min_value=-(2**70), max_value=2**70))
@@ -277,6 +277,12 @@ def test_api_raises_only_ftcalc_errors(fn: str, name: str, value: object) -> Non
             kw = {"dataset_tokens": 10**6, "gpu": "h100", "provider": "runpod"} | {name: value}
             rec = ftcalc.recommend("tiny-llama", **kw)
             assert all(p.est_hours > 0 and math.isfinite(p.est_cost_usd) for p in rec.plans)
+        elif fn == "compare":  # a bad value is a row with its error, or an FtcalcError
+            if name in ("headroom", "max_gpus", "seq_len", "batch_size"):
+                return
+            df = ftcalc.compare(["tiny-llama"], ["lora"], ["h100"], **({"dataset_tokens": 10**6} | {name: value}))
+            ok = df[df["error"].isna()] if "error" in df else df
+            assert all(math.isfinite(h) and h > 0 for h in ok.get("hours", []) if h is not None)
         elif fn == "max_fit":
             kw = {name: value} if name in ("headroom",) else {}
             opts = make_options(**({} if kw or name in ("epochs", "dataset_tokens", "max_gpus") else {name: value}))
@@ -288,6 +294,11 @@ def test_api_raises_only_ftcalc_errors(fn: str, name: str, value: object) -> Non
     except FtcalcError as e:
         msg = str(e)
         assert "\n" not in msg and "--" not in msg.split(":")[0], msg  # Python names, not CLI flags
+
+
+def test_compare_takes_one_name_as_a_list_of_one() -> None:
+    df = ftcalc.compare(models="tiny-llama", methods="lora", gpus="h100", seq_lens=512)
+    assert len(df) == 1 and df["gpu"].iloc[0] == "h100-sxm" and df["error"].isna().all()
 
 
 def test_api_accepts_the_cli_units() -> None:
