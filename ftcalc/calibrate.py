@@ -1,6 +1,7 @@
 """Fit the memory model's free coefficients to real runs, and validate them on held-out runs.
 
-    ftcalc calibrate            # fit on the fit rows, write data/coefficients.json + data/calibration_report.md
+    ftcalc calibrate [--out DIR] # fit on the fit rows, write DIR/coefficients.json + DIR/calibration_report.md
+                                 # (DIR: --out, default $XDG_DATA_HOME/ftcalc; the shipped data/ only with --out data)
     ftcalc validate [--json]    # predicted vs measured on the validation rows, with summary statistics
 
 The rows are the measurement database (data/measurements/*.jsonl, schema in docs/measurements.md).

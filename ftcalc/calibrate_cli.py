@@ -84,35 +84,51 @@ def goal_check(recs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_calibrate(a: argparse.Namespace) -> int:
+    from ftcalc._paths import user_data_dir
+    from ftcalc.safe_write import COEFFICIENT_MARKERS, check_output, write_text
+
+    # the installed package is never written: the default is the per-user data folder
+    folder = Path(getattr(a, "out", None) or user_data_dir())
+    out = Path(a.output or folder / "coefficients.json")
+    report = Path(a.report or folder / "calibration_report.md")
+    src = Path(a.measurements or data_dir() / "measurements")
+    inputs = [src, *(src.glob("*.jsonl") if src.is_dir() else [])]
+    force = getattr(a, "force", False)
+    for p in (out, report):
+        check_output(p, marker=COEFFICIENT_MARKERS, inputs=inputs, force=force, what="calibration output")
     rows = _load(a)
     fit_rows = [r for r in rows if not is_validation(r)]
     val_rows = [r for r in rows if is_validation(r)]
     c = fit_memory(fit_rows)
     tc = fit_throughput(fit_rows)
-    out = Path(a.output or data_dir() / "coefficients.json")
     payload = coefficients_to_json(c, tc)
     payload["date"] = _dt.date.today().isoformat()
     payload["fit_runs"] = sorted(r["run_id"] for r in fit_rows if usable(r))
     payload["split"] = "data/measurements/split.json"
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    n = len(payload["fit_runs"])
+    payload["provenance"] = {  # which function made each value (tests/test_coefficients_file.py)
+        section: {k: f"ftcalc/calibrate.py {fn} on the {n} runs in fit_runs" for k, v in payload[section].items()
+                  if isinstance(v, (int, float)) and k != "fitted_on"}
+        for section, fn in (("memory", "fit_memory"), ("throughput", "fit_throughput"))}
+    write_text(out, json.dumps(payload, indent=2) + "\n", marker=COEFFICIENT_MARKERS, inputs=inputs, force=force,
+               what="calibration output")
     fit_recs = validate_rows(fit_rows, c, tc)
     val_recs = validate_rows(val_rows, c, tc)
-    report = Path(a.report or data_dir() / "calibration_report.md")
-    report.write_text(
+    write_text(report,
         "# Calibration report\n\nWritten by `ftcalc calibrate` on " + payload["date"] + f".\n\n"
         f"{len([r for r in fit_rows if usable(r)])} fit runs, {len([r for r in val_rows if usable(r)])} validation runs "
         "(split rule: data/measurements/split.json). Runs that ran out of memory or failed are not fitted.\n\n"
         "## Coefficients\n\n```json\n" + json.dumps(coefficients_to_json(c, tc), indent=2) + "\n```\n\n"
         "## Fit runs\n\n" + _summary_lines(fit_recs) + "\n" + _table(fit_recs) +
-        "\n## Validation runs (never fitted)\n\n" + _summary_lines(val_recs) + "\n" + _table(val_recs)
-    )
+        "\n## Validation runs (never fitted)\n\n" + _summary_lines(val_recs) + "\n" + _table(val_recs),
+        marker=COEFFICIENT_MARKERS, inputs=inputs, force=force, what="calibration output")
     if getattr(a, "json", False):
         print(json.dumps({"coefficients_file": str(out), "report": str(report), **coefficients_to_json(c, tc),
                           "fit": {k: summarize(fit_recs, k) for k in ("err_peak_allocated", "err_device_used", "err_tokens_per_second")},
                           "validation": {k: summarize(val_recs, k) for k in ("err_peak_allocated", "err_device_used", "err_tokens_per_second")}},
                          indent=2))
         return 0
-    print(f"wrote {out} and {report}")
+    print(f"wrote {out} and {report}; use them with `ftcalc estimate --coefficients {out}`")
     print("fit runs:\n" + _summary_lines(fit_recs) + "validation runs:\n" + _summary_lines(val_recs), end="")
     return 0
 

@@ -109,6 +109,14 @@ def _need(cfg: dict[str, Any], key: str, where: str) -> Any:
     return cfg[key]
 
 
+# Upper bounds on config.json sizes: a value above these is a typo or a corrupt file (the largest open
+# models are ~10x below every bound: Llama 3.1 405B has 126 layers, hidden 16384, intermediate 53248, vocab
+# 128256, 128 heads; Gemma 3 has a 262144 vocab; DeepSeek-V3 has 256 routed experts, all from their config.json)
+_MAX_CONFIG_SIZE = {"hidden_size": 2**18, "num_attention_heads": 2**14, "num_hidden_layers": 2**14,
+                    "vocab_size": 2**24, "intermediate_size": 2**20, "num_key_value_heads": 2**14,
+                    "head_dim": 2**14, "num_local_experts": 2**14}
+
+
 def architecture_from_config(cfg: dict[str, Any], where: str = "config") -> Architecture:
     """Normalize a config.json dict (a Hugging Face causal-LM config) into an :class:`Architecture`.
 
@@ -136,14 +144,21 @@ def architecture_from_config(cfg: dict[str, Any], where: str = "config") -> Arch
         vocab = int(_need(cfg, "vocab_size", where))
         inter = int(_need(cfg, "intermediate_size", where))
         kv = int(cfg.get("num_key_value_heads") or heads)
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        head_dim = int(cfg.get("head_dim") or (hidden // heads if heads > 0 else 0))
         max_pos = int(cfg.get("max_position_embeddings") or 0)
-    except (TypeError, ValueError) as e:
+        experts = int(cfg.get("num_local_experts") or 0)
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"{where}: a size field is not an integer ({e})") from None
     for name, val in [("hidden_size", hidden), ("num_attention_heads", heads), ("num_hidden_layers", layers),
-                      ("vocab_size", vocab), ("intermediate_size", inter), ("num_key_value_heads", kv)]:
+                      ("vocab_size", vocab), ("intermediate_size", inter), ("num_key_value_heads", kv),
+                      ("head_dim", head_dim)]:
         if val <= 0:
             raise ConfigError(f"{where}: {name} must be positive, got {val}")
+        if val > _MAX_CONFIG_SIZE[name]:
+            raise ConfigError(f"{where}: {name} {val} is beyond any causal LM ftcalc can plan for "
+                              f"(at most {_MAX_CONFIG_SIZE[name]:,})")
+    if not 0 <= experts <= _MAX_CONFIG_SIZE["num_local_experts"] or max_pos < 0:
+        raise ConfigError(f"{where}: num_local_experts {experts} / max_position_embeddings {max_pos} out of range")
     if heads % kv:
         raise ConfigError(f"{where}: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})")
     default_tie = model_type in ("gemma", "gemma2", "gemma3_text")
@@ -167,7 +182,7 @@ def architecture_from_config(cfg: dict[str, Any], where: str = "config") -> Arch
         qk_norm=fam.get("qk_norm", False),
         fused_qkv=fam.get("fused_qkv", False),
         fused_gate_up=fam.get("fused_gate_up", False),
-        num_experts=int(cfg.get("num_local_experts") or 0),
+        num_experts=experts,
         experts_per_token=int(cfg.get("num_experts_per_tok") or 0),
         default_attention=fam["default_attention"],
         sliding_window=cfg.get("sliding_window"),
@@ -214,9 +229,11 @@ def _from_file(path: Path) -> ModelSpec:
     if not path.is_file():
         raise UnknownModelError(f"{path}: no such config.json")
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a config.json (not UTF-8 text)") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     arch = architecture_from_config(cfg, where=str(path))

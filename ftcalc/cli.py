@@ -24,10 +24,10 @@ GB = 1e9
 
 
 def _parse_tokens(text: str) -> int:
-    """'100M' -> 100_000_000 (the solver's parser: ftcalc/solver_cli.py parse_tokens)."""
-    from ftcalc.solver_cli import parse_tokens
+    """'100M' -> 100_000_000 (ftcalc.validation.tokens, which the Python API takes too)."""
+    from ftcalc.validation import cli_tokens
 
-    return parse_tokens(text)
+    return cli_tokens(text)
 
 
 def _bool_flag(p: argparse.ArgumentParser, name: str, help_: str) -> None:
@@ -110,18 +110,28 @@ def _print_estimate(est: Any) -> None:
             if note:
                 print(textwrap.fill(note, 80, initial_indent="  ", subsequent_indent="  "))
     print(f"\ncoefficients: {est.coefficients}")
+    print(f"  from {est.coefficients_file}")
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:
     from ftcalc.catalog import resolve_model
     from ftcalc.estimator import estimate_options
 
+    if a.plot:  # before any work: the extra, and a path that may be written
+        from ftcalc.extras import require_extra
+        from ftcalc.safe_write import PLOT_FORMATS, PLOT_MARKERS, check_output
+
+        require_extra("plot", "--plot")
+        check_output(a.plot, marker=PLOT_MARKERS, inputs=[a.model], force=a.force, what="plot",
+                     suffixes=PLOT_FORMATS)
     est = estimate_options(resolve_model(a.model), _options_from_args(a), gpu=a.gpu,
                            dataset_tokens=a.dataset_tokens, epochs=a.epochs)
     if a.plot:
         from ftcalc.plots import plot_breakdown, save
 
-        save(plot_breakdown([est], gpus=[est.gpu] if est.gpu else None), a.plot)
+        save(plot_breakdown([est], gpus=[est.gpu] if est.gpu else None), a.plot, force=a.force, inputs=(a.model,))
+    if est.fits is False:  # a run that would not start has no speed or duration to print
+        est = est.model_copy(update={"tokens_per_second": None, "hours": None, "host_launch_ratio": None})
     if a.json:
         print(json.dumps(est.to_dict(), indent=2))
     else:
@@ -173,8 +183,10 @@ def cmd_fit(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from ftcalc.extras import require_extra
     from ftcalc.report import write_report
 
+    require_extra("plot", "ftcalc report")
     paths = write_report(a.model, a.method, a.dataset_tokens, a.output, seq_len=a.seq_len, epochs=a.epochs,
                          gpus=a.gpu, force=a.force, top=a.top)
     if a.json:
@@ -212,6 +224,10 @@ def cmd_inventory(a: argparse.Namespace) -> int:
     from ftcalc.catalog import resolve_model
     from ftcalc.inventory import exact_inventory, inventory
 
+    if a.exact:
+        from ftcalc.extras import require_extra
+
+        require_extra("train", "ftcalc inventory --exact")
     spec = resolve_model(a.model)
     inv = exact_inventory(spec.config) if a.exact else inventory(spec.arch)
     if a.json:
@@ -262,9 +278,16 @@ def cmd_prices(a: argparse.Namespace) -> int:
 
 def cmd_profile(a: argparse.Namespace) -> int:
     from ftcalc.errors import InvalidArgumentError
+    from ftcalc.extras import require_extra
+
+    require_extra("train", "ftcalc profile")
     from ftcalc.profile import profile, profile_multi_gpu, record_rows
 
     opts = _options_from_args(a)
+    if a.record:
+        from ftcalc.profile import check_record_file
+
+        check_record_file(a.record_file)
     if a.cpu_offload and (opts.num_gpus < 2 or opts.method == "qlora"):
         raise InvalidArgumentError("--cpu-offload is FSDP's CPU offload: it needs --num-gpus 2 or more and full "
                                    "fine-tuning or LoRA (the recipe does not offload QLoRA)")
@@ -318,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset-tokens", type=_parse_tokens, help="tokens to train on (100M, 2.5B): adds hours")
     e.add_argument("--epochs", type=float, default=1.0)
     e.add_argument("--json", action="store_true", help="one JSON object")
-    e.add_argument("--plot", help="write the memory breakdown as a stacked bar chart (PNG or SVG; [plot] extra)")
+    _add_coefficients_flag(e)
+    e.add_argument("--plot", help="write the memory breakdown as a stacked bar chart (PNG, SVG or PDF; [plot] extra)")
+    e.add_argument("--force", action="store_true", help="replace an existing --plot file that ftcalc did not write")
     e.set_defaults(func=cmd_estimate)
 
     ft = sub.add_parser("fit", help="the most that fits on a GPU (--maximize), or the smallest GPU (--minimize gpu)")
@@ -329,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
     ft.add_argument("--max-gpus", type=int, default=8, help="--minimize gpu: most GPUs of one type, FSDP (default 8)")
     ft.add_argument("--json", action="store_true")
+    _add_coefficients_flag(ft)
     ft.set_defaults(func=cmd_fit)
 
     rp = sub.add_parser("report", help="write a capacity-planning report (Markdown + HTML + plots)")
@@ -376,14 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cpu-offload", action="store_true",
                    help="with FSDP: keep parameters, gradients and optimizer states in host memory (FSDP2 CPU offload)")
     f.add_argument("--record", action="store_true", help="append the row to the measurement database")
-    f.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl)")
+    f.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl in a checkout, else the user data folder)")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_profile)
 
-    c = sub.add_parser("calibrate", help="fit the coefficients on the fit runs; write data/coefficients.json")
+    c = sub.add_parser("calibrate", help="fit the coefficients on the fit runs; write coefficients.json to --out")
     c.add_argument("--measurements", help="folder of *.jsonl rows (default data/measurements)")
-    c.add_argument("--output", help="coefficients file to write (default data/coefficients.json)")
-    c.add_argument("--report", help="fit report to write (default data/calibration_report.md)")
+    c.add_argument("--out", metavar="DIR", help="folder for coefficients.json and calibration_report.md (default "
+                                                "$XDG_DATA_HOME/ftcalc or ~/.local/share/ftcalc; never the package)")
+    c.add_argument("--output", help="coefficients file to write (default OUT/coefficients.json)")
+    c.add_argument("--report", help="fit report to write (default OUT/calibration_report.md)")
+    c.add_argument("--force", action="store_true", help="replace existing files that ftcalc did not write")
     c.add_argument("--json", action="store_true", help="print the coefficients and error summaries as JSON")
     c.set_defaults(func=cmd_calibrate)
 
@@ -397,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ftcalc.solver_cli import add_recommend_parser
 
-    add_recommend_parser(sub)
+    _add_coefficients_flag(add_recommend_parser(sub))
 
     from ftcalc.executor_cli import add_plan_parser, add_run_parser, add_schema_parser
 
@@ -407,17 +436,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_coefficients() -> None:
+    """A coefficients file the user chose (--coefficients, FTCALC_COEFFICIENTS) must exist."""
+    import os
+
+    from ftcalc._paths import _COEFFICIENTS, coefficients_file
+    from ftcalc.errors import ConfigError
+
+    if (_COEFFICIENTS.get() or os.environ.get("FTCALC_COEFFICIENTS")) and not coefficients_file().is_file():
+        raise ConfigError(f"{coefficients_file()}: no such coefficients file (write one with `ftcalc calibrate`, "
+                          "or drop --coefficients for the shipped one)")
+
+
+def _add_coefficients_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coefficients", metavar="FILE",
+                   help="coefficients file (from `ftcalc calibrate --out`); 'user' for the one it writes by default; "
+                        "default the shipped data/coefficients.json (FTCALC_COEFFICIENTS overrides)")
+
+
 def run_with_errors(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse and run a command; a user error (FtcalcError) is one line on stderr and exit code 2.
 
     Shared by ``ftcalc`` and the stand-alone entry points (``python -m ftcalc.solver_cli``, ...).
     """
+    from ftcalc.validation import cli_spelling, install_cli_checks
+
+    install_cli_checks(parser)  # every numeric flag finite and >= 0 (ftcalc/validation.py)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: usage errors exit 2 with one line already printed
         return int(e.code or 0)
+    from ftcalc._paths import use_coefficients
+
+    token = use_coefficients(getattr(args, "coefficients", None))
     try:
-        return args.func(args)
+        with cli_spelling():  # messages name --flags, not Python parameters
+            _check_coefficients()
+            return args.func(args)
     except FtcalcError as e:
         print(f"ftcalc: error: {e}", file=sys.stderr)
         return 2
@@ -428,6 +483,15 @@ def run_with_errors(parser: argparse.ArgumentParser, argv: list[str] | None = No
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a path the user gave that cannot be read or written: one line with the path
+        if e.filename is None:
+            raise
+        print(f"ftcalc: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    finally:
+        from ftcalc._paths import _COEFFICIENTS
+
+        _COEFFICIENTS.reset(token)
 
 
 def main(argv: list[str] | None = None) -> int:

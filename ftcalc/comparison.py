@@ -43,7 +43,7 @@ def compare(models: list[str], methods: list[str], gpus: list[str], seq_lens: li
     """Estimate every combination and return a DataFrame, one row a configuration.
 
     Args:
-        models, methods, gpus: lists to combine (aliases accepted).
+        models, methods, gpus: lists to combine (aliases accepted; one string is a list of one).
         seq_lens, batch_sizes: default [2048] and [1].
         dataset_tokens, epochs: adds ``hours`` and ``cost_usd`` (one GPU, cheapest single-GPU on-demand price).
         **options: any other estimate option, fixed for all rows (optimizer, precision, lora_r, ...).
@@ -55,6 +55,9 @@ def compare(models: list[str], methods: list[str], gpus: list[str], seq_lens: li
     """
     import pandas as pd
 
+    # one name where a list is expected is that one name, not its letters
+    models, methods, gpus = ([x] if isinstance(x, str) else x for x in (models, methods, gpus))
+    seq_lens, batch_sizes = ([x] if isinstance(x, (int, float)) else x for x in (seq_lens, batch_sizes))
     rows = []
     prices: dict[str, tuple[float | None, str | None]] = {}
     for model, method, gpu, seq, bs in itertools.product(models, methods, gpus, seq_lens or [2048], batch_sizes or [1]):

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ftcalc._paths import coefficients_label
 from ftcalc.catalog import ModelSpec, resolve_model
 from ftcalc.errors import InvalidArgumentError
 from ftcalc.inventory import inventory
@@ -26,6 +27,8 @@ from ftcalc.memory import (
     resolve_attention,
 )
 from ftcalc.options import TrainingOptions, make_options
+from ftcalc.validation import epochs as check_epochs
+from ftcalc.validation import param, tokens
 
 __all__ = ["Estimate", "check_options", "estimate", "estimate_options"]
 
@@ -73,6 +76,7 @@ class Estimate(BaseModel):
     hours: float | None = None
     dataset_tokens: int | None = None
     coefficients: str = ""
+    coefficients_file: str = ""  # the file they were read from (ftcalc._paths.coefficients_label)
     # num_gpus > 1: per GPU under DDP (adapters) or FSDP full-shard (full fine-tuning), ftcalc.parallel; the
     # breakdown and the single-GPU peaks above stay one GPU's view of the whole model
     distribution: str | None = None
@@ -120,7 +124,7 @@ def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
     arch = spec.arch
     if arch.max_position_embeddings and opts.seq_len > arch.max_position_embeddings:
         raise InvalidArgumentError(
-            f"--seq-len {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
+            f"{param('seq_len')} {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
         )
     if opts.uses_adapters:
         inv = inventory(arch)
@@ -128,16 +132,16 @@ def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
         bad = [t for t in opts.lora_targets if t not in kinds and t != "all-linear"]
         if bad:
             raise InvalidArgumentError(
-                f"--lora-targets {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
+                f"{param('lora_targets')} {','.join(bad)}: not a Linear of {spec.id} (it has {', '.join(sorted(kinds))})"
             )
         if expert_lora_targeted(inv, opts) and opts.lora_dropout > 0:
             raise InvalidArgumentError(
-                f"--lora-targets all-linear on {spec.id}: peft also adapts the fused MoE expert tensors "
-                f"(lora.ParamWrapper), which refuses lora_dropout {opts.lora_dropout}; use --lora-dropout 0, "
-                "or --lora-targets q_proj,k_proj,v_proj,o_proj for attention only")
+                f"{param('lora_targets')} all-linear on {spec.id}: peft also adapts the fused MoE expert tensors "
+                f"(lora.ParamWrapper), which refuses lora_dropout {opts.lora_dropout}; use {param('lora_dropout')} 0, "
+                f"or {param('lora_targets')} q_proj,k_proj,v_proj,o_proj for attention only")
         width = min(min(g.in_features, g.out_features) for g in inv.linears if opts.is_target(g.kind))
         if opts.lora_r > width:
-            raise InvalidArgumentError(f"--lora-r {opts.lora_r} exceeds the narrowest targeted layer width ({width})")
+            raise InvalidArgumentError(f"{param('lora_r')} {opts.lora_r} exceeds the narrowest targeted layer width ({width})")
 
 
 def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = None,
@@ -146,6 +150,9 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
     arch = spec.arch
     check_options(spec, opts)
+    epochs = check_epochs(epochs, "epochs")
+    if dataset_tokens is not None:
+        dataset_tokens = tokens(dataset_tokens, "dataset_tokens")
     inv = inventory(arch)
     c = coeffs or load_coefficients()
     gpu_obj = None
@@ -153,6 +160,9 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         from ftcalc.hardware import get_gpu
 
         gpu_obj = get_gpu(gpu)
+        if opts.num_gpus > gpu_obj.max_gpus_per_node:  # num_gpus counts GPUs of one node (data/gpus.csv)
+            raise InvalidArgumentError(f"{param('num_gpus')} {opts.num_gpus}: a {gpu_obj.gpu} node holds at most "
+                                       f"{gpu_obj.max_gpus_per_node} GPUs (data/gpus.csv); ftcalc plans one node")
     cap = gpu_obj.memory_bytes if gpu_obj else None
     mem = estimate_memory(arch, inv, opts, c, fragmentation="simulated")  # unconstrained: what the run would use on a large enough GPU
     fits = headroom = note = par = None
@@ -176,11 +186,12 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
             fits = needed <= _ALLOCATED_FIT_SHARE * cap
             if fits:  # the pool is capped by the GPU: the allocator frees cached blocks and retries
                 mem = estimate_memory(arch, inv, opts, c, gpu_memory_bytes=cap, fragmentation="simulated")
+                headroom = int(cap - mem.device_used_bytes)  # of the capped pool, not of the unconstrained one
                 note = "near the limit: the allocator will have to free cached blocks and retry"
             else:
                 note = f"needs {mem.device_used_bytes / GB:.1f} GB, the GPU has {cap / GB:.1f} GB"
     tps = hours = launch_ratio = None
-    if gpu_obj is not None:
+    if gpu_obj is not None:  # speed even when it does not fit (plan uses it for the multi-GPU case); the CLI hides it
         from ftcalc.throughput import step_parts
 
         if par is not None:
@@ -204,7 +215,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         eval_kv_cache_bytes=int(kv_cache_bytes(arch, opts.batch_size, opts.seq_len)),
         gpu=gpu_obj.gpu if gpu_obj else None, gpu_memory_bytes=cap, fits=fits, headroom_bytes=headroom,
         fit_note=note, tokens_per_second=tps, host_launch_ratio=launch_ratio, hours=hours, dataset_tokens=dataset_tokens,
-        coefficients=c.source,
+        coefficients=c.source, coefficients_file=coefficients_label() if coeffs is None else "given",
         distribution=par.strategy if par else None,
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
         per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,

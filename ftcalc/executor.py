@@ -327,9 +327,9 @@ def _versions() -> dict[str, Any]:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from ftcalc.safe_write import write_text
+
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n", force=True, what="run file")
 
 
 class _Runner:
@@ -464,7 +464,9 @@ class _Runner:
         self.preflight = _preflight(s, self.device, self.force, self.log) if self.device.startswith("cuda") else None
         self.barrier()  # every rank has inspected the output dir before rank 0 writes to it
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            from ftcalc.safe_write import make_dir
+
+            make_dir(self.out)
             ckpt.remove_stale_temps(self.out)
             if mode == "fresh":
                 save_spec(s, self.out / RUN_SPEC_NAME)

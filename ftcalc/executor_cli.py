@@ -97,6 +97,8 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--emit", action="append", choices=["accelerate", "skypilot"], default=[],
                    help="also write accelerate_config.yaml / sky.yaml beside the spec (repeatable)")
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing -o file (or --emit file) that ftcalc did not write as a spec")
     p.set_defaults(func=cmd_plan)
     return p
 
@@ -104,11 +106,17 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_plan(a: argparse.Namespace) -> int:
     from ftcalc.errors import InvalidArgumentError
     from ftcalc.plan import make_spec
+    from ftcalc.safe_write import SPEC_MARKERS, check_output, write_text
     from ftcalc.spec import dump_spec, emit_accelerate_config, emit_skypilot_task, save_spec
 
     missing = [f"--{k}" for k in ("model", "dataset") if not getattr(a, k)]
     if missing:
         raise InvalidArgumentError(f"ftcalc plan needs {' and '.join(missing)}")
+    inputs = [a.dataset, a.model, a.tokenizer]
+    folder = Path(a.output).parent if a.output else Path(".")
+    targets = {"accelerate": folder / "accelerate_config.yaml", "skypilot": folder / "sky.yaml"}
+    for path in [a.output] * bool(a.output) + [targets[k] for k in a.emit]:  # before any work
+        check_output(path, marker=SPEC_MARKERS, inputs=inputs, force=a.force, what="spec")
     notes: list[str] = []
     spec = make_spec(
         a.model, a.method, a.dataset, out_path=a.output, data_format=a.data_format, max_steps=a.max_steps,
@@ -126,21 +134,17 @@ def cmd_plan(a: argparse.Namespace) -> int:
     )
     if a.output:
         path = save_spec(spec, a.output)
-        folder = path.parent
         print(f"wrote {path}", file=sys.stderr)
     else:
         print(dump_spec(spec, "json" if a.json else "yaml"), end="")
-        folder = Path(".")
     for kind in a.emit:
         if kind == "accelerate":
             from ftcalc.catalog import resolve_model
 
             text = emit_accelerate_config(spec, resolve_model(a.model).arch.model_type)
-            target = folder / "accelerate_config.yaml"
         else:
             text = emit_skypilot_task(spec, spec_name=Path(a.output).name if a.output else "spec.yaml")
-            target = folder / "sky.yaml"
-        target.write_text(text)
+        target = write_text(targets[kind], text, marker=SPEC_MARKERS, inputs=inputs, force=a.force, what="spec")
         print(f"wrote {target}", file=sys.stderr)
     _print_summary(spec, notes, a.output)
     return 0
@@ -175,14 +179,22 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue the run in --output-dir from its newest complete checkpoint")
     p.add_argument("--force", action="store_true", help="run even if the pre-flight predicts it will not fit")
     p.add_argument("--record", action="store_true", help="append the measurement to the database (CUDA runs)")
-    p.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl)")
+    p.add_argument("--record-file", help="JSONL file to append to (default data/measurements/runs-user.jsonl in a checkout, else the user data folder)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON at the end")
     p.set_defaults(func=cmd_run)
     return p
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from ftcalc.extras import require_extra
+
+    require_extra("train", "ftcalc run")
     from ftcalc.executor import run
+
+    if a.record:
+        from ftcalc.profile import check_record_file
+
+        check_record_file(a.record_file)
 
     report = run(a.spec, output_dir=a.output_dir, resume=a.resume, force=a.force, record=a.record,
                  record_file=a.record_file)

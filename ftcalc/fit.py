@@ -22,6 +22,7 @@ from ftcalc.hardware import GPU, get_gpu, load_gpus
 from ftcalc.inventory import inventory
 from ftcalc.memory import Coefficients, MemoryEstimate, estimate_memory, load_coefficients
 from ftcalc.options import TrainingOptions
+from ftcalc.validation import param, positive_int, share
 
 __all__ = ["FitPoint", "MaxFit", "GPUFit", "MinGPU", "max_fit", "min_gpu"]
 
@@ -120,9 +121,10 @@ def max_fit(model: str | ModelSpec, opts: TrainingOptions, gpu: str | GPU, maxim
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     g = gpu if isinstance(gpu, GPU) else get_gpu(gpu)
     if maximize not in _TARGET_FIELD:
-        raise InvalidArgumentError(f"--maximize {maximize}: expected one of {', '.join(_TARGET_FIELD)}")
+        raise InvalidArgumentError(f"{param('maximize')} {maximize}: expected one of {', '.join(_TARGET_FIELD)}")
     if maximize == "lora-r" and not opts.uses_adapters:
-        raise InvalidArgumentError(f"--maximize lora-r does not apply to --method {opts.method} (no adapters)")
+        raise InvalidArgumentError(f"{param('maximize')} lora-r does not apply to {param('method')} {opts.method} (no adapters)")
+    headroom = share(headroom, "headroom")
     c = coeffs or load_coefficients()
     budget = g.memory_bytes * (1 - headroom)
     field = _TARGET_FIELD[maximize]
@@ -188,6 +190,8 @@ def min_gpu(model: str | ModelSpec, opts: TrainingOptions, headroom: float = 0.0
     """GPUs (smallest memory first) on which ``opts`` fits: one GPU, or else the fewest GPUs of that type
     (2, 4, 8, up to ``max_gpus`` and the node size) with FSDP full-shard. The multi-GPU figures come from
     ftcalc/sharding.py (validated on 2x, 4x and 8xH200: docs/multi-gpu.md)."""
+    headroom = share(headroom, "headroom")
+    max_gpus = positive_int(max_gpus, "max_gpus")
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     c = coeffs or load_coefficients()
     e = estimate_memory(spec.arch, inventory(spec.arch), opts, c, fragmentation="simulated")

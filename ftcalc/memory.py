@@ -4,8 +4,8 @@
 
 It describes the recipe in ftcalc/recipe.py (transformers + peft + bitsandbytes, bf16 autocast, torch
 AdamW, the model's own causal-LM loss). Each formula names its source: a library file whose code
-decides the allocation, a paper, or "fitted" (a coefficient in data/coefficients.json, written by
-``ftcalc calibrate`` from the measurements in data/measurements/). docs/memory-model.md walks
+decides the allocation, a paper, or "fitted" (a coefficient in data/coefficients.json, made by
+``ftcalc calibrate`` or the script its ``provenance`` section names, from the measurements in data/measurements/). docs/memory-model.md walks
 through it with Llama-3-8B LoRA and Llama-3-70B QLoRA.
 
 What is allocated when (one training step, after the first, which has created the optimizer states):
@@ -34,7 +34,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ftcalc._paths import data_dir
 from ftcalc.catalog import Architecture
 from ftcalc.errors import ConfigError, InvalidArgumentError
 from ftcalc.inventory import Inventory
@@ -96,16 +95,44 @@ def _load_coefficients_file(path: str) -> Coefficients:
     p = Path(path)
     if not p.is_file():
         return Coefficients()
+    raw = read_coefficients_json(p)
+    return Coefficients.from_dict(_checked_section(p, raw.get("memory", raw), Coefficients, "memory"))
+
+
+def read_coefficients_json(p: Path) -> dict[str, Any]:
+    """A coefficients file as a dict, or one ConfigError line naming the file."""
     try:
-        raw = json.loads(p.read_text())
+        raw = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p}: malformed coefficients JSON ({e.msg} at line {e.lineno})") from None
-    return Coefficients.from_dict(raw.get("memory", raw))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a coefficients file (not UTF-8 text)") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: not a coefficients file (expected a JSON object)")
+    return raw
+
+
+def _checked_section(p: Path, d: Any, cls: type, name: str) -> dict[str, Any]:
+    """Refuse a section whose numeric coefficients are not finite numbers (NaN would reach every answer)."""
+    import math
+
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: section {name!r} is not a JSON object")
+    for k, default in ((f.name, f.default) for f in cls.__dataclass_fields__.values()):
+        if k in d and isinstance(default, (int, float)) and not isinstance(default, bool):
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{p}: {name}.{k} = {v!r}, expected a finite number")
+    return d
 
 
 def load_coefficients(path: str | Path | None = None) -> Coefficients:
     """The fitted coefficients (data/coefficients.json), or the defaults when the file is absent."""
-    return _load_coefficients_file(str(path or data_dir() / "coefficients.json"))
+    from ftcalc._paths import coefficients_file
+
+    return _load_coefficients_file(str(path or coefficients_file()))
 
 
 # --------------------------------------------------------------------------- dtypes of the recipe
@@ -621,7 +648,10 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     if fragmentation not in ("fitted", "simulated"):
         raise InvalidArgumentError(f"fragmentation '{fragmentation}': expected fitted or simulated")
     if opts.method == "qlora" and opts.precision == "32-true":
-        raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
+        from ftcalc.validation import param
+
+        raise InvalidArgumentError(f"{param('precision')} 32-true with {param('method')} qlora: QLoRA computes in "
+                                   "bf16; use bf16-true")
     w = weights_bytes(inv, opts)
     grads = gradient_bytes(inv, opts)
     st = optimizer_state_bytes(inv, opts)

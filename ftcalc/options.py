@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ftcalc.errors import InvalidArgumentError
+from ftcalc.validation import MAX_GPUS_PER_NODE, param
 
 __all__ = ["TrainingOptions", "OPTIMIZERS", "PRECISIONS", "METHODS", "ATTENTIONS", "make_options"]
 
@@ -37,7 +38,7 @@ class TrainingOptions(BaseModel):
     LoRA/QLoRA and off for full fine-tuning.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     method: Literal["full", "lora", "qlora"] = "lora"
     seq_len: int = Field(2048, gt=0, description="tokens per sequence")
@@ -54,7 +55,7 @@ class TrainingOptions(BaseModel):
     loss: Literal["standard", "fused"] = "standard"
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    num_gpus: int = Field(1, gt=0)
+    num_gpus: int = Field(1, gt=0, le=MAX_GPUS_PER_NODE, description="GPUs of one node")
     # QLoRA's dtypes, set by the strategy, not by the user (and not recorded: ``exclude``): True on one GPU and
     # under DDP (peft's prepare_model_for_kbit_training upcasts every unquantized parameter to fp32, adapters
     # fp32), False for sharded QLoRA under FSDP (ftcalc.recipe.build_model_sharded, as TRL does: bf16
@@ -114,10 +115,9 @@ def make_options(**kwargs: object) -> TrainingOptions:
         problems = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "options"
-            name = "--" + loc.replace("_", "-")
             got = err.get("input")
-            msg = err["msg"]
-            if err["type"] == "literal_error":
-                msg = msg.replace("Input should be", "expected")
-            problems.append(f"{name}={got!r}: {msg}")
+            msg = err["msg"].replace("Input should be", "expected")
+            if err["type"] == "finite_number":
+                msg = "expected a finite number"
+            problems.append(f"{param(loc)}={got!r}: {msg}")
         raise InvalidArgumentError("; ".join(problems)) from None

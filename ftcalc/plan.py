@@ -21,6 +21,7 @@ from typing import Any
 
 from ftcalc.errors import InvalidArgumentError
 from ftcalc.spec import SpecError, TrainingSpec, spec_from_dict
+from ftcalc.validation import param
 
 __all__ = ["make_spec", "detect_format", "from_recommendation_plan", "CHARS_PER_TOKEN"]
 
@@ -42,6 +43,10 @@ def detect_format(path: str | Path) -> str:
                 raise DatasetError(f"{p}: empty dataset (no lines)")
     except FileNotFoundError:
         raise DatasetError(f"{p}: no such dataset file (--dataset)") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{p}: a folder, not a dataset file; give the JSONL file itself (--dataset)") from None
+    except OSError as e:
+        raise DatasetError(f"{p}: cannot read the dataset ({e.strerror})") from None
     try:
         row = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -214,6 +219,9 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
     n = len(rows)
     n_val = int(val_set_size) if val_set_size >= 1 else (max(1, round(val_set_size * n)) if val_set_size else 0)
     n_train = n - n_val
+    if n_train < 1:
+        raise InvalidArgumentError(f"{param('val_set_size')} {val_set_size:g}: {data_path} has {n} rows, so no row "
+                                   f"would be left to train on; give a fraction below 1 or fewer than {n} rows")
     if sample_packing:
         n_train = max(1, math.ceil(n_train * (sum(lengths) / len(lengths)) / seq_len))
     steps_per_epoch = n_train // spec.global_batch_size

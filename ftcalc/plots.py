@@ -8,6 +8,7 @@ Memory is shown in GiB (2^30 bytes); GPU capacities are the totals CUDA reports 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __all__ = ["plot_breakdown", "plot_memory_sweep", "plot_predicted_vs_measured", "plot_pareto", "save"]
@@ -114,9 +115,16 @@ def plot_predicted_vs_measured(rows: list[dict[str, Any]] | None = None) -> Any:
     return fig
 
 
-def save(fig: Any, path: str) -> str:
-    """Save as PNG or SVG (by extension)."""
-    fig.savefig(path, dpi=120)
+def save(fig: Any, path: str, force: bool = False, inputs: tuple[object, ...] = ()) -> str:
+    """Save as PNG, SVG or PDF (by extension) through ftcalc.safe_write: atomically, never over a file that
+    is not an ftcalc plot unless ``force``; the file's metadata says it is an ftcalc plot."""
+    from ftcalc.safe_write import PLOT_FORMATS, PLOT_MARKERS, atomic_output
+
+    suffix = Path(path).suffix.lower()
+    meta = {"Software": "ftcalc plot"} if suffix == ".png" else {"Creator": "ftcalc plot"}
+    with atomic_output(path, marker=PLOT_MARKERS, inputs=inputs, force=force, what="plot",
+                       suffixes=PLOT_FORMATS) as tmp:
+        fig.savefig(tmp, dpi=120, format=suffix.lstrip("."), metadata=meta)
     return path
 
 

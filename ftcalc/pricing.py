@@ -211,8 +211,13 @@ def _load_prices(path: str, _mtime_ns: int, provider: str | None) -> tuple[Price
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     if "AcceleratorName" in header or "InstanceType" in header:
-        return _read_skypilot(path, reader, provider)
-    return _read_ftcalc(path, reader)
+        rows = _read_skypilot(path, reader, provider)
+    else:
+        rows = _read_ftcalc(path, reader)
+    if not rows:
+        raise DataFileError(f"{path}: no price rows (a header alone, or no row with a GPU); a price file needs "
+                            "one row per instance type")
+    return rows
 
 
 def _read_ftcalc(path: str, reader: csv.DictReader) -> tuple[PriceRow, ...]:
@@ -468,8 +473,17 @@ def prices_dataframe(
 
     providers = _as_set(provider)
     slug = get_gpu(gpu).gpu if gpu is not None else None
+    table = prices if prices is not None else load_prices()
+    if providers is not None:
+        known = sorted({r.provider for r in table})
+        bad = sorted(p for p in providers if p not in known)
+        if bad:
+            from ftcalc.solver import UnknownProviderError
+
+            raise UnknownProviderError(f"unknown provider {', '.join(repr(b) for b in bad)}; "
+                                       f"the price table has {', '.join(known)}")
     records = []
-    for row in prices if prices is not None else load_prices():
+    for row in table:
         if providers is not None and row.provider not in providers:
             continue
         if slug is not None and row.gpu != slug:

@@ -256,8 +256,9 @@ def write_allocator_trace(dev: Any, path: Path, row: dict[str, Any], frames_min_
            "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
            "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev), "torch": torch.__version__,
            "segments_end": segs, "trace": trace}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt") as f:
+    from ftcalc.safe_write import atomic_output
+
+    with atomic_output(path, marker=(b"\x1f\x8b",), what="allocator trace") as tmp, gzip.open(tmp, "wt") as f:
         json.dump(out, f)
     return out
 
@@ -397,16 +398,31 @@ def _count_lines(path: str) -> int:
         return 0
 
 
-def record_rows(rows: list[dict[str, Any]], path: str | None = None) -> Path:
-    """Append measurement rows to the database (default data/measurements/runs-user.jsonl)."""
-    from ftcalc._paths import data_dir
+def record_file(path: str | None = None) -> Path:
+    """Where measurement rows go: ``path``, else data/measurements/runs-user.jsonl of a source checkout, else
+    the per-user folder (user_data_dir()/measurements/runs-user.jsonl): an installed package is never written."""
+    from ftcalc._paths import data_dir, repo_root, user_data_dir
 
-    out = Path(path) if path else data_dir() / "measurements" / "runs-user.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return out
+    return Path(path) if path else (data_dir() if repo_root() else user_data_dir()) / "measurements" / "runs-user.jsonl"
+
+
+def check_record_file(path: str | None = None) -> Path:
+    """Refuse a measurement file that is not ftcalc's rows (before a run starts); returns the path."""
+    from ftcalc.safe_write import MEASUREMENT_MARKERS, check_output
+
+    out = record_file(path)
+    if out.is_file() and out.stat().st_size == 0:
+        return out
+    return check_output(out, marker=MEASUREMENT_MARKERS, what="measurement file")
+
+
+def record_rows(rows: list[dict[str, Any]], path: str | None = None) -> Path:
+    """Append measurement rows to ``record_file(path)``, atomically (ftcalc.safe_write.append_text)."""
+    from ftcalc.safe_write import MEASUREMENT_MARKERS, append_text
+
+    out = record_file(path)
+    return append_text(out, "".join(json.dumps(row) + "\n" for row in rows), marker=MEASUREMENT_MARKERS,
+                       what="measurement file")
 
 
 if __name__ == "__main__":  # python -m ftcalc.profile --batch plan.jsonl --out rows.jsonl

@@ -45,10 +45,15 @@ def write_report(model: str, method: str, dataset_tokens: int, output: str, seq_
         out_md = out_md.with_suffix(".md")
     out_html = out_md.with_suffix(".html")
     files = out_md.parent / f"{out_md.stem}_files"
+    from ftcalc.safe_write import REPORT_MARKERS, check_output, make_dir, write_text
+
     for p in (out_md, out_html):
         if p.exists() and not force:
             raise DataFileError(f"{p} exists; choose another -o or pass --force to overwrite it")
-    files.mkdir(parents=True, exist_ok=True)
+        check_output(p, marker=REPORT_MARKERS, inputs=[model], force=force, what="report")
+    for name in ("breakdown.png", "memory_vs_seq_len.png", "pareto.png"):
+        check_output(files / name, marker=(b"ftcalc plot",), inputs=[model], force=force, what="plot")
+    make_dir(files)
     gpus = gpus or DEFAULT_GPUS
     methods = ["full", "lora", "qlora"] if method == "auto" else [method]
     df = ftcalc.compare(models=[model], methods=methods, gpus=gpus, seq_lens=[seq_len], dataset_tokens=dataset_tokens,
@@ -70,7 +75,7 @@ def write_report(model: str, method: str, dataset_tokens: int, output: str, seq_
     for name, fig in (("breakdown.png", plot_breakdown(ests, gpus=[g for g in ("h100", "h200") if g])),
                       ("memory_vs_seq_len.png", plot_memory_sweep(model, methods[-1], gpus=["rtx-4090", "l40s", "h100", "h200"])),
                       ("pareto.png", plot_pareto(rec))):
-        written.append(Path(save(fig, str(files / name))))
+        written.append(Path(save(fig, str(files / name), force=force, inputs=(model,))))
     rows = load_measurements()
     val = validate_rows([r for r in rows if is_validation(r) and usable(r)])
     acc = summarize([r for r in val if (r["method"] == "full") == (method == "full")], "err_device_used")
@@ -103,7 +108,7 @@ Device memory was predicted within {acc.get('median_abs', float('nan')) * 100:.1
 fine-tuning ({'full' if method == 'full' else 'LoRA/QLoRA'}); see docs/validation.md. GPUs other than H100/H200 are
 predicted by transfer; multi-GPU plans are validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md).
 """
-    out_md.write_text(md)
+    write_text(out_md, md, marker=REPORT_MARKERS, inputs=[model], force=force, what="report")
     import pandas as pd  # noqa: F401  (to_html below)
 
     body = (f"<h1>Capacity plan: {html.escape(spec_id)}, {html.escape(method)}</h1>"
@@ -113,8 +118,9 @@ predicted by transfer; multi-GPU plans are validated on 2x, 4x and 8xH200 only (
             f"<h2>Cheapest plans</h2>{plans.to_html(index=False)}<img src='{rel}pareto.png' width='650'>"
             f"<h2>How far to trust it</h2><p>Median device-memory error {acc.get('median_abs', float('nan')) * 100:.1f}% "
             f"on {acc.get('n', 0)} held-out runs; see docs/validation.md.</p>")
-    out_html.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(spec_id)}</title>"
+    write_text(out_html, "<!doctype html><html><head><meta charset='utf-8'><meta name='generator' content='ftcalc report'>"
+                        f"<title>{html.escape(spec_id)}</title>"
                         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
                         "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}</style></head>"
-                        f"<body>{body}</body></html>")
+                        f"<body>{body}</body></html>", marker=REPORT_MARKERS, inputs=[model], force=force, what="report")
     return [out_md, out_html, *written]

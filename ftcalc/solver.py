@@ -49,6 +49,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ftcalc import sharding as sh
+from ftcalc._paths import coefficients_label
 from ftcalc.catalog import ModelSpec, resolve_model
 from ftcalc.errors import DoesNotFitError, InvalidArgumentError
 from ftcalc.hardware import GPU, get_gpu, load_gpus
@@ -396,31 +397,49 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         >>> rec.plans[0].num_gpus, rec.plans[0].method
         (1, 'qlora')
     """
+    from ftcalc import validation as v
+
     problems: list[str] = []
+
+    def check(fn: Any, value: Any, *args: Any) -> Any:
+        try:
+            return fn(value, *args)
+        except InvalidArgumentError as e:
+            problems.append(str(e))
+            return None
+
     if method not in (*METHODS, "auto"):
-        problems.append(f"method={method!r}: expected one of {', '.join(METHODS)}, auto")
+        problems.append(f"{v.param('method')}={method!r}: expected one of {', '.join(METHODS)}, auto")
     if objective not in ("cost", "time"):
-        problems.append(f"objective={objective!r}: expected cost or time")
-    if not (isinstance(max_gpus, int) and max_gpus >= 1):
-        problems.append(f"max_gpus={max_gpus!r}: expected an integer >= 1")
-    if not epochs > 0:
-        problems.append(f"epochs={epochs}: must be > 0")
-    if not (isinstance(top, int) and top >= 1):
-        problems.append(f"top={top!r}: expected an integer >= 1")
-    if not 0 <= headroom < 1:
-        problems.append(f"headroom={headroom}: expected a share in [0, 1), e.g. 0.05")
-    if deadline_hours is not None and not deadline_hours > 0:
-        problems.append(f"deadline={deadline_hours} h: must be > 0")
-    if budget_usd is not None and not budget_usd > 0:
-        problems.append(f"budget=${budget_usd}: must be > 0")
+        problems.append(f"{v.param('objective')}={objective!r}: expected cost or time")
+    check(v.positive_int, max_gpus, "max_gpus")
+    check(v.epochs, epochs, "epochs")
+    check(v.positive_int, top, "top")
+    check(v.share, headroom, "headroom")
+    if deadline_hours is not None:
+        deadline_hours = check(v.hours, deadline_hours, "deadline_hours")
+    if budget_usd is not None:
+        budget_usd = check(v.usd, budget_usd, "budget_usd")
+    if global_batch_size is not None:
+        check(v.positive_int, global_batch_size, "global_batch_size")
+    if global_batch_tokens is not None:
+        check(v.tokens, global_batch_tokens, "global_batch_tokens")
     if global_batch_size is not None and global_batch_tokens is not None:
         problems.append("give global_batch_size (sequences) or global_batch_tokens, not both")
     if not micro_batch_sizes or any(not (isinstance(b, int) and b >= 1) for b in micro_batch_sizes):
         problems.append(f"micro_batch_sizes={tuple(micro_batch_sizes)}: expected integers >= 1")
-    if not (isinstance(seq_len, int) and seq_len > 0):
-        problems.append(f"seq_len={seq_len!r}: expected an integer > 0")
+    if check(v.positive_int, seq_len, "seq_len") is None:
         seq_len = 1
+    if dataset_tokens is not None:
+        dataset_tokens = check(v.tokens, dataset_tokens, "dataset_tokens") or 1
+    if examples is not None:
+        examples = check(v.positive_int, examples, "examples") or 1
+    if avg_tokens is not None:
+        avg_tokens = check(v.positive_float, avg_tokens, "avg_tokens") or 1.0
     tokens_per_epoch = _dataset_tokens(dataset_tokens, examples, avg_tokens, seq_len, problems)
+    if tokens_per_epoch > v.MAX_TOKENS:
+        problems.append(f"{v.param('examples')} x {v.param('avg_tokens')} = {tokens_per_epoch:.3g} tokens: expected at "
+                        f"most {v.MAX_TOKENS:.0e}")
     if problems:
         raise InvalidArgumentError("; ".join(problems))
     if global_batch_tokens is not None:
@@ -431,7 +450,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     spec = resolve_model(model)
     ctx = spec.arch.max_position_embeddings
     if ctx and seq_len > ctx:
-        raise InvalidArgumentError(f"--seq-len {seq_len} exceeds {spec.id}'s context of {ctx} tokens")
+        raise InvalidArgumentError(f"{v.param('seq_len')} {seq_len} exceeds {spec.id}'s context of {ctx} tokens")
     base = make_options(method="lora" if method == "auto" else method, seq_len=seq_len, optimizer=optimizer,
                         precision=precision, lora_r=lora_r)
     methods = METHODS if method == "auto" else (method,)
@@ -473,7 +492,8 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
             + (" (guide quotes excluded: include_quotes=False)" if include_quotes is False else ""))
     opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target, sharded_qlora=True)
     if not opts_list:
-        raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
+        raise InvalidArgumentError(f"{v.param('precision')} 32-true with {v.param('method')} qlora: QLoRA computes in "
+                                   "bf16; use bf16-true")
     times = _micro_batch_times(spec, opts_list, gpus)
     a = sh.load_assumptions()
     cand = _Candidates(spec, opts_list, states, times, gpus, offers, target, seq_len,
@@ -509,7 +529,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         global_batch_size=target, objective=objective, spot=spot, max_gpus=max_gpus,
         deadline_hours=deadline_hours, budget_usd=budget_usd, headroom=headroom,
         candidates_evaluated=len(c.ci), plans=plans, rejected=rejected,
-        coefficients=load_coefficients().source, assumptions=a.source, notes=notes)
+        coefficients=f"{load_coefficients().source} ({coefficients_label()})", assumptions=a.source, notes=notes)
 
 
 def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import textwrap
 from typing import Any
@@ -26,41 +25,24 @@ WIDTH = 80
 
 
 def parse_tokens(text: str) -> int:
-    """'100M' -> 100_000_000; '2.5B', '50k', '1e8', plain integers."""
-    t = str(text).strip().lower().replace("_", "").replace(",", "")
-    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-    try:
-        val = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a token count (e.g. 100M, 2.5B, 50000)") from None
-    if not val > 0:
-        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
-    return int(val)
+    """'100M' -> 100_000_000; '2.5B', '50k', '1e8', plain integers (ftcalc.validation.tokens)."""
+    from ftcalc.validation import cli_tokens
+
+    return cli_tokens(text)
 
 
 def parse_hours(text: str) -> float:
-    """'8h', '90m', '2d', '1.5h', '45min', '8' (hours) -> hours."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(h|hr|hrs|hours?|m|min|mins|minutes?|d|days?)?\s*", str(text).lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (e.g. 8h, 90m, 2d)")
-    val = float(m.group(1))
-    unit = (m.group(2) or "h")[0]
-    hours = val / 60.0 if unit == "m" else val * 24.0 if unit == "d" else val
-    if not hours > 0:
-        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
-    return hours
+    """'8h', '90m', '2d', '1.5h', '45min', '8' (hours) -> hours (ftcalc.validation.hours)."""
+    from ftcalc.validation import cli_hours
+
+    return cli_hours(text)
 
 
 def parse_usd(text: str) -> float:
-    """'100', '$100', '100usd', '1,500' -> US dollars."""
-    t = str(text).strip().lower().replace(",", "").lstrip("$").removesuffix("usd").strip()
-    try:
-        val = float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an amount in US dollars (e.g. 100)") from None
-    if not val > 0:
-        raise argparse.ArgumentTypeError(f"'{text}': must be positive")
-    return val
+    """'100', '$100', '100usd', '1,500' -> US dollars (ftcalc.validation.usd)."""
+    from ftcalc.validation import cli_usd
+
+    return cli_usd(text)
 
 
 def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -96,13 +78,22 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--prices", help="a price file replacing data/prices.csv (same columns, or a SkyPilot vms.csv)")
     p.add_argument("--json", action="store_true", help='one JSON object: {"plans": [...], "rejected": [...], ...}')
-    p.add_argument("--plot", help="write the cost-vs-time Pareto plot of the plans (PNG or SVG; [plot] extra)")
+    p.add_argument("--plot", help="write the cost-vs-time Pareto plot of the plans (PNG, SVG or PDF; [plot] extra)")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot file that ftcalc did not write")
     p.set_defaults(func=cmd_recommend)
     return p
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
     from ftcalc.solver import recommend
+
+    if getattr(a, "plot", None):  # before any work: the extra, and a path that may be written
+        from ftcalc.extras import require_extra
+        from ftcalc.safe_write import PLOT_FORMATS, PLOT_MARKERS, check_output
+
+        require_extra("plot", "--plot")
+        check_output(a.plot, marker=PLOT_MARKERS, inputs=[a.model, a.prices], force=a.force, what="plot",
+                     suffixes=PLOT_FORMATS)
 
     rec = recommend(
         a.model, method=a.method, dataset_tokens=a.dataset_tokens, examples=a.examples, avg_tokens=a.avg_tokens,
@@ -113,7 +104,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     if getattr(a, "plot", None):
         from ftcalc.plots import plot_pareto, save
 
-        save(plot_pareto(rec), a.plot)
+        save(plot_pareto(rec), a.plot, force=a.force, inputs=(a.model, a.prices))
     if a.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:
@@ -177,6 +168,7 @@ def format_recommendation(rec: Any) -> str:
     lines += textwrap.wrap(foot, WIDTH)
     for note in rec.notes:
         lines += textwrap.wrap("Note: " + note, WIDTH)
+    lines += textwrap.wrap(f"Coefficients: {rec.coefficients}", WIDTH)
     return "\n".join(lines)
 
 

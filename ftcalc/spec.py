@@ -318,6 +318,8 @@ def load_spec(path: str | Path) -> TrainingSpec:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{p}: no such spec file (write one with `ftcalc plan ... -o {p}`)") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a spec (not UTF-8 text); write one with `ftcalc plan ... -o SPEC.yaml`") from None
     except OSError as e:
         raise SpecError(f"{p}: cannot read ({e.strerror})") from None
     try:
@@ -366,13 +368,11 @@ def _yaml_lines(model: type[BaseModel], d: dict[str, Any], indent: int, out: lis
 
 def save_spec(spec: TrainingSpec, path: str | Path) -> Path:
     """Write the spec (JSON for a ``.json`` path, else YAML), atomically (temp file then rename)."""
+    from ftcalc.safe_write import SPEC_MARKERS, write_text
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     text = dump_spec(spec, "json" if p.suffix.lower() == ".json" else "yaml", name=p.name)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(p)
-    return p
+    return write_text(p, text, marker=SPEC_MARKERS, force=True, what="spec")
 
 
 def resolve_path(value: str, spec_path: str | Path | None) -> Path:

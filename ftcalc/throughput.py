@@ -121,20 +121,22 @@ class ThroughputCoefficients:
 
 def load_throughput() -> ThroughputCoefficients:
     """The fitted time-model coefficients (data/coefficients.json "throughput"), or the defaults."""
-    from ftcalc._paths import data_dir
+    from ftcalc._paths import coefficients_file
 
-    return _load_throughput(str(data_dir() / "coefficients.json"))
+    return _load_throughput(str(coefficients_file()))
 
 
 @lru_cache(maxsize=8)
 def _load_throughput(path: str) -> ThroughputCoefficients:
-    import json
+
+    from ftcalc.memory import _checked_section, read_coefficients_json
 
     p = Path(path)
     if p.is_file():
-        d = json.loads(p.read_text())
+        d = read_coefficients_json(p)
         if "throughput" in d:
-            return ThroughputCoefficients.from_dict(d["throughput"])
+            return ThroughputCoefficients.from_dict(_checked_section(p, d["throughput"], ThroughputCoefficients,
+                                                                     "throughput"))
     return ThroughputCoefficients()
 
 

@@ -1,0 +1,31 @@
+"""Suite-wide guard: running the tests leaves every file of the checkout byte-identical (tests write only to
+tmp_path and the per-user folders they point XDG_DATA_HOME at)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tracked() -> dict[str, str]:
+    try:
+        names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
+                               timeout=60).stdout.decode().split("\0")
+    except (OSError, subprocess.SubprocessError):
+        return {}  # not a git checkout (an sdist): nothing to compare
+    return {n: hashlib.sha256((REPO / n).read_bytes()).hexdigest() for n in names if n and (REPO / n).is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_unchanged() -> Iterator[None]:
+    before = _tracked()
+    yield
+    after = _tracked()
+    changed = sorted(k for k in before if before[k] != after.get(k))
+    assert not changed, f"the tests changed files of the checkout: {changed[:10]}"
