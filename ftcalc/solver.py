@@ -77,6 +77,8 @@ DEFAULT_GLOBAL_BATCH = 16  # sequences per optimizer step (module docstring, poi
 # Within an offer, a simpler sharding whose objective is at most this much worse is preferred: the time
 # model's error (data/calibration_report.md) is larger, and DDP/FSDP carry overheads it does not model.
 SIMPLER_WITHIN = 0.02
+DATASET_HINT = ("no dataset size: plans ranked per million trained tokens; add --dataset-tokens (e.g. 100M; "
+                "dataset_tokens= in Python) for hours and total cost")
 MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md)"
 
 
@@ -112,11 +114,12 @@ class Plan(BaseModel):
     tokens_per_second: float  # trained tokens per second, all GPUs
     tokens_per_second_per_gpu: float
     scaling_efficiency: float  # compute time / step time (1.0 on one GPU without offload)
-    optimizer_steps: int
+    usd_per_million_tokens: float  # usd_per_hour / trained tokens per hour x 1e6 (training only, unbilled)
+    optimizer_steps: int | None  # None: no dataset size given
     startup_hours: float
-    checkpoint_hours: float
-    est_hours: float  # start-up + training + checkpoints
-    est_cost_usd: float  # billed
+    checkpoint_hours: float | None
+    est_hours: float | None  # start-up + training + checkpoints (None: no dataset size given)
+    est_cost_usd: float | None  # billed (None: no dataset size given)
     price_source: str
     price_date: str
     notes: list[str] = []
@@ -145,7 +148,7 @@ class Recommendation(BaseModel):
 
     model: str
     method: str
-    dataset_tokens: int  # tokens per epoch (packed)
+    dataset_tokens: int | None  # tokens per epoch (packed); None: ranked per million tokens, no hours or cost
     epochs: float
     seq_len: int
     global_batch_size: int
@@ -192,13 +195,15 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
 
 
 def _dataset_tokens(dataset_tokens: int | None, examples: int | None, avg_tokens: float | None,
-                    seq_len: int, problems: list[str]) -> int:
+                    seq_len: int, problems: list[str]) -> int | None:
     if dataset_tokens is not None:
         if examples is not None or avg_tokens is not None:
             problems.append("give either dataset_tokens or examples with avg_tokens, not both")
         if dataset_tokens <= 0:
             problems.append(f"dataset_tokens={dataset_tokens}: must be > 0")
         return int(dataset_tokens)
+    if examples is None and avg_tokens is None:
+        return None  # no dataset size: plans are ranked per million trained tokens (or by tokens/s)
     if examples is None or avg_tokens is None:
         problems.append("the dataset size is missing: give --dataset-tokens (e.g. 100M), or --examples with --avg-tokens")
         return 0
@@ -370,7 +375,9 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     Args:
         model: catalog id or alias (``70b``), a config.json path, or a hub id.
         method: ``full``, ``lora``, ``qlora``, or ``auto`` (all three, ranked together by the objective).
-        dataset_tokens: tokens per epoch; or ``examples`` x ``avg_tokens`` (packed, truncated at seq_len).
+        dataset_tokens: tokens per epoch; or ``examples`` x ``avg_tokens`` (packed, truncated at seq_len). Neither:
+            plans are ranked by ``usd_per_million_tokens`` (objective cost) or tokens/s (objective time), and
+            ``est_hours`` / ``est_cost_usd`` / ``optimizer_steps`` are None.
         epochs, seq_len: passes over the data; tokens per sequence.
         gpu: one GPU name or a list (any spelling ``get_gpu`` accepts); default every GPU with a price.
         provider: one provider or a list; default all.
@@ -421,6 +428,9 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         problems.append(f"seq_len={seq_len!r}: expected an integer > 0")
         seq_len = 1
     tokens_per_epoch = _dataset_tokens(dataset_tokens, examples, avg_tokens, seq_len, problems)
+    if tokens_per_epoch is None and (deadline_hours is not None or budget_usd is not None):
+        problems.append("a deadline or budget needs the dataset size: give --dataset-tokens (e.g. 100M), "
+                        "or --examples with --avg-tokens")
     if problems:
         raise InvalidArgumentError("; ".join(problems))
     if global_batch_tokens is not None:
@@ -476,13 +486,19 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         raise InvalidArgumentError("--precision 32-true with --method qlora: QLoRA computes in bf16; use bf16-true")
     times = _micro_batch_times(spec, opts_list, gpus)
     a = sh.load_assumptions()
+    sized = tokens_per_epoch is not None
     cand = _Candidates(spec, opts_list, states, times, gpus, offers, target, seq_len,
-                       tokens_per_epoch * epochs, headroom, a)
+                       tokens_per_epoch * epochs if sized else 0.0, headroom, a)
     c = cand
     in_time = np.ones_like(c.fits) if deadline_hours is None else c.hours <= deadline_hours
     in_budget = np.ones_like(c.fits) if budget_usd is None else c.cost <= budget_usd
     ok = c.fits & in_time & in_budget
-    primary, secondary = (c.cost, c.hours) if objective == "cost" else (c.hours, c.cost)
+    if sized:
+        primary, secondary = (c.cost, c.hours) if objective == "cost" else (c.hours, c.cost)
+    else:  # no dataset size: the rates that do not depend on it (cost per token, seconds per token)
+        s_per_token = c.step_s / (c.global_seqs * seq_len)
+        primary, secondary = ((c.usd_per_mtok, s_per_token) if objective == "cost"
+                              else (s_per_token, c.usd_per_mtok))
     if not ok.any():
         _raise_no_plan(c, spec.id, method, in_time, in_budget, deadline_hours, budget_usd, max_gpus, headroom)
 
@@ -496,12 +512,14 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     _, first = np.unique(c.ki[idx], return_index=True)
     best = idx[first]
     best = best[np.lexsort((c.used[best], c.si[best], secondary[best], primary[best]))][:top]
-    plans = [c.plan(rank, j, spot) for rank, j in enumerate(best, start=1)]
+    plans = [c.plan(rank, j, spot, sized) for rank, j in enumerate(best, start=1)]
     rejected = _rejected(c, in_time, in_budget, primary, deadline_hours, budget_usd, float(primary[best[0]]),
                          top, headroom)
     notes = []
     if unpriced:
         notes.append(f"no {'spot' if spot else 'on-demand'} price for {', '.join(unpriced)}: left out")
+    if not sized:
+        notes.append(DATASET_HINT)
     if method == "auto":
         notes.append("method auto ranks full/LoRA/QLoRA by the objective only, not by model quality")
     return Recommendation(
@@ -597,12 +615,14 @@ class _Candidates:
         runtime_s = self.start_s + train_s + self.ckpt_s
         self.hours = runtime_s / 3600.0
         self.cost = _billed_cost(offers.usd_per_hour[ki], runtime_s, offers.granularity[ki], offers.minimum[ki])
+        # training alone, per million trained tokens: what ranks plans when no dataset size is given
+        self.usd_per_mtok = offers.usd_per_hour[ki] * self.step_s / 3600.0 / (self.global_seqs * seq_len) * 1e6
 
     def where(self, j: int) -> str:
         ch = self.offers.choices[self.ki[j]]
         return f"{_label(self.gpus[self.gi[j]].gpu, self.n[j])} at {ch.provider} {ch.instance_type}"
 
-    def plan(self, rank: int, j: int, spot: bool) -> Plan:
+    def plan(self, rank: int, j: int, spot: bool, sized: bool = True) -> Plan:
         ch = self.offers.choices[self.ki[j]]
         opts = self.opts_list[self.ci[j]]
         n, si = int(self.n[j]), int(self.si[j])
@@ -629,9 +649,13 @@ class _Candidates:
             usable_memory_bytes=int(self.usable[j]),
             tokens_per_second=float(tokens_step / self.step_s[j]),
             tokens_per_second_per_gpu=float(tokens_step / self.step_s[j] / n),
-            scaling_efficiency=float(self.compute_s[j] / self.step_s[j]), optimizer_steps=int(self.steps[j]),
-            startup_hours=float(self.start_s / 3600.0), checkpoint_hours=float(self.ckpt_s[j] / 3600.0),
-            est_hours=float(self.hours[j]), est_cost_usd=round(float(self.cost[j]), 2),
+            scaling_efficiency=float(self.compute_s[j] / self.step_s[j]),
+            usd_per_million_tokens=round(float(self.usd_per_mtok[j]), 4),
+            optimizer_steps=int(self.steps[j]) if sized else None,
+            startup_hours=float(self.start_s / 3600.0),
+            checkpoint_hours=float(self.ckpt_s[j] / 3600.0) if sized else None,
+            est_hours=float(self.hours[j]) if sized else None,
+            est_cost_usd=round(float(self.cost[j]), 2) if sized else None,
             price_source=ch.source, price_date=ch.date, notes=notes)
 
 
