@@ -119,9 +119,8 @@ def _print_estimate(est: Any) -> None:
 
 def cmd_estimate(a: argparse.Namespace) -> int:
     from ftcalc.catalog import resolve_model
-    from ftcalc.estimator import estimate_options
-
     from ftcalc.errors import InvalidArgumentError
+    from ftcalc.estimator import estimate_options
 
     if a.check and not a.gpu:
         raise InvalidArgumentError("--check needs --gpu: the GPU to test the fit on (see `ftcalc gpus`)")
