@@ -505,7 +505,7 @@ def simulate_peaks(requests: Iterable[tuple]) -> tuple[int, int, dict[int, int]]
     from bisect import bisect_left, insort
 
     shift = 48
-    pools: dict[tuple[int, bool], tuple[list[int], dict[int, list]]] = {}
+    pools: dict[int, tuple[list[int], dict[int, list]]] = {}  # 2 * stream + small -> (keys, blocks)
     handles: dict = {}
     by_stream: dict[int, int] = {}
     next_addr = 1 << 47
@@ -514,12 +514,12 @@ def simulate_peaks(requests: Iterable[tuple]) -> tuple[int, int, dict[int, int]]
         op = req[0]
         if op == "alloc":
             nbytes = req[2]
-            stream = req[3] if len(req) > 3 else 0
-            size = K_MIN_BLOCK_SIZE if nbytes < K_MIN_BLOCK_SIZE else -(-nbytes // K_MIN_BLOCK_SIZE) * K_MIN_BLOCK_SIZE
-            small = size <= K_SMALL_SIZE
-            pool = pools.get((stream, small))
+            stream = req[3] if len(req) == 4 else 0
+            size = 512 if nbytes < 512 else ((nbytes + 511) >> 9) << 9  # round_size (kMinBlockSize = 512)
+            small = size <= 1048576  # kSmallSize
+            pool = pools.get(2 * stream + small)
             if pool is None:
-                pool = pools[(stream, small)] = ([], {})
+                pool = pools[2 * stream + small] = ([], {})
             keys, blocks = pool
             i = bisect_left(keys, size << shift)
             if i < len(keys):
@@ -535,7 +535,7 @@ def simulate_peaks(requests: Iterable[tuple]) -> tuple[int, int, dict[int, int]]
                     peak_r = reserved
                 by_stream[stream] = by_stream.get(stream, 0) + seg
             rem = b[1] - size
-            if (rem >= K_MIN_BLOCK_SIZE) if small else (rem > K_SMALL_SIZE):
+            if (rem >= 512) if small else (rem > 1048576):  # should_split
                 nxt = b[4]
                 rest = [b[0] + size, rem, False, b, nxt, pool]
                 if nxt is not None:
