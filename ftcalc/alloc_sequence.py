@@ -919,7 +919,8 @@ class TrainingSim:
 
 
 def simulate_training(spec, opts, steps: int = 3, ddp: bool = False) -> TrainingSim:
-    """Generate the sequence of ``steps`` steps and run it through :class:`ftcalc.allocator.CachingAllocator`.
+    """Generate the sequence of ``steps`` steps and run it through the caching-allocator model
+    (:func:`ftcalc.allocator.simulate_peaks`, the rules of :class:`ftcalc.allocator.CachingAllocator`).
     Peaks are measured after the build, like ``ftcalc profile``. ``ddp``: one rank of
     DistributedDataParallel (see :func:`step_sequence`)."""
     peak_reserved, peak_allocated, _ = simulate_peaks(step_sequence(spec, opts, steps, ddp=ddp))

@@ -260,7 +260,8 @@ class FsdpSim:
 
 def simulate_fsdp(spec, opts, num_gpus: int, steps: int = 2, reshard_after_forward: bool = True) -> FsdpSim:
     """Generate one rank's sequence (:func:`fsdp_step_sequence`) and run it through the multi-stream
-    :class:`ftcalc.allocator.CachingAllocator`; peaks measured after the build, like ``ftcalc profile``."""
+    caching-allocator model (:func:`ftcalc.allocator.simulate_peaks`); peaks measured after the build, like
+    ``ftcalc profile``."""
     peak_reserved, peak_allocated, by_stream = simulate_peaks(
         fsdp_step_sequence(spec, opts, num_gpus, steps, reshard_after_forward))
     return FsdpSim(peak_allocated, peak_reserved, by_stream)

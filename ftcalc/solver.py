@@ -31,6 +31,14 @@ What it does:
    (prices.csv), exactly as ftcalc.pricing.InstanceChoice.cost_usd.
 6. Keep what fits and meets ``deadline_hours`` / ``budget_usd``; per offer the best configuration; rank
    by cost (then time) or time (then cost). ``rejected`` says why cheaper offers were left out.
+7. Without a dataset size, plans are ranked by ``usd_per_million_tokens`` (price per hour over trained tokens
+   per hour; objective cost) or tokens/s (objective time); hours and total cost need ``dataset_tokens``.
+
+The allocator simulations (full fine-tuning on one GPU and one DDP rank, every FSDP sequence) are the cold
+cost, 0.05-0.5 s each. They are screened (``SCREEN``, _Candidates.settle): memory is first evaluated with every
+unsimulated fragmentation gap at 0, a lower bound; only candidates that may fit and may be their offer's choice
+are simulated, and a non-fitting candidate's bytes only where a message quotes them. The result equals the
+exhaustive evaluation (tests/test_screening.py, 34 queries).
 
 ``method="auto"`` chooses by cost or time alone: it does not weigh the quality difference between full
 fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md);
