@@ -41,8 +41,8 @@ COMPARE_360 = ("import ftcalc; df = ftcalc.compare(models=['llama3.2-1b', '8b', 
 
 
 def _cli(argv: list[str], expect: int = 0, screen: bool = True) -> subprocess.CompletedProcess:
-    code = ("import sys; from ftcalc import solver; solver.SCREEN = %r; from ftcalc.cli import main; "
-            "sys.exit(main(sys.argv[1:]))" % screen)
+    code = (f"import sys; from ftcalc import solver; solver.SCREEN = {screen!r}; from ftcalc.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == expect, r.stderr
     return r

@@ -293,12 +293,18 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["peak"].append(mem.peak_allocated_bytes)
                 cols["gap"].append(mem.peak_reserved_bytes - mem.peak_allocated_bytes)
                 cols["gap_transient"].append(mem.transient_gap_bytes)
+                opts1 = opts.model_copy(update={"num_gpus": 1})
                 if (pending is not None and method == "full"
                         and simulation_supported(arch, opts, resolve_attention(arch, opts))):
                     # estimate_memory(fragmentation="simulated") would add simulated_gap_bytes to this peak
-                    pending[len(opts_list)] = (arch, opts.model_copy(update={"num_gpus": 1}), mem.peak_allocated_bytes)
-                    cols["gap_single"].append(0.0)
-                    cols["gap_ddp"].append(0.0)
+                    peak = mem.peak_allocated_bytes
+                    g1, gd = _SIMULATED.get((arch, opts1, False)), _SIMULATED.get((arch, opts1, True))
+                    if g1 is None or gd is None:  # not simulated in this process yet: 0 for now (a lower bound)
+                        pending[len(opts_list)] = (arch, opts1, peak, g1 is None, gd is None)
+                    g1 = 0.0 if g1 is None else (peak + g1) - peak
+                    gd = 0.0 if gd is None else gd
+                    cols["gap_single"].append(g1)
+                    cols["gap_ddp"].append(gd)
                 else:
                     sim = estimate_memory(arch, inv, opts, c, fragmentation="simulated") if method == "full" else mem
                     cols["gap_single"].append(sim.peak_reserved_bytes - sim.peak_allocated_bytes)
@@ -327,6 +333,17 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 opts_list.append(opts)
     arrays = {k: np.asarray(v, dtype=bool if k in ("ckpt", "full", "tied") else float) for k, v in cols.items()}
     return opts_list, sh.ModelStates(**arrays, gap_fraction=c.reserved_gap_fraction)
+
+
+_SIMULATED: dict[tuple, float] = {}  # (arch, options, ddp) -> simulated_gap_bytes, as _simulated_gap got them
+
+
+def _simulated_gap(arch: Any, opts1: TrainingOptions, ddp: bool) -> float:
+    """memory.simulated_gap_bytes, remembered so that a later search in this process knows it is simulated."""
+    g = _SIMULATED[(arch, opts1, ddp)] = simulated_gap_bytes(arch, opts1, ddp=ddp)
+    if len(_SIMULATED) > 4096:
+        _SIMULATED.pop(next(iter(_SIMULATED)))
+    return g
 
 
 def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: list[GPU]) -> StepParts:
@@ -636,11 +653,13 @@ class _Candidates:
         # lower bound is over its GPU does not fit whatever the gap, and only those that may fit are simulated
         # (_screen). Messages that quote a non-fitting candidate's bytes simulate what they quote
         # (exact_argmin). tests/test_screening.py checks the result equals the exhaustive evaluation.
-        self.pending_cfg_single: dict[int, tuple] = {} if pending is None else dict(pending)
-        self.pending_cfg_ddp: dict[int, tuple] = {} if pending is None else dict(pending)
+        screened = pending is not None  # else every gap is simulated here, as without screening
+        pending = pending or {}
+        self.pending_cfg_single: dict[int, tuple] = {c: v[:3] for c, v in pending.items() if v[3]}
+        self.pending_cfg_ddp: dict[int, tuple] = {c: v[:3] for c, v in pending.items() if v[4]}
         self.pending_fsdp: dict[int, tuple[int, int]] = {}
         st = states.take(ci)
-        if pending is None:
+        if not screened:
             self._gap_fsdp = _with_fsdp_gaps(spec, opts_list, st, ci, si, n, ga).gap_fsdp
         else:
             self._gap_fsdp = _fsdp_gaps_screened(spec, opts_list, ci, si, n, ga, self.pending_fsdp)
@@ -733,7 +752,7 @@ class _Candidates:
         for c in single_cfgs:
             if c in self.pending_cfg_single:
                 arch, opts1, peak = self.pending_cfg_single.pop(c)
-                single[c] = (peak + simulated_gap_bytes(arch, opts1)) - peak
+                single[c] = (peak + _simulated_gap(arch, opts1, False)) - peak
         for j in idx:
             c, si = int(self.ci[j]), int(self.si[j])
             if j in self.pending_fsdp:
@@ -744,10 +763,10 @@ class _Candidates:
                     del self.pending_fsdp[k]
             elif si == sh.DDP and c in self.pending_cfg_ddp:
                 arch, opts1, _ = self.pending_cfg_ddp.pop(c)
-                ddp[c] = simulated_gap_bytes(arch, opts1, ddp=True)
+                ddp[c] = _simulated_gap(arch, opts1, True)
             elif c in self.pending_cfg_single:
                 arch, opts1, peak = self.pending_cfg_single.pop(c)
-                single[c] = (peak + simulated_gap_bytes(arch, opts1)) - peak  # as estimate_memory's reserved - peak
+                single[c] = (peak + _simulated_gap(arch, opts1, False)) - peak  # as estimate_memory's reserved - peak
         self.states = replace(self.states, gap_single=single, gap_ddp=ddp)
         self._evaluate()
 
