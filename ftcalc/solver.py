@@ -88,7 +88,7 @@ SIMPLER_WITHIN = 0.02
 DATASET_HINT = ("no dataset size: plans ranked per million trained tokens; add --dataset-tokens (e.g. 100M; "
                 "dataset_tokens= in Python) for hours and total cost")
 # Simulate the allocator only for the candidates whose verdict or quoted bytes depend on it (_Candidates); False:
-# every candidate, as before the screening (tests/test_screening.py compares the two)
+# every candidate's gaps up front, the exhaustive evaluation (tests/test_screening.py compares the two)
 SCREEN = True
 MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md)"
 

@@ -1,8 +1,8 @@
 """The screened search (solver.SCREEN, the default) returns what the exhaustive one returns.
 
 recommend simulates the caching allocator only for the candidates whose verdict or quoted bytes depend on it
-(solver._Candidates.settle / exact_argmin); with ``SCREEN = False`` every candidate's gaps are simulated first,
-as the planner did before the screening. Over a grid of queries (models of 0.6B to 405B parameters, every
+(solver._Candidates.settle / exact_argmin); with ``SCREEN = False`` every candidate's gaps are simulated first
+(the exhaustive evaluation). Over a grid of queries (models of 0.6B to 405B parameters, every
 method, 1 to 8 GPUs, plans that fit, near-misses on one GPU, constraints that bind, refusals) both must give
 the same plans, rejected alternatives and refusal messages, byte for byte; and every candidate the screened
 search simulated must have the exhaustive search's device memory and fit verdict.
