@@ -49,7 +49,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ftcalc.allocator import CachingAllocator, simulate
+from ftcalc.allocator import simulate_peaks
 
 __all__ = ["Dims", "dims_for", "step_sequence", "simulate_training", "TrainingSim"]
 
@@ -920,8 +920,9 @@ class TrainingSim:
 
 
 def simulate_training(spec, opts, steps: int = 3, ddp: bool = False) -> TrainingSim:
-    """Generate the sequence of ``steps`` steps and run it through :class:`ftcalc.allocator.CachingAllocator`.
+    """Generate the sequence of ``steps`` steps and run it through the caching-allocator model
+    (:func:`ftcalc.allocator.simulate_peaks`, the rules of :class:`ftcalc.allocator.CachingAllocator`).
     Peaks are measured after the build, like ``ftcalc profile``. ``ddp``: one rank of
     DistributedDataParallel (see :func:`step_sequence`)."""
-    r = simulate(step_sequence(spec, opts, steps, ddp=ddp), CachingAllocator())
-    return TrainingSim(r.peak_allocated, r.peak_reserved)
+    peak_reserved, peak_allocated, _ = simulate_peaks(step_sequence(spec, opts, steps, ddp=ddp))
+    return TrainingSim(peak_allocated, peak_reserved)

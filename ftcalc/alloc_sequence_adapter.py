@@ -46,7 +46,7 @@ from ftcalc.alloc_sequence import (
     dims_for,
 )
 from ftcalc.alloc_sequence_fsdp import FsdpSim, _Collectives, _shard, _SSeq
-from ftcalc.allocator import CachingAllocator, simulate
+from ftcalc.allocator import simulate_peaks
 from ftcalc.inventory import inventory
 
 __all__ = ["adapter_fsdp_step_sequence", "simulate_adapter_fsdp", "adapter_sequence_supported"]
@@ -442,5 +442,6 @@ def adapter_fsdp_step_sequence(spec, opts, num_gpus: int, steps: int = 2,
 def simulate_adapter_fsdp(spec, opts, num_gpus: int, steps: int = 2, reshard_after_forward: bool = True) -> FsdpSim:
     """Run :func:`adapter_fsdp_step_sequence` through the multi-stream caching-allocator model; peaks after the
     build, like ``ftcalc profile``."""
-    r = simulate(adapter_fsdp_step_sequence(spec, opts, num_gpus, steps, reshard_after_forward), CachingAllocator())
-    return FsdpSim(r.peak_allocated, r.peak_reserved, r.allocator.reserved_by_stream())
+    peak_reserved, peak_allocated, by_stream = simulate_peaks(
+        adapter_fsdp_step_sequence(spec, opts, num_gpus, steps, reshard_after_forward))
+    return FsdpSim(peak_allocated, peak_reserved, by_stream)

@@ -50,7 +50,7 @@ from ftcalc.alloc_sequence import (  # the one-GPU op model: forward/backward of
     _Seq,
     dims_for,
 )
-from ftcalc.allocator import CachingAllocator, simulate
+from ftcalc.allocator import simulate_peaks
 
 __all__ = ["COMPUTE", "ALL_GATHER", "REDUCE_SCATTER", "fsdp_step_sequence", "simulate_fsdp", "FsdpSim",
            "collective_pool_bytes", "fsdp_sequence_supported"]
@@ -260,9 +260,11 @@ class FsdpSim:
 
 def simulate_fsdp(spec, opts, num_gpus: int, steps: int = 2, reshard_after_forward: bool = True) -> FsdpSim:
     """Generate one rank's sequence (:func:`fsdp_step_sequence`) and run it through the multi-stream
-    :class:`ftcalc.allocator.CachingAllocator`; peaks measured after the build, like ``ftcalc profile``."""
-    r = simulate(fsdp_step_sequence(spec, opts, num_gpus, steps, reshard_after_forward), CachingAllocator())
-    return FsdpSim(r.peak_allocated, r.peak_reserved, r.allocator.reserved_by_stream())
+    caching-allocator model (:func:`ftcalc.allocator.simulate_peaks`); peaks measured after the build, like
+    ``ftcalc profile``."""
+    peak_reserved, peak_allocated, by_stream = simulate_peaks(
+        fsdp_step_sequence(spec, opts, num_gpus, steps, reshard_after_forward))
+    return FsdpSim(peak_allocated, peak_reserved, by_stream)
 
 
 @lru_cache(maxsize=4096)
@@ -301,5 +303,5 @@ def collective_pool_bytes(embed_bytes: int, layer_bytes: int, tail_bytes: int, l
                 req.append(("alloc", i, -(-g // num_gpus), REDUCE_SCATTER))
                 out.append(i)
         req += [("free", i, 0) for i in out]
-    by = simulate(req).allocator.reserved_by_stream()
+    by = simulate_peaks(req)[2]
     return by.get(ALL_GATHER, 0), by.get(REDUCE_SCATTER, 0)

@@ -94,9 +94,14 @@ def _print_estimate(est: Any) -> None:
         print(f"{'  peak allocated':28s} {_fmt_bytes(est.per_gpu_peak_allocated_bytes)}")
         print(f"{'  device used':28s} {_fmt_bytes(est.per_gpu_device_used_bytes)}")
     if est.gpu:
-        verdict = "fits" if est.fits else "DOES NOT FIT"
-        print(f"\n{est.gpu} ({est.gpu_memory_bytes / GIB:.1f} GiB): {verdict}, "
-              f"headroom {est.headroom_bytes / GIB:+.2f} GiB")
+        if not est.fits:
+            verdict = f"DOES NOT FIT, headroom {est.headroom_bytes / GIB:+.2f} GiB"
+        elif est.headroom_bytes < 0:  # fits only because the capped pool frees cached blocks (estimator)
+            verdict = (f"fits only near the limit: the unconstrained pool would exceed it by "
+                       f"{-est.headroom_bytes / GIB:.2f} GiB")
+        else:
+            verdict = f"fits, headroom {est.headroom_bytes / GIB:+.2f} GiB"
+        print(f"\n{est.gpu} ({est.gpu_memory_bytes / GIB:.1f} GiB): {verdict}")
         if est.fit_note:
             print(f"  {est.fit_note}")
         if est.tokens_per_second:
@@ -115,8 +120,11 @@ def _print_estimate(est: Any) -> None:
 
 def cmd_estimate(a: argparse.Namespace) -> int:
     from ftcalc.catalog import resolve_model
+    from ftcalc.errors import InvalidArgumentError
     from ftcalc.estimator import estimate_options
 
+    if a.check and not a.gpu:
+        raise InvalidArgumentError("--check needs --gpu: the GPU to test the fit on (see `ftcalc gpus`)")
     if a.plot:  # before any work: the extra, and a path that may be written
         from ftcalc.extras import require_extra
         from ftcalc.safe_write import PLOT_FORMATS, PLOT_MARKERS, check_output
@@ -138,6 +146,9 @@ def cmd_estimate(a: argparse.Namespace) -> int:
         _print_estimate(est)
         if a.plot:
             print(f"plot written to {a.plot}")
+    if a.check and not est.fits:
+        print(f"ftcalc: does not fit on {est.gpu}: {est.fit_note}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -333,6 +344,9 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineErrors(prog="ftcalc", description="GPU memory, time and cost planner for LLM fine-tuning")
+    from ftcalc import __version__
+
+    p.add_argument("--version", action="version", version=f"ftcalc {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("estimate", help="memory (and speed on a GPU) of one configuration")
@@ -344,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_coefficients_flag(e)
     e.add_argument("--plot", help="write the memory breakdown as a stacked bar chart (PNG, SVG or PDF; [plot] extra)")
     e.add_argument("--force", action="store_true", help="replace an existing --plot file that ftcalc did not write")
+    e.add_argument("--check", action="store_true",
+                   help="with --gpu: exit 1 with a one-line reason on stderr when it does not fit (2 stays for bad input)")
     e.set_defaults(func=cmd_estimate)
 
     ft = sub.add_parser("fit", help="the most that fits on a GPU (--maximize), or the smallest GPU (--minimize gpu)")
@@ -360,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write a capacity-planning report (Markdown + HTML + plots)")
     rp.add_argument("--model", required=True)
     rp.add_argument("--method", choices=["full", "lora", "qlora", "auto"], default="lora")
-    rp.add_argument("--dataset-tokens", type=_parse_tokens, required=True, help="tokens per epoch: 100M, 2.5B")
+    rp.add_argument("--dataset-tokens", type=_parse_tokens,
+                    help="tokens per epoch: 100M, 2.5B (without it, plans are ranked per million tokens)")
     rp.add_argument("--epochs", type=float, default=1.0)
     rp.add_argument("--seq-len", type=int, default=2048)
     rp.add_argument("--gpu", action="append", help="GPUs for the one-GPU table (repeat); default a common set")

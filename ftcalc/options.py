@@ -47,7 +47,8 @@ class TrainingOptions(BaseModel):
     gradient_checkpointing: bool | None = None  # None: on for lora/qlora, off for full
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
     precision: Literal["bf16-true", "bf16-mixed", "32-true"] = "bf16-true"
-    lora_r: int = Field(16, gt=0)
+    # a rank above 2^16 is wider than any decoder Linear (Llama-3.1-405B's widest, its MLP, is 53,248): a typo
+    lora_r: int = Field(16, gt=0, le=65536)
     lora_alpha: float = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: tuple[str, ...] = ("all-linear",)  # every decoder Linear (peft's "all-linear")

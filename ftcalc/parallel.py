@@ -20,7 +20,7 @@ from ftcalc.hardware import get_gpu
 from ftcalc.options import TrainingOptions
 
 __all__ = ["ParallelEstimate", "estimate_parallel", "default_strategy", "strategy_of", "STRATEGIES",
-           "simulated_fsdp_gap_bytes", "strategy_options"]
+           "simulated_fsdp_gap_bytes", "strategy_options", "fsdp_gap_simulated", "cached_fsdp_gap_bytes"]
 
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp_offload", "fsdp_grad_op")  # = ftcalc.sharding.SHARDINGS
 
@@ -111,6 +111,20 @@ def strategy_options(opts: TrainingOptions, strategy: str) -> TrainingOptions:
     if opts.method != "qlora":
         return opts
     return opts.model_copy(update={"qlora_fp32_upcast": strategy not in ("fsdp", "fsdp_grad_op")})
+
+
+def fsdp_gap_simulated(spec: ModelSpec, opts: TrainingOptions, num_gpus: int) -> bool:
+    """Whether :func:`simulated_fsdp_gap_bytes` simulates this configuration (else it returns None)."""
+    from ftcalc.alloc_sequence_adapter import adapter_sequence_supported
+    from ftcalc.alloc_sequence_fsdp import fsdp_sequence_supported
+
+    return num_gpus >= 2 and (fsdp_sequence_supported(spec, opts) or adapter_sequence_supported(spec, opts))
+
+
+def cached_fsdp_gap_bytes(spec: ModelSpec, opts: TrainingOptions, num_gpus: int,
+                          reshard_after_forward: bool = True) -> float | None:
+    """:func:`simulated_fsdp_gap_bytes` if this process has simulated it already, else None (no simulation)."""
+    return _FSDP_GAPS.get((repr(spec.arch), opts.model_dump_json(), num_gpus, reshard_after_forward))
 
 
 def simulated_fsdp_gap_bytes(spec: ModelSpec, opts: TrainingOptions, num_gpus: int,

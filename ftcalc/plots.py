@@ -135,21 +135,28 @@ def plot_pareto(rec: Any, title: str | None = None) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     gpus = sorted({p.gpu for p in plans})
     cmap = plt.get_cmap("tab10")
+    sized = getattr(rec, "dataset_tokens", 0) is not None
+    if sized:
+        def xy(p: Any) -> tuple[float, float]:
+            return p.est_hours, p.est_cost_usd
+    else:  # no dataset size: hours and USD per million trained tokens
+        def xy(p: Any) -> tuple[float, float]:
+            return 1e6 / p.tokens_per_second / 3600.0, p.usd_per_million_tokens
     for k, g in enumerate(gpus):
-        pts = [p for p in plans if p.gpu == g]
-        ax.scatter([p.est_hours for p in pts], [p.est_cost_usd for p in pts], color=cmap(k % 10), label=g, s=40)
+        pts = [xy(p) for p in plans if p.gpu == g]
+        ax.scatter([x for x, _ in pts], [y for _, y in pts], color=cmap(k % 10), label=g, s=40)
     front, best_cost = [], float("inf")
-    for p in sorted(plans, key=lambda p: (p.est_hours, p.est_cost_usd)):
-        if p.est_cost_usd < best_cost:
+    for p in sorted(plans, key=xy):
+        if xy(p)[1] < best_cost:
             front.append(p)
-            best_cost = p.est_cost_usd
-    ax.step([p.est_hours for p in front], [p.est_cost_usd for p in front], where="post", color="k", lw=1,
+            best_cost = xy(p)[1]
+    ax.step([xy(p)[0] for p in front], [xy(p)[1] for p in front], where="post", color="k", lw=1,
             label="Pareto front")
     for p in front:
-        ax.annotate(f"{p.num_gpus}x {p.gpu} {p.provider}", (p.est_hours, p.est_cost_usd), fontsize=7,
+        ax.annotate(f"{p.num_gpus}x {p.gpu} {p.provider}", xy(p), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("estimated hours")
-    ax.set_ylabel("estimated cost (USD)")
+    ax.set_xlabel("estimated hours" if sized else "hours per million trained tokens")
+    ax.set_ylabel("estimated cost (USD)" if sized else "USD per million trained tokens")
     ax.set_title(title or f"{rec.model.split('/')[-1]} {rec.method}: cost vs time of the plans")
     ax.legend(fontsize=7)
     fig.tight_layout()

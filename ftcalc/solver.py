@@ -31,6 +31,14 @@ What it does:
    (prices.csv), exactly as ftcalc.pricing.InstanceChoice.cost_usd.
 6. Keep what fits and meets ``deadline_hours`` / ``budget_usd``; per offer the best configuration; rank
    by cost (then time) or time (then cost). ``rejected`` says why cheaper offers were left out.
+7. Without a dataset size, plans are ranked by ``usd_per_million_tokens`` (price per hour over trained tokens
+   per hour; objective cost) or tokens/s (objective time); hours and total cost need ``dataset_tokens``.
+
+The allocator simulations (full fine-tuning on one GPU and one DDP rank, every FSDP sequence) are the cold
+cost, 0.05-0.5 s each. They are screened (``SCREEN``, _Candidates.settle): memory is first evaluated with every
+unsimulated fragmentation gap at 0, a lower bound; only candidates that may fit and may be their offer's choice
+are simulated, and a non-fitting candidate's bytes only where a message quotes them. The result equals the
+exhaustive evaluation (tests/test_screening.py, 34 queries).
 
 ``method="auto"`` chooses by cost or time alone: it does not weigh the quality difference between full
 fine-tuning, LoRA and QLoRA. Multi-GPU memory and time are validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md);
@@ -78,6 +86,11 @@ DEFAULT_GLOBAL_BATCH = 16  # sequences per optimizer step (module docstring, poi
 # Within an offer, a simpler sharding whose objective is at most this much worse is preferred: the time
 # model's error (data/calibration_report.md) is larger, and DDP/FSDP carry overheads it does not model.
 SIMPLER_WITHIN = 0.02
+DATASET_HINT = ("no dataset size: plans ranked per million trained tokens; add --dataset-tokens (e.g. 100M; "
+                "dataset_tokens= in Python) for hours and total cost")
+# Simulate the allocator only for the candidates whose verdict or quoted bytes depend on it (_Candidates); False:
+# every candidate's gaps up front, the exhaustive evaluation (tests/test_screening.py compares the two)
+SCREEN = True
 MULTI_GPU_NOTE = "multi-GPU memory and time validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md)"
 
 
@@ -113,11 +126,12 @@ class Plan(BaseModel):
     tokens_per_second: float  # trained tokens per second, all GPUs
     tokens_per_second_per_gpu: float
     scaling_efficiency: float  # compute time / step time (1.0 on one GPU without offload)
-    optimizer_steps: int
+    usd_per_million_tokens: float  # usd_per_hour / trained tokens per hour x 1e6 (training only, unbilled)
+    optimizer_steps: int | None  # None: no dataset size given
     startup_hours: float
-    checkpoint_hours: float
-    est_hours: float  # start-up + training + checkpoints
-    est_cost_usd: float  # billed
+    checkpoint_hours: float | None
+    est_hours: float | None  # start-up + training + checkpoints (None: no dataset size given)
+    est_cost_usd: float | None  # billed (None: no dataset size given)
     price_source: str
     price_date: str
     notes: list[str] = []
@@ -146,7 +160,7 @@ class Recommendation(BaseModel):
 
     model: str
     method: str
-    dataset_tokens: int  # tokens per epoch (packed)
+    dataset_tokens: int | None  # tokens per epoch (packed); None: ranked per million tokens, no hours or cost
     epochs: float
     seq_len: int
     global_batch_size: int
@@ -193,13 +207,15 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
 
 
 def _dataset_tokens(dataset_tokens: int | None, examples: int | None, avg_tokens: float | None,
-                    seq_len: int, problems: list[str]) -> int:
+                    seq_len: int, problems: list[str]) -> int | None:
     if dataset_tokens is not None:
         if examples is not None or avg_tokens is not None:
             problems.append("give either dataset_tokens or examples with avg_tokens, not both")
         if dataset_tokens <= 0:
             problems.append(f"dataset_tokens={dataset_tokens}: must be > 0")
         return int(dataset_tokens)
+    if examples is None and avg_tokens is None:
+        return None  # no dataset size: plans are ranked per million trained tokens (or by tokens/s)
     if examples is None or avg_tokens is None:
         problems.append("the dataset size is missing: give --dataset-tokens (e.g. 100M), or --examples with --avg-tokens")
         return 0
@@ -228,11 +244,16 @@ def _gpu_counts(max_gpus: int) -> list[int]:
 
 
 def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str], micro_batches: Sequence[int],
-                 target_seqs: int, checkpointing: Sequence[bool] = (True, False), sharded_qlora: bool = False
-                 ) -> tuple[list[TrainingOptions], sh.ModelStates]:
+                 target_seqs: int, checkpointing: Sequence[bool] = (True, False), sharded_qlora: bool = False,
+                 pending: dict[int, tuple] | None = None) -> tuple[list[TrainingOptions], sh.ModelStates]:
     """Every (method, micro-batch, checkpointing) and the byte counts ftcalc.sharding needs for each.
     ``sharded_qlora``: QLoRA twice, as peft prepares it (one GPU, DDP) and as FSDP runs it (bf16, not upcast:
-    ``TrainingOptions.qlora_fp32_upcast``); otherwise QLoRA as ``base`` says."""
+    ``TrainingOptions.qlora_fp32_upcast``); otherwise QLoRA as ``base`` says.
+    ``pending``: when given, the allocator simulations of full fine-tuning on one GPU and one DDP rank are not
+    run: gap_single and gap_ddp are 0 (a lower bound: reserved >= allocated) and ``pending[config index]``
+    gets what :func:`_resolve_config_gaps` needs to fill them in later (the screening of _Candidates)."""
+    from ftcalc.memory import resolve_attention, simulation_supported
+
     arch = spec.arch
     inv = inventory(arch)
     c = load_coefficients()
@@ -273,10 +294,23 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 cols["peak"].append(mem.peak_allocated_bytes)
                 cols["gap"].append(mem.peak_reserved_bytes - mem.peak_allocated_bytes)
                 cols["gap_transient"].append(mem.transient_gap_bytes)
-                sim = estimate_memory(arch, inv, opts, c, fragmentation="simulated") if method == "full" else mem
-                cols["gap_single"].append(sim.peak_reserved_bytes - sim.peak_allocated_bytes)
-                cols["gap_ddp"].append(simulated_gap_bytes(arch, opts.model_copy(update={"num_gpus": 1}), ddp=True)
-                                       if sim.fragmentation_model == "simulated" else cols["gap_single"][-1])
+                opts1 = opts.model_copy(update={"num_gpus": 1})
+                if (pending is not None and method == "full"
+                        and simulation_supported(arch, opts, resolve_attention(arch, opts))):
+                    # estimate_memory(fragmentation="simulated") would add simulated_gap_bytes to this peak
+                    peak = mem.peak_allocated_bytes
+                    g1, gd = _SIMULATED.get((arch, opts1, False)), _SIMULATED.get((arch, opts1, True))
+                    if g1 is None or gd is None:  # not simulated in this process yet: 0 for now (a lower bound)
+                        pending[len(opts_list)] = (arch, opts1, peak, g1 is None, gd is None)
+                    g1 = 0.0 if g1 is None else (peak + g1) - peak
+                    gd = 0.0 if gd is None else gd
+                    cols["gap_single"].append(g1)
+                    cols["gap_ddp"].append(gd)
+                else:
+                    sim = estimate_memory(arch, inv, opts, c, fragmentation="simulated") if method == "full" else mem
+                    cols["gap_single"].append(sim.peak_reserved_bytes - sim.peak_allocated_bytes)
+                    cols["gap_ddp"].append(simulated_gap_bytes(arch, opts.model_copy(update={"num_gpus": 1}), ddp=True)
+                                           if sim.fragmentation_model == "simulated" else cols["gap_single"][-1])
                 cols["context"].append(mem.outside_allocator_bytes - paged)
                 cols["act_x"].append(act_all + autocast_weight_copy_bytes(arch, inv, opts)["all_layers"])
                 cols["ckpt"].append(ckpt)
@@ -300,6 +334,17 @@ def _config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str],
                 opts_list.append(opts)
     arrays = {k: np.asarray(v, dtype=bool if k in ("ckpt", "full", "tied") else float) for k, v in cols.items()}
     return opts_list, sh.ModelStates(**arrays, gap_fraction=c.reserved_gap_fraction)
+
+
+_SIMULATED: dict[tuple, float] = {}  # (arch, options, ddp) -> simulated_gap_bytes, as _simulated_gap got them
+
+
+def _simulated_gap(arch: Any, opts1: TrainingOptions, ddp: bool) -> float:
+    """memory.simulated_gap_bytes, remembered so that a later search in this process knows it is simulated."""
+    g = _SIMULATED[(arch, opts1, ddp)] = simulated_gap_bytes(arch, opts1, ddp=ddp)
+    if len(_SIMULATED) > 4096:
+        _SIMULATED.pop(next(iter(_SIMULATED)))
+    return g
 
 
 def _micro_batch_times(spec: ModelSpec, opts_list: list[TrainingOptions], gpus: list[GPU]) -> StepParts:
@@ -371,7 +416,9 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     Args:
         model: catalog id or alias (``70b``), a config.json path, or a hub id.
         method: ``full``, ``lora``, ``qlora``, or ``auto`` (all three, ranked together by the objective).
-        dataset_tokens: tokens per epoch; or ``examples`` x ``avg_tokens`` (packed, truncated at seq_len).
+        dataset_tokens: tokens per epoch; or ``examples`` x ``avg_tokens`` (packed, truncated at seq_len). Neither:
+            plans are ranked by ``usd_per_million_tokens`` (objective cost) or tokens/s (objective time), and
+            ``est_hours`` / ``est_cost_usd`` / ``optimizer_steps`` are None.
         epochs, seq_len: passes over the data; tokens per sequence.
         gpu: one GPU name or a list (any spelling ``get_gpu`` accepts); default every GPU with a price.
         provider: one provider or a list; default all.
@@ -437,9 +484,12 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     if avg_tokens is not None:
         avg_tokens = check(v.positive_float, avg_tokens, "avg_tokens") or 1.0
     tokens_per_epoch = _dataset_tokens(dataset_tokens, examples, avg_tokens, seq_len, problems)
-    if tokens_per_epoch > v.MAX_TOKENS:
+    if tokens_per_epoch is not None and tokens_per_epoch > v.MAX_TOKENS:
         problems.append(f"{v.param('examples')} x {v.param('avg_tokens')} = {tokens_per_epoch:.3g} tokens: expected at "
                         f"most {v.MAX_TOKENS:.0e}")
+    if tokens_per_epoch is None and (deadline_hours is not None or budget_usd is not None):
+        problems.append("a deadline or budget needs the dataset size: give --dataset-tokens (e.g. 100M), "
+                        "or --examples with --avg-tokens")
     if problems:
         raise InvalidArgumentError("; ".join(problems))
     if global_batch_tokens is not None:
@@ -490,19 +540,28 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         raise InvalidArgumentError(
             f"no instance in the price table rents {', '.join(slugs)} in counts up to {max_gpus}"
             + (" (guide quotes excluded: include_quotes=False)" if include_quotes is False else ""))
-    opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target, sharded_qlora=True)
+    pending: dict[int, tuple] | None = {} if SCREEN else None
+    opts_list, states = _config_grid(spec, base, methods, sorted(set(micro_batch_sizes)), target, sharded_qlora=True,
+                                     pending=pending)
     if not opts_list:
         raise InvalidArgumentError(f"{v.param('precision')} 32-true with {v.param('method')} qlora: QLoRA computes in "
                                    "bf16; use bf16-true")
     times = _micro_batch_times(spec, opts_list, gpus)
     a = sh.load_assumptions()
+    sized = tokens_per_epoch is not None
     cand = _Candidates(spec, opts_list, states, times, gpus, offers, target, seq_len,
-                       tokens_per_epoch * epochs, headroom, a)
+                       tokens_per_epoch * epochs if sized else 0.0, headroom, a, pending=pending)
     c = cand
     in_time = np.ones_like(c.fits) if deadline_hours is None else c.hours <= deadline_hours
     in_budget = np.ones_like(c.fits) if budget_usd is None else c.cost <= budget_usd
+    if sized:
+        primary, secondary = (c.cost, c.hours) if objective == "cost" else (c.hours, c.cost)
+    else:  # no dataset size: the rates that do not depend on it (cost per token, seconds per token)
+        s_per_token = c.step_s / (c.global_seqs * seq_len)
+        primary, secondary = ((c.usd_per_mtok, s_per_token) if objective == "cost"
+                              else (s_per_token, c.usd_per_mtok))
+    c.settle(in_time & in_budget, primary)
     ok = c.fits & in_time & in_budget
-    primary, secondary = (c.cost, c.hours) if objective == "cost" else (c.hours, c.cost)
     if not ok.any():
         _raise_no_plan(c, spec.id, method, in_time, in_budget, deadline_hours, budget_usd, max_gpus, headroom)
 
@@ -516,12 +575,14 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
     _, first = np.unique(c.ki[idx], return_index=True)
     best = idx[first]
     best = best[np.lexsort((c.used[best], c.si[best], secondary[best], primary[best]))][:top]
-    plans = [c.plan(rank, j, spot) for rank, j in enumerate(best, start=1)]
+    plans = [c.plan(rank, j, spot, sized) for rank, j in enumerate(best, start=1)]
     rejected = _rejected(c, in_time, in_budget, primary, deadline_hours, budget_usd, float(primary[best[0]]),
                          top, headroom)
     notes = []
     if unpriced:
         notes.append(f"no {'spot' if spot else 'on-demand'} price for {', '.join(unpriced)}: left out")
+    if not sized:
+        notes.append(DATASET_HINT)
     if method == "auto":
         notes.append("method auto ranks full/LoRA/QLoRA by the objective only, not by model quality")
     return Recommendation(
@@ -549,6 +610,26 @@ def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.Mo
     return replace(st, gap_fsdp=gaps)
 
 
+def _fsdp_gaps_screened(spec: ModelSpec, opts_list: list[TrainingOptions], ci: np.ndarray, si: np.ndarray,
+                        n: np.ndarray, ga: np.ndarray, pending: dict[int, tuple[int, int]]) -> np.ndarray:
+    """:func:`_with_fsdp_gaps`' gap_fsdp without running a simulation: gaps already simulated in this process
+    are filled in, the others are 0 and recorded in ``pending`` (candidate -> (configuration, GPU count))."""
+    from ftcalc.parallel import cached_fsdp_gap_bytes, fsdp_gap_simulated
+
+    gaps = np.full(len(ci), np.nan)
+    for k in np.flatnonzero((si == sh.FSDP) & (np.asarray(ga) == 1)):
+        opts, num = opts_list[ci[k]], int(n[k])
+        if not fsdp_gap_simulated(spec, opts, num):
+            continue
+        g = cached_fsdp_gap_bytes(spec, opts, num)
+        if g is None:
+            gaps[k] = 0.0
+            pending[int(k)] = (int(ci[k]), num)
+        else:
+            gaps[k] = g
+    return gaps
+
+
 class _Candidates:
     """Every (configuration, sharding, offer) that makes sense, evaluated at once: one array element each.
 
@@ -559,8 +640,10 @@ class _Candidates:
 
     def __init__(self, spec: ModelSpec, opts_list: list[TrainingOptions], states: sh.ModelStates,
                  times: StepParts, gpus: list[GPU], offers: _Offers, target: int,
-                 seq_len: int, total_tokens: float, headroom: float, a: sh.Assumptions) -> None:
+                 seq_len: int, total_tokens: float, headroom: float, a: sh.Assumptions,
+                 pending: dict[int, tuple] | None = None) -> None:
         self.opts_list, self.states, self.gpus, self.offers, self.seq_len = opts_list, states, gpus, offers, seq_len
+        self.spec, self.a = spec, a
         ci, si, ki = (x.ravel() for x in np.meshgrid(np.arange(len(opts_list)), np.arange(len(sh.SHARDINGS)),
                                                      np.arange(len(offers)), indexing="ij"))
         n = offers.n[ki]
@@ -580,29 +663,32 @@ class _Candidates:
         self.gi = gi = offers.gpu_idx[ki]
         self.ga = ga = np.maximum(1.0, np.ceil(target / (mb * n)))
         self.global_seqs = mb * n * ga
-        st = _with_fsdp_gaps(spec, opts_list, states.take(ci), ci, si, n, ga)
-
         self.mem_cap = np.array([g.memory_bytes for g in gpus], dtype=float)[gi]
         self.usable = self.mem_cap * (1.0 - headroom)
-        self.used = sh.device_used_per_gpu(st, si, n, ga, a.nccl_buffer_bytes)
-        self.device_ok = device_ok = self.used <= self.usable
-        # CPU offload holds the model states in host RAM: 90 % of an assumed RAM per rented GPU
-        self.host_need = sh.host_bytes_offload(st)
         self.host_have = 0.9 * a.host_memory_bytes_per_gpu * offers.paid[ki]
-        host_ok = self.host_need <= self.host_have
-        self.offload = offload = si == sh.FSDP_OFFLOAD
-        self.offload_fits = device_ok & offload & host_ok
-        fits = device_ok & (~offload | host_ok)
-        if (fits & ~offload).any():  # CPU offload is the last resort
-            fits &= ~offload
-            self.considered = ~offload
+        self.offload = si == sh.FSDP_OFFLOAD
+        # Screening (``pending`` given): the allocator simulations are the cold cost (0.1-1 s each), and a gap
+        # only adds to device memory (reserved >= allocated, and device_used_per_gpu grows with every gap).
+        # So memory is first evaluated with 0 for every gap not yet simulated (a lower bound); a candidate whose
+        # lower bound is over its GPU does not fit whatever the gap, and only those that may fit are simulated
+        # (_screen). Messages that quote a non-fitting candidate's bytes simulate what they quote
+        # (exact_argmin). tests/test_screening.py checks the result equals the exhaustive evaluation.
+        screened = pending is not None  # else every gap is simulated here, as without screening
+        pending = pending or {}
+        self.pending_cfg_single: dict[int, tuple] = {c: v[:3] for c, v in pending.items() if v[3]}
+        self.pending_cfg_ddp: dict[int, tuple] = {c: v[:3] for c, v in pending.items() if v[4]}
+        self.pending_fsdp: dict[int, tuple[int, int]] = {}
+        st = states.take(ci)
+        if not screened:
+            self._gap_fsdp = _with_fsdp_gaps(spec, opts_list, st, ci, si, n, ga).gap_fsdp
         else:
-            self.considered = np.ones_like(fits)
-        self.fits = fits
+            self._gap_fsdp = _fsdp_gaps_screened(spec, opts_list, ci, si, n, ga, self.pending_fsdp)
+        self._evaluate()
 
         link_eff = np.array([sh.link_efficiency(g.interconnect, a) for g in gpus])[gi]
         bw = sh.comm_bandwidth_bytes_per_s(np.array([g.interconnect_gbps for g in gpus])[gi], link_eff,
                                            np.array([g.p2p for g in gpus])[gi], offers.instances[ki], a)
+        st = self._st
         parts = times.take(ci, gi)
         self.host_ratio = parts.host_launch_ratio  # HOST_BOUND_NOTE / NEAR_HOST_BOUND_NOTE (throughput.host_note)
         self.step_s, self.compute_s = sh.step_seconds_parallel(
@@ -617,12 +703,110 @@ class _Candidates:
         runtime_s = self.start_s + train_s + self.ckpt_s
         self.hours = runtime_s / 3600.0
         self.cost = _billed_cost(offers.usd_per_hour[ki], runtime_s, offers.granularity[ki], offers.minimum[ki])
+        # training alone, per million trained tokens: what ranks plans when no dataset size is given
+        self.usd_per_mtok = offers.usd_per_hour[ki] * self.step_s / 3600.0 / (self.global_seqs * seq_len) * 1e6
+
+    def _evaluate(self) -> None:
+        """Memory per GPU and the fit of every candidate from the gaps known now (pending ones at 0)."""
+        ci, si, n, ga = self.ci, self.si, self.n, self.ga
+        self._st = st = replace(self.states.take(ci), gap_fsdp=self._gap_fsdp)
+        self.used = sh.device_used_per_gpu(st, si, n, ga, self.a.nccl_buffer_bytes)
+        self.device_ok = device_ok = self.used <= self.usable
+        # CPU offload holds the model states in host RAM: 90 % of an assumed RAM per rented GPU
+        self.host_need = sh.host_bytes_offload(st)
+        host_ok = self.host_need <= self.host_have
+        offload = self.offload
+        self.offload_fits = device_ok & offload & host_ok
+        fits = device_ok & (~offload | host_ok)
+        if (fits & ~offload).any():  # CPU offload is the last resort
+            fits &= ~offload
+            self.considered = ~offload
+        else:
+            self.considered = np.ones_like(fits)
+        self.fits = fits
+        # which candidates' memory still rests on a gap not simulated: one GPU and FSDP without its own
+        # simulated gap read gap_single, DDP reads gap_ddp, FSDP with a simulated sequence its gap_fsdp
+        fsdp_sim = np.zeros(len(ci), dtype=bool)
+        fsdp_sim[list(self.pending_fsdp)] = True
+        fsdp_sim |= ~np.isnan(self._gap_fsdp)
+        uses_single = (si == sh.SINGLE) | (((si == sh.FSDP) | (si == sh.FSDP_GRAD_OP)) & ~fsdp_sim)
+        pend = np.zeros(len(ci), dtype=bool)
+        if self.pending_cfg_single:
+            pend |= uses_single & np.isin(ci, list(self.pending_cfg_single))
+        if self.pending_cfg_ddp:
+            pend |= (si == sh.DDP) & np.isin(ci, list(self.pending_cfg_ddp))
+        pend[list(self.pending_fsdp)] = True
+        self.pending = pend
+
+    def settle(self, allowed: np.ndarray, primary: np.ndarray) -> None:
+        """Simulate the gaps until the plans are what the exhaustive evaluation gives.
+
+        A pending candidate matters only if it may fit (its lower bound is within the GPU) and may be its offer's
+        choice: recommend picks, per offer, among the allowed fitting candidates within SIMPLER_WITHIN of the
+        offer's best objective, so one whose objective is over that bound for a candidate already known to fit
+        there cannot be picked nor move the bound. Offers with no known fit simulate every candidate that may
+        fit (their rejection reasons need exact verdicts), and so does everything while no candidate without
+        CPU offload is known to fit (the last-resort rule of offload depends on it)."""
+        while True:
+            if not (self.fits & ~self.offload & ~self.pending).any():
+                todo = self.pending & self.device_ok
+            else:
+                known = self.fits & ~self.pending & allowed
+                bound = np.full(len(self.offers), np.inf)
+                np.minimum.at(bound, self.ki[known], primary[known])
+                todo = self.pending & self.device_ok & (primary <= bound[self.ki] * (1 + SIMPLER_WITHIN))
+            if not todo.any():
+                return
+            # per offer, the most promising first: once it is known to fit, it bounds the others
+            idx = np.flatnonzero(todo)
+            idx = idx[np.lexsort((primary[idx], self.ki[idx]))]
+            _, first = np.unique(self.ki[idx], return_index=True)
+            self.resolve(idx[first])
+
+    def resolve(self, idx: Sequence[int] | np.ndarray, single_cfgs: Sequence[int] = ()) -> None:
+        """Simulate the gaps candidates ``idx`` rest on (each configuration and GPU count once), and the
+        one-GPU gaps of configurations ``single_cfgs``; re-evaluate."""
+        from ftcalc.parallel import simulated_fsdp_gap_bytes
+
+        single, ddp = self.states.gap_single.copy(), self.states.gap_ddp.copy()
+        for c in single_cfgs:
+            if c in self.pending_cfg_single:
+                arch, opts1, peak = self.pending_cfg_single.pop(c)
+                single[c] = (peak + _simulated_gap(arch, opts1, False)) - peak
+        for j in idx:
+            c, si = int(self.ci[j]), int(self.si[j])
+            if j in self.pending_fsdp:
+                key = self.pending_fsdp[j]
+                g = simulated_fsdp_gap_bytes(self.spec, self.opts_list[c], key[1])
+                for k in [k for k, v in self.pending_fsdp.items() if v == key]:
+                    self._gap_fsdp[k] = g
+                    del self.pending_fsdp[k]
+            elif si == sh.DDP and c in self.pending_cfg_ddp:
+                arch, opts1, _ = self.pending_cfg_ddp.pop(c)
+                ddp[c] = _simulated_gap(arch, opts1, True)
+            elif c in self.pending_cfg_single:
+                arch, opts1, peak = self.pending_cfg_single.pop(c)
+                single[c] = (peak + _simulated_gap(arch, opts1, False)) - peak  # as estimate_memory's reserved - peak
+        self.states = replace(self.states, gap_single=single, gap_ddp=ddp)
+        self._evaluate()
+
+    def exact_argmin(self, mask: np.ndarray, divisor: np.ndarray | None = None) -> int:
+        """The candidate of ``mask`` with the least device memory (or memory / ``divisor``), first on ties,
+        as an exhaustive evaluation finds it: pending candidates sit at their lower bound, so while one is the
+        least it is simulated, until the least is exact."""
+        idx = np.flatnonzero(mask)
+        while True:
+            vals = self.used[idx] if divisor is None else (self.used / divisor)[idx]
+            j = int(idx[np.argmin(vals)])
+            if not self.pending[j]:
+                return j
+            self.resolve([j])
 
     def where(self, j: int) -> str:
         ch = self.offers.choices[self.ki[j]]
         return f"{_label(self.gpus[self.gi[j]].gpu, self.n[j])} at {ch.provider} {ch.instance_type}"
 
-    def plan(self, rank: int, j: int, spot: bool) -> Plan:
+    def plan(self, rank: int, j: int, spot: bool, sized: bool = True) -> Plan:
         ch = self.offers.choices[self.ki[j]]
         opts = self.opts_list[self.ci[j]]
         n, si = int(self.n[j]), int(self.si[j])
@@ -649,9 +833,13 @@ class _Candidates:
             usable_memory_bytes=int(self.usable[j]),
             tokens_per_second=float(tokens_step / self.step_s[j]),
             tokens_per_second_per_gpu=float(tokens_step / self.step_s[j] / n),
-            scaling_efficiency=float(self.compute_s[j] / self.step_s[j]), optimizer_steps=int(self.steps[j]),
-            startup_hours=float(self.start_s / 3600.0), checkpoint_hours=float(self.ckpt_s[j] / 3600.0),
-            est_hours=float(self.hours[j]), est_cost_usd=round(float(self.cost[j]), 2),
+            scaling_efficiency=float(self.compute_s[j] / self.step_s[j]),
+            usd_per_million_tokens=round(float(self.usd_per_mtok[j]), 4),
+            optimizer_steps=int(self.steps[j]) if sized else None,
+            startup_hours=float(self.start_s / 3600.0),
+            checkpoint_hours=float(self.ckpt_s[j] / 3600.0) if sized else None,
+            est_hours=float(self.hours[j]) if sized else None,
+            est_cost_usd=round(float(self.cost[j]), 2) if sized else None,
             price_source=ch.source, price_date=ch.date, notes=notes)
 
 
@@ -664,7 +852,8 @@ def _memory_reason(c: _Candidates, mine: np.ndarray, headroom: float) -> tuple[s
     j = int(np.flatnonzero(mine)[0])
     g, n = c.gpus[c.gi[j]], c.n[j]
     plain = mine & ~c.offload
-    need = float(c.used[plain].min()) if plain.any() else float(c.used[mine].min())
+    least = c.exact_argmin(plain if plain.any() else mine)  # may simulate, replacing c.used: read it after
+    need = float(c.used[least])
     tail = f" ({c.usable[j] / GB:.1f} GB usable with {headroom:.0%} headroom)" if headroom else ""
     text = f"{_label(g.gpu, n)}: needs {need / GB:.1f} GB per GPU, has {g.memory_bytes / GB:.1f} GB{tail}"
     if (c.offload_fits & mine).any():
@@ -737,7 +926,7 @@ def _raise_no_plan(c: _Candidates, model_id: str, method: str, in_time, in_budge
     if not fits.any():
         # the GPU type and count that comes closest without offload
         plain = ~c.offload
-        j = int(np.flatnonzero(plain)[np.argmin((c.used / c.usable)[plain])]) if plain.any() else 0
+        j = c.exact_argmin(plain, c.usable) if plain.any() else 0
         mine = (c.gi == c.gi[j]) & (c.n == c.n[j])
         reason, _ = _memory_reason(c, mine, headroom)
         how = ("even sharded (FSDP; the recipe does not offload 4-bit weights)" if method == "qlora"
@@ -788,10 +977,19 @@ def _gpus_to_fit(c: _Candidates, headroom: float) -> tuple[str, int] | None:
     st = c.states.take(cfg)
     qlora = np.array([c.opts_list[i].method == "qlora" for i in cfg])  # not offloaded by the recipe
     for shard in (sh.FSDP, sh.FSDP_OFFLOAD):
-        used = sh.device_used_per_gpu(st, shard, counts, 1, a.nccl_buffer_bytes)
-        ok = used <= g.memory_bytes * (1 - headroom)
-        if shard == sh.FSDP_OFFLOAD:
-            ok &= (sh.host_bytes_offload(st) <= 0.9 * a.host_memory_bytes_per_gpu * counts) & ~qlora
-        if ok.any():
-            return g.gpu, int(counts[ok].min())
+        while True:
+            used = sh.device_used_per_gpu(st, shard, counts, 1, a.nccl_buffer_bytes)
+            ok = used <= g.memory_bytes * (1 - headroom)
+            if shard == sh.FSDP_OFFLOAD:
+                ok &= (sh.host_bytes_offload(st) <= 0.9 * a.host_memory_bytes_per_gpu * counts) & ~qlora
+            if not ok.any():
+                break
+            least = ok & (counts == counts[ok].min())
+            # FSDP without a simulated sequence reads gap_single: at 0 where not simulated yet (a lower bound),
+            # so the fewest GPUs is exact once one configuration that fits there has its gap
+            open_cfg = [int(i) for i in cfg[least] if int(i) in c.pending_cfg_single]
+            if shard == sh.FSDP_OFFLOAD or len(open_cfg) < least.sum():
+                return g.gpu, int(counts[least][0])
+            c.resolve([], single_cfgs=open_cfg)
+            st = c.states.take(cfg)
     return None

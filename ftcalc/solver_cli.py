@@ -1,6 +1,7 @@
 """``ftcalc recommend``: the command-line face of ftcalc.solver.recommend.
 
-    ftcalc recommend --model 70b --method qlora --dataset-tokens 100M
+    ftcalc recommend --model 70b --method qlora                          # ranked per million tokens
+    ftcalc recommend --model 70b --method qlora --dataset-tokens 100M    # with hours and total cost
     ftcalc recommend --model 8b --method auto --examples 20000 --avg-tokens 600 --deadline 8h --budget 50 --json
     python -m ftcalc.solver_cli recommend ...      # the same, before the command is wired into ftcalc.cli
 
@@ -56,7 +57,8 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["full", "lora", "qlora", "auto"], default="lora",
                    help="fine-tuning method; auto ranks all three by the objective alone (default lora)")
     data = p.add_argument_group("dataset (tokens per epoch, packed)")
-    data.add_argument("--dataset-tokens", type=parse_tokens, help="tokens per epoch: 100M, 2.5B, 50000")
+    data.add_argument("--dataset-tokens", type=parse_tokens,
+                      help="tokens per epoch: 100M, 2.5B, 50000 (without a size, plans are ranked per million tokens)")
     data.add_argument("--examples", type=int, help="number of examples (with --avg-tokens)")
     data.add_argument("--avg-tokens", type=float, help="mean tokens per example (truncated at --seq-len)")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default 1)")
@@ -135,12 +137,16 @@ def format_recommendation(rec: Any) -> str:
         cons.append(f"deadline {rec.deadline_hours:g} h")
     if rec.budget_usd is not None:
         cons.append(f"budget ${rec.budget_usd:,.2f}")
-    lines = _wrap(f"{rec.model}, {rec.method}, {_tokens(rec.dataset_tokens)} tokens x {rec.epochs:g} epoch(s), "
+    sized = rec.dataset_tokens is not None
+    data = (f"{_tokens(rec.dataset_tokens)} tokens x {rec.epochs:g} epoch(s)" if sized
+            else "no dataset size (cost per million tokens)")
+    lines = _wrap(f"{rec.model}, {rec.method}, {data}, "
                   f"seq {rec.seq_len}, global batch {rec.global_batch_size} sequences; {prices} prices, ranked by "
                   f"{rec.objective}" + (f"; {', '.join(cons)}" if cons else ""), indent="")
     lines += [
         "",
-        f"{'#':>2}  {'provider instance':<32} {'GPUs (of paid)':<21} {'hours':>7} {'cost USD':>11}",
+        f"{'#':>2}  {'provider instance':<32} {'GPUs (of paid)':<21} {'hours':>7} {'cost USD':>11}" if sized else
+        f"{'#':>2}  {'provider instance':<32} {'GPUs (of paid)':<21} {'USD/h':>7} {'USD/Mtok':>11}",
         f"{'':2}  {'method':<6} {'batch x accum':<13} {'ckpt':<4} {'sharding':<12} {'GiB/GPU used/total':>18}"
         f" {'tokens/s':>9}",
         "-" * 79,
@@ -149,7 +155,11 @@ def format_recommendation(rec: Any) -> str:
         paid = f" of {p.gpus_paid}" if p.gpus_paid > p.num_gpus else ""
         gpus = f"{p.num_gpus}{paid}x {p.gpu}"
         where = f"{p.provider} {p.instance_type}"
-        lines.append(f"{p.rank:>2}  {where[:32]:<32} {gpus[:21]:<21} {p.est_hours:>7.1f} {p.est_cost_usd:>11,.2f}")
+        if sized:
+            lines.append(f"{p.rank:>2}  {where[:32]:<32} {gpus[:21]:<21} {p.est_hours:>7.1f} {p.est_cost_usd:>11,.2f}")
+        else:
+            lines.append(f"{p.rank:>2}  {where[:32]:<32} {gpus[:21]:<21} {p.usd_per_hour:>7.2f} "
+                         f"{p.usd_per_million_tokens:>11,.3f}")
         mem = f"{p.device_used_bytes / GIB:.1f} / {p.gpu_memory_bytes / GIB:.1f}"
         lines.append(f"{'':2}  {p.method:<6} {f'{p.micro_batch_size} x {p.grad_accum}':<13} "
                      f"{'on' if p.gradient_checkpointing else 'off':<4} {p.sharding:<12} {mem:>18} "
@@ -163,12 +173,17 @@ def format_recommendation(rec: Any) -> str:
             lines += _wrap(r.reason, indent="  - ")
     lines += [""]
     foot = ("GiB = 2^30 bytes, GB = 10^9 bytes; hours include start-up and checkpoint saves; cost is every "
-            "rented instance for that time, billed as the provider bills. Multi-GPU figures are validated on "
-            "2x, 4x and 8xH200 only (docs/multi-gpu.md).")
+            "rented instance for that time, billed as the provider bills." if sized else
+            "GiB = 2^30 bytes; USD/Mtok = price per hour / trained tokens per hour x 10^6 (training alone: no "
+            "start-up, checkpoint saves or billing minimum).")
+    foot += " Multi-GPU figures are validated on 2x, 4x and 8xH200 only (docs/multi-gpu.md)."
     lines += textwrap.wrap(foot, WIDTH)
     for note in rec.notes:
-        lines += textwrap.wrap("Note: " + note, WIDTH)
+        if note != solver.DATASET_HINT:
+            lines += textwrap.wrap("Note: " + note, WIDTH)
     lines += textwrap.wrap(f"Coefficients: {rec.coefficients}", WIDTH)
+    if not sized:
+        lines.append("Hours and total cost: add --dataset-tokens (e.g. --dataset-tokens 100M).")
     return "\n".join(lines)
 
 

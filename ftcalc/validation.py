@@ -46,7 +46,7 @@ _POSITIVE_DESTS = frozenset({
 # Upper bounds past which a value is a typo, not a plan (and products of it overflow): a million passes over the
 # data; seeds as numpy's RandomState takes them (< 2^32); a learning rate above 10 diverges in any optimizer here
 MAX_EPOCHS = 1_000_000
-_UPPER = {"epochs": MAX_EPOCHS, "num_epochs": MAX_EPOCHS, "seed": 2**32 - 1, "learning_rate": 10.0}
+_UPPER = {"epochs": MAX_EPOCHS, "num_epochs": MAX_EPOCHS, "seed": 2**32 - 1, "learning_rate": 10.0, "lora_r": 65536}
 
 
 @contextlib.contextmanager

@@ -12,8 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {
     "estimate": [["estimate", "--model", "8b", "--method", "qlora", "--seq-len", "4096", "--batch-size", "2", "--gpu", "h100",
-                  "--dataset-tokens", "50M"]],
-    "recommend": [["recommend", "--model", "70b", "--method", "qlora", "--dataset-tokens", "50M"]],
+                  "--dataset-tokens", "50M"],
+                 ["estimate", "--model", "70b", "--method", "full", "--gpu", "h100", "--check"]],
+    "recommend": [["recommend", "--model", "70b", "--method", "qlora"],
+                  ["recommend", "--model", "70b", "--method", "qlora", "--dataset-tokens", "50M"]],
     "fit": [["fit", "--model", "8b", "--method", "qlora", "--gpu", "rtx-4090", "--maximize", "seq-len"],
             ["fit", "--model", "70b", "--method", "qlora", "--seq-len", "8192", "--minimize", "gpu"]],
     "models": [["models", "--filter", "llama"]],

@@ -292,3 +292,55 @@ def test_simulated_fsdp_rank_matches_measured_gap():
     # e-005 (2 x H200, rank 0): peak allocated 37.48 GiB, reserved - allocated 16.13 GiB
     assert abs(sim.peak_allocated / 2**30 - 37.48) < 0.2
     assert abs(sim.gap / 2**30 - 16.13) < 0.5
+
+
+def _random_requests(seed: int, n: int = 3000) -> list[tuple]:
+    import random
+
+    rng = random.Random(seed)
+    live: list[int] = []
+    req: list[tuple] = []
+    sizes = [1, 511, 512, 4000, 1 << 20, (1 << 20) + 1, 3 << 20, 9 << 20, 10 << 20, 25 << 20, 130 << 20]
+    for i in range(n):
+        if live and rng.random() < 0.45:
+            req.append(("free", live.pop(rng.randrange(len(live))), 0))
+        elif rng.random() < 0.01:
+            req.append(("reset", 0, 0))
+        else:
+            size = rng.choice(sizes) + rng.randrange(0, 1 << 16) * rng.randrange(0, 2)
+            req.append(("alloc", i, size, rng.choice((0, 0, 1, 2))))
+            live.append(i)
+    return req
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_simulate_peaks_equals_the_allocator_on_random_sequences(seed):
+    from ftcalc.allocator import simulate_peaks
+
+    req = _random_requests(seed)
+    r = simulate(req, CachingAllocator())
+    assert simulate_peaks(req) == (r.peak_reserved, r.peak_allocated, r.allocator.reserved_by_stream())
+
+
+@pytest.mark.parametrize("model, method, n", [("llama3.2-1b", "full", 1), ("8b", "full", 4), ("8b", "lora", 2),
+                                              ("8b", "qlora", 4)])
+def test_simulate_peaks_equals_the_allocator_on_planner_sequences(model, method, n):
+    from ftcalc.alloc_sequence import step_sequence
+    from ftcalc.alloc_sequence_adapter import adapter_fsdp_step_sequence
+    from ftcalc.alloc_sequence_fsdp import fsdp_step_sequence
+    from ftcalc.allocator import simulate_peaks
+    from ftcalc.catalog import resolve_model
+    from ftcalc.options import make_options
+
+    spec = resolve_model(model)
+    opts = make_options(method=method, seq_len=1024, batch_size=2)
+    if method == "qlora":
+        opts = opts.model_copy(update={"qlora_fp32_upcast": False})
+    if n == 1:
+        req = step_sequence(spec, opts, 2, ddp=True)
+    elif method == "full":
+        req = fsdp_step_sequence(spec, opts, n, 2, True)
+    else:
+        req = adapter_fsdp_step_sequence(spec, opts, n, 2, True)
+    r = simulate(req, CachingAllocator())
+    assert simulate_peaks(req) == (r.peak_reserved, r.peak_allocated, r.allocator.reserved_by_stream())

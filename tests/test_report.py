@@ -26,3 +26,15 @@ def test_recommend_plot(tmp_path):
     out = tmp_path / "pareto.svg"
     assert main(["recommend", "--model", "8b", "--method", "lora", "--dataset-tokens", "10M", "--plot", str(out)]) == 0
     assert out.read_text().lstrip().startswith("<?xml")
+
+
+def test_report_and_plot_without_a_dataset_size(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "rate.md"
+    assert main(["report", "--model", "8b", "--method", "lora", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "per million trained tokens" in text and "usd_per_million_tokens" in text and "est_cost_usd" not in text
+    assert (tmp_path / "rate_files" / "pareto.png").stat().st_size > 5000
+    svg = tmp_path / "rate.svg"
+    assert main(["recommend", "--model", "8b", "--method", "lora", "--plot", str(svg)]) == 0
+    assert svg.read_text().lstrip().startswith("<?xml")

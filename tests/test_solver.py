@@ -342,7 +342,9 @@ def test_bad_inputs_are_reported_together():
     for part in ("method='qlra'", "objective='speed'", "top=0", "dataset_tokens=-5"):
         assert part in msg
     with pytest.raises(InvalidArgumentError, match="--dataset-tokens"):
-        recommend("8b")
+        recommend("8b", budget_usd=100)  # a budget means nothing without the dataset size
+    with pytest.raises(InvalidArgumentError, match="--avg-tokens"):
+        recommend("8b", examples=1000)
     with pytest.raises(UnknownGPUError, match="h1000"):
         recommend("8b", dataset_tokens=1_000_000, gpu="h1000")
     with pytest.raises(solver.UnknownProviderError, match="awz.*aws"):
@@ -517,7 +519,8 @@ def test_table_is_readable_at_80_columns(capsys):
      "h100-sxm x1: needs"),
     (["--model", "70b", "--method", "qlora", "--dataset-tokens", "1B", "--deadline", "1h"], "deadline"),
     (["--model", "70b", "--method", "qlora", "--dataset-tokens", "1B", "--budget", "1"], "budget"),
-    (["--model", "8b"], "dataset size is missing"),
+    (["--model", "8b", "--examples", "1000"], "dataset size is missing"),
+    (["--model", "8b", "--deadline", "8h"], "needs the dataset size"),
 ])
 def test_errors_exit_2_with_one_line(capsys, argv, text):
     code, out, err = _cli(capsys, *argv)
@@ -585,3 +588,22 @@ def test_shard_grad_op_sits_between_full_shard_and_ddp():
     assert e["fsdp_grad_op"].step_seconds < e["fsdp"].step_seconds
     rec = recommend("8b", method="full", dataset_tokens=10_000_000, gpu="h200", top=20)
     assert all(p.sharding != "fsdp_grad_op" for p in rec.plans)  # not measured yet: never recommended
+
+
+def test_without_a_dataset_size_plans_are_ranked_per_million_tokens():
+    rec = recommend("8b", method="lora", top=6)
+    assert rec.dataset_tokens is None and solver.DATASET_HINT in rec.notes
+    rates = [p.usd_per_million_tokens for p in rec.plans]
+    assert rates == sorted(rates)
+    for p in rec.plans:
+        assert p.est_hours is None and p.est_cost_usd is None and p.optimizer_steps is None
+        # price per hour over trained tokens per hour, independently of the solver's arrays
+        assert p.usd_per_million_tokens == pytest.approx(p.usd_per_hour / (p.tokens_per_second * 3600) * 1e6,
+                                                         abs=1e-4)
+    fast = recommend("8b", method="lora", top=6, objective="time")
+    speeds = [p.tokens_per_second for p in fast.plans]
+    assert speeds == sorted(speeds, reverse=True)
+    assert fast.plans[0].tokens_per_second > rec.plans[0].tokens_per_second
+    # with a dataset size the same field is there, and the ranking is by billed cost
+    sized = recommend("8b", method="lora", dataset_tokens=50_000_000, top=6)
+    assert all(p.usd_per_million_tokens > 0 and p.est_cost_usd is not None for p in sized.plans)
