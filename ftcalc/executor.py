@@ -428,7 +428,7 @@ class _Runner:
         self.accelerator = recipe.make_accelerator(
             self.model_spec, dist.strategy, reshard_after_forward=f.reshard_after_forward,
             offload_params=f.offload_params, state_dict_type=f.state_dict_type,
-            cpu_ram_efficient_loading=f.cpu_ram_efficient_loading)
+            cpu_ram_efficient_loading=f.cpu_ram_efficient_loading, cpu=self.spec.hardware.device == "cpu")
 
     def execute(self) -> dict[str, Any]:
         from ftcalc.catalog import resolve_model
