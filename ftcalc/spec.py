@@ -524,7 +524,8 @@ def emit_skypilot_task(spec: TrainingSpec, spec_name: str = "spec.yaml", setup: 
                    f"{p.hours or 0:.2f} h, ${p.cost_usd or 0:,.2f}.\n")
     keep = ("# Checkpoints go to the bucket mounted at " + out.rsplit("/", 1)[0] + ": a recovered spot job resumes.\n"
             if file_mounts and any(out.startswith(k + "/") for k in file_mounts) else
-            f"# Checkpoints stay in '{out}' on node 0's disk (ftcalc plan --checkpoint-url puts them in a bucket).\n")
+            f"# Checkpoints stay in '{out}' on {'node 0' if hw.num_nodes > 1 else 'the node'}'s disk (ftcalc plan "
+            "--checkpoint-url puts them in a bucket).\n")
     head = (f"# SkyPilot task for this ftcalc spec, written by ftcalc plan --emit skypilot.\n{planned}"
             f"#   sky launch -c ftcalc THIS_FILE        (or: sky jobs launch THIS_FILE for managed spot)\n"
             f"# The workdir (this folder: {spec_name}, its data, ftcalc's wheel in {WHEEL_DIR}/) is synced to every "
