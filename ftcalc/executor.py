@@ -428,7 +428,7 @@ class _Runner:
         self.accelerator = recipe.make_accelerator(
             self.model_spec, dist.strategy, reshard_after_forward=f.reshard_after_forward,
             offload_params=f.offload_params, state_dict_type=f.state_dict_type,
-            cpu_ram_efficient_loading=f.cpu_ram_efficient_loading)
+            cpu_ram_efficient_loading=f.cpu_ram_efficient_loading, cpu=self.spec.hardware.device == "cpu")
 
     def execute(self) -> dict[str, Any]:
         from ftcalc.catalog import resolve_model
@@ -1026,33 +1026,64 @@ def spec_with_absolute_paths(spec: TrainingSpec, spec_path: str | Path | None) -
     })
 
 
+def node_rendezvous(hw: Any, environ: Any = None) -> tuple[list[str], int]:
+    """torchrun's rendezvous arguments for this node, and the node's rank.
+
+    One node: ``--standalone``. Several: SkyPilot's variables on every node (docs.skypilot.co,
+    running-jobs/distributed-jobs): ``SKYPILOT_NODE_IPS`` (one IP a line, the head node first),
+    ``SKYPILOT_NUM_NODES``, ``SKYPILOT_NODE_RANK``, ``SKYPILOT_NUM_GPUS_PER_NODE``; the head node's
+    ``MASTER_PORT`` (default 29500) hosts torchrun's static rendezvous.
+    """
+    env = os.environ if environ is None else environ
+    if hw.num_nodes == 1:
+        return ["--standalone", "--nnodes=1"], 0
+    missing = [k for k in ("SKYPILOT_NODE_IPS", "SKYPILOT_NODE_RANK") if not env.get(k)]
+    if missing:
+        raise InvalidArgumentError(
+            f"this spec runs on {hw.num_nodes} nodes but {' and '.join(missing)} is not set: start it with the "
+            "SkyPilot task of `ftcalc plan --emit skypilot` (or set SKYPILOT_NODE_IPS, SKYPILOT_NUM_NODES and "
+            "SKYPILOT_NODE_RANK on every node)")
+    ips = env["SKYPILOT_NODE_IPS"].split()
+    nodes = int(env.get("SKYPILOT_NUM_NODES") or len(ips))
+    if nodes != hw.num_nodes or len(ips) != nodes:
+        raise InvalidArgumentError(f"hardware.num_nodes is {hw.num_nodes} but SkyPilot started {nodes} node(s) with "
+                                   f"{len(ips)} IP(s) in SKYPILOT_NODE_IPS; plan again with --num-nodes {nodes}")
+    rank = int(env["SKYPILOT_NODE_RANK"])
+    if not 0 <= rank < nodes:
+        raise InvalidArgumentError(f"SKYPILOT_NODE_RANK {rank}: expected 0 to {nodes - 1}")
+    gpus = env.get("SKYPILOT_NUM_GPUS_PER_NODE")
+    if hw.device == "cuda" and gpus and int(gpus) != hw.num_gpus:
+        raise InvalidArgumentError(f"hardware.num_gpus is {hw.num_gpus} but SKYPILOT_NUM_GPUS_PER_NODE is {gpus}; "
+                                   f"plan again with --num-gpus {gpus}")
+    port = env.get("MASTER_PORT") or "29500"
+    return [f"--nnodes={nodes}", f"--node_rank={rank}", f"--master_addr={ips[0]}", f"--master_port={port}"], rank
+
+
 def _relaunch(spec: TrainingSpec, spec_path: Path | None, out: Path, *, resume: bool, force: bool, record: bool,
               record_file: str | None, log: Callable[[str], None]) -> dict[str, Any]:
-    """Start one process per GPU under torchrun (this machine), forward SIGTERM/SIGINT, wait, read the report."""
+    """Start this node's processes under torchrun (one per GPU; on cpu ``num_gpus`` processes over gloo), forward
+    SIGTERM/SIGINT, wait, read the report. Several nodes: :func:`node_rendezvous`."""
     hw = spec.hardware
-    if hw.num_nodes > 1:
-        raise InvalidArgumentError(
-            f"this spec runs on {hw.num_nodes} nodes: start `python -m torch.distributed.run ... -m ftcalc.executor` "
-            "on every node (`ftcalc plan --emit skypilot` writes the SkyPilot task that does it)")
-    if hw.device != "cuda":
-        raise InvalidArgumentError("several processes need hardware.device cuda")
-    import torch
+    rendezvous, node_rank = node_rendezvous(hw)
+    if hw.device == "cuda":
+        import torch
 
-    have = torch.cuda.device_count()
-    if have < hw.num_gpus:
-        raise InvalidArgumentError(f"hardware.num_gpus is {hw.num_gpus} but this machine has {have} CUDA GPU(s); "
-                                   f"plan again with --num-gpus {max(1, have)}")
+        have = torch.cuda.device_count()
+        if have < hw.num_gpus:
+            raise InvalidArgumentError(f"hardware.num_gpus is {hw.num_gpus} but this machine has {have} CUDA GPU(s); "
+                                       f"plan again with --num-gpus {max(1, have)}")
     inspect_output_dir(out, spec, resume, spec_path)  # fail here, once, rather than in every process
     with tempfile.TemporaryDirectory(prefix="ftcalc-launch-") as tmp:
         launch_spec = Path(tmp) / "spec.yaml"
         save_spec(spec_with_absolute_paths(spec, spec_path), launch_spec)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+        cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous,
                f"--nproc_per_node={hw.num_gpus}", "-m", "ftcalc.executor", str(launch_spec),
                "--output-dir", str(out.resolve())]
         cmd += ["--resume"] * resume + ["--force"] * force + ["--record"] * record
         if record_file:
             cmd += ["--record-file", record_file]
-        log(f"starting {hw.num_gpus} processes ({spec.distribution.strategy}): {' '.join(cmd)}")
+        where = f" on node {node_rank} of {hw.num_nodes}" if hw.num_nodes > 1 else ""
+        log(f"starting {hw.num_gpus} processes{where} ({spec.distribution.strategy}): {' '.join(cmd)}")
         proc = subprocess.Popen(cmd)
         forwarded: list[int] = []
 
@@ -1067,6 +1098,9 @@ def _relaunch(spec: TrainingSpec, spec_path: Path | None, out: Path, *, resume: 
             for sig, handler in old.items():
                 signal.signal(sig, handler)
     report = _read_report(out)
+    if rc == 0 and node_rank > 0 and not report:
+        log(f"node {node_rank}: its processes finished; rank 0 (node 0) writes the report to its output dir")
+        return {}
     if rc != 0 and forwarded and report.get("status") == "interrupted":
         return report  # torchrun exits non-zero after a signal even when every worker saved and exited 0
     if rc != 0:

@@ -95,16 +95,24 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     _bool_flag(w, "merge-adapter", "also save the base model with the adapter merged", default=False)
     p.add_argument("-o", "--output", help="spec file to write (.yaml or .json); default: print YAML")
     p.add_argument("--emit", action="append", choices=["accelerate", "skypilot"], default=[],
-                   help="also write accelerate_config.yaml / sky.yaml beside the spec (repeatable)")
+                   help="also write accelerate_config.yaml / sky.yaml beside the spec (repeatable; needs -o). "
+                        "skypilot also builds this ftcalc's wheel into ftcalc_dist/ and copies an outside dataset "
+                        "into ftcalc_data/ (docs/executor.md)")
+    p.add_argument("--data-url", help="with --emit skypilot: a bucket folder (s3://, gs://, r2://...) holding the "
+                                      "dataset file, mounted on every node instead of copying the file")
+    p.add_argument("--checkpoint-url", help="with --emit skypilot: a bucket folder mounted on every node for the "
+                                            "run's checkpoints, so a recovered spot job resumes")
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
     p.add_argument("--force", action="store_true",
-                   help="replace an existing -o file (or --emit file) that ftcalc did not write as a spec")
+                   help="replace an existing -o file (or --emit file) that ftcalc did not write as a spec; with "
+                        "--emit, also write the task when the estimator predicts the plan does not fit (its header "
+                        "then says so)")
     p.set_defaults(func=cmd_plan)
     return p
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from ftcalc.errors import InvalidArgumentError
+    from ftcalc.errors import DoesNotFitError, InvalidArgumentError
     from ftcalc.plan import make_spec
     from ftcalc.safe_write import SPEC_MARKERS, check_output, write_text
     from ftcalc.spec import dump_spec, emit_accelerate_config, emit_skypilot_task, save_spec
@@ -132,18 +140,47 @@ def cmd_plan(a: argparse.Namespace) -> int:
         spot=a.spot, provider=a.provider, from_recommendation=a.from_recommendation, max_gpus=a.max_gpus,
         objective=a.objective, notes=notes,
     )
+    emits = list(dict.fromkeys(a.emit))
+    if (a.data_url or a.checkpoint_url) and "skypilot" not in emits:
+        raise InvalidArgumentError("--data-url and --checkpoint-url are file mounts of the SkyPilot task: add "
+                                   "--emit skypilot")
+    if emits and not a.output:
+        raise InvalidArgumentError("--emit writes its files beside the spec: pass -o SPEC.yaml")
+    layout = None
+    if emits:
+        from ftcalc.launch import plan_fits, prepare_workdir
+
+        fits, why = plan_fits(spec, a.model)
+        if fits is False and not a.force:
+            raise DoesNotFitError(f"the estimator predicts this plan does NOT fit ({why}): no "
+                                  f"{' or '.join(emits)} file written; change the plan (ftcalc recommend), or pass "
+                                  "--force to write it anyway")
+        layout = prepare_workdir(spec, Path(a.output).resolve().parent, data_url=a.data_url,
+                                 checkpoint_url=a.checkpoint_url)
+        spec = layout.spec  # the spec as every node sees it: paths inside the workdir or on a mount
+        notes += layout.notes
+        does_not_fit = why if fits is False else None
     if a.output:
         path = save_spec(spec, a.output)
         print(f"wrote {path}", file=sys.stderr)
     else:
         print(dump_spec(spec, "json" if a.json else "yaml"), end="")
-    for kind in a.emit:
+    for kind in emits:
+        assert layout is not None
         if kind == "accelerate":
             from ftcalc.catalog import resolve_model
 
-            text = emit_accelerate_config(spec, resolve_model(a.model).arch.model_type)
+            text = emit_accelerate_config(spec, resolve_model(a.model).arch.model_type, spec_name=path.name,
+                                          output_dir=layout.output_dir)
         else:
-            text = emit_skypilot_task(spec, spec_name=Path(a.output).name if a.output else "spec.yaml")
+            from ftcalc.launch import WHEEL_DIR, build_wheel, setup_script, validated_versions
+
+            wheel = build_wheel(folder / WHEEL_DIR)
+            print(f"wrote {wheel}", file=sys.stderr)
+            text = emit_skypilot_task(spec, spec_name=path.name,
+                                      setup=setup_script(f"{WHEEL_DIR}/{wheel.name}", validated_versions()),
+                                      file_mounts=layout.file_mounts, output_dir=layout.output_dir,
+                                      does_not_fit=does_not_fit)
         target = write_text(targets[kind], text, marker=SPEC_MARKERS, inputs=inputs, force=a.force, what="spec")
         print(f"wrote {target}", file=sys.stderr)
     _print_summary(spec, notes, a.output)

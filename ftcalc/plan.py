@@ -164,14 +164,15 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
                      f"accumulation {rec.grad_accum}")
     if method not in ("full", "lora", "qlora"):
         raise InvalidArgumentError(f"--method {method}: expected full, lora or qlora (auto needs --from-recommendation)")
-    if device == "cpu":
-        if num_gpus * num_nodes > 1:
-            raise InvalidArgumentError("--device cpu runs one process: --num-gpus and --num-nodes must be 1")
+    if device == "cpu":  # --num-gpus counts processes per node: DDP over gloo (rehearsals of multi-node launches)
+        if num_gpus * num_nodes > 1 and distribution not in (None, "ddp"):
+            raise InvalidArgumentError(f"--device cpu with several processes runs DDP over gloo: --distribution "
+                                       f"ddp, not {distribution}")
         gpu = None
     world = num_gpus * num_nodes
     default_distribution = distribution is None
     if distribution is None:  # refined below for LoRA/QLoRA once the options are known (parallel.default_strategy)
-        distribution = "single" if world == 1 else ("fsdp" if method == "full" else "ddp")
+        distribution = "single" if world == 1 else ("fsdp" if method == "full" and device != "cpu" else "ddp")
     if init is None:
         init = "random" if mspec.id.startswith("ftcalc/") else "pretrained"
     if learning_rate is None:

@@ -198,16 +198,18 @@ def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", in
 
 def make_accelerator(spec: ModelSpec, strategy: str, reshard_after_forward: bool = True,
                      offload_params: bool = False, state_dict_type: str = "FULL_STATE_DICT",
-                     cpu_ram_efficient_loading: bool = False) -> Any:
+                     cpu_ram_efficient_loading: bool = False, cpu: bool = False) -> Any:
     """accelerate's Accelerator for ``ddp`` or ``fsdp`` (FSDP2, one unit per decoder layer), as
     ``accelerate launch`` with the matching config file sets it up. ``mixed_precision="no"``: the recipe
-    autocasts itself (the same numerics on one GPU and many)."""
+    autocasts itself (the same numerics on one GPU and many). ``cpu``: processes on the CPU over gloo;
+    accelerate makes a CPU launch ``MULTI_CPU`` only when asked (accelerate/state.py, _prepare_backend), and
+    otherwise leaves every process unwrapped and unsynchronized (``DistributedType.NO``)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
 
     from ftcalc.spec import DECODER_LAYER_CLASSES
 
-    kwargs: dict[str, Any] = {"mixed_precision": "no"}
+    kwargs: dict[str, Any] = {"mixed_precision": "no", "cpu": cpu}
     if strategy == "fsdp":
         layer = DECODER_LAYER_CLASSES.get(spec.arch.model_type)
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(

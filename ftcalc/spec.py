@@ -125,7 +125,7 @@ class TrainingSection(_Section):
 
 class HardwareSection(_Section):
     gpu: str | None = Field(None, description="GPU slug or alias the prediction is for (`ftcalc gpus`); null on CPU")
-    num_gpus: int = Field(1, gt=0, description="GPUs per node")
+    num_gpus: int = Field(1, gt=0, description="GPUs per node (device cpu: processes per node, DDP over gloo)")
     num_nodes: int = Field(1, gt=0)
     device: Literal["cuda", "cpu"] = "cuda"
 
@@ -212,8 +212,9 @@ class TrainingSpec(_Section):
         problems = []
         hw, dist = self.hardware, self.distribution
         if hw.device == "cpu":
-            if hw.world_size > 1:
-                problems.append("hardware.device cpu runs on one process: num_gpus and num_nodes must be 1")
+            if hw.world_size > 1 and dist.strategy != "ddp":
+                problems.append("hardware.device cpu with several processes runs DDP over gloo: set "
+                                "distribution.strategy ddp (or num_gpus and num_nodes 1)")
             if self.loss == "fused":
                 problems.append("loss fused needs a CUDA GPU (Liger kernels); use standard on cpu")
         if dist.strategy == "single" and hw.world_size > 1:
@@ -409,11 +410,30 @@ _SKYPILOT_ACCELERATORS = {
 }
 
 
-def emit_accelerate_config(spec: TrainingSpec, model_type: str | None = None) -> str:
+def accelerate_launch_line(spec: TrainingSpec, spec_name: str = "spec.yaml", config_name: str = "accelerate_config.yaml",
+                           output_dir: str | None = None) -> str:
+    """The shell line that starts this spec with ``accelerate launch`` on one node (SkyPilot's variables give the
+    node's rank and the head node's IP on several; ``MASTER_PORT`` defaults to 29500)."""
+    import shlex
+
+    out = shlex.quote(output_dir or spec.output.output_dir)
+    line = f"accelerate launch --config_file {shlex.quote(config_name)}"
+    if spec.hardware.num_nodes > 1:
+        line += (' --machine_rank "$SKYPILOT_NODE_RANK" --main_process_ip "$(echo "$SKYPILOT_NODE_IPS" | head -n1)"'
+                 ' --main_process_port "${MASTER_PORT:-29500}"')
+    return f"{line} -m ftcalc.executor {shlex.quote(spec_name)} --output-dir {out} --resume"
+
+
+def emit_accelerate_config(spec: TrainingSpec, model_type: str | None = None, spec_name: str = "spec.yaml",
+                           output_dir: str | None = None) -> str:
     """An accelerate config file (``accelerate launch --config_file``) for the spec's distribution.
 
     ``mixed_precision`` is ``no`` because the recipe applies bf16 autocast itself (ftcalc/recipe.py);
-    the FSDP section uses accelerate's FSDP2 keys (trl/accelerate_configs/fsdp2.yaml).
+    the FSDP section uses accelerate's FSDP2 keys (trl/accelerate_configs/fsdp2.yaml). Several processes
+    use accelerate's torchrun launcher (``MULTI_GPU``/``FSDP``) with a static rendezvous at the head node's
+    ``main_process_ip``/``main_process_port``, also for a cpu spec: accelerate launches ``use_cpu`` configs
+    of several machines through mpirun (accelerate/utils/launch.py, prepare_simple_launcher_cmd_env), while
+    under torchrun the executor keeps a cpu spec's processes on the CPU and accelerate picks gloo.
     """
     hw, dist = spec.hardware, spec.distribution
     cfg: dict[str, Any] = {
@@ -424,13 +444,11 @@ def emit_accelerate_config(spec: TrainingSpec, model_type: str | None = None) ->
         "num_processes": hw.world_size,
         "machine_rank": 0,
         "gpu_ids": "all",
-        "rdzv_backend": "static" if hw.num_nodes == 1 else "c10d",
+        "rdzv_backend": "static",
         "same_network": True,
-        "use_cpu": hw.device == "cpu",
+        "use_cpu": hw.device == "cpu" and hw.world_size == 1,
         "downcast_bf16": "no",
     }
-    if hw.device == "cpu":
-        cfg["distributed_type"] = "NO"
     if dist.strategy == "fsdp":
         f = dist.fsdp
         fsdp: dict[str, Any] = {
@@ -445,56 +463,73 @@ def emit_accelerate_config(spec: TrainingSpec, model_type: str | None = None) ->
         if model_type in DECODER_LAYER_CLASSES:
             fsdp["fsdp_transformer_layer_cls_to_wrap"] = DECODER_LAYER_CLASSES[model_type]
         cfg["fsdp_config"] = fsdp
+    where = "on every node" if hw.num_nodes > 1 else "in the spec's folder"
     head = ("# accelerate config for this ftcalc spec, written by ftcalc plan --emit accelerate.\n"
-            "# ftcalc run starts the processes itself; this file is for `accelerate launch --config_file THIS "
-            "-m ftcalc.executor SPEC`.\n")
+            "# ftcalc run starts the processes itself; this file is for starting them with accelerate, "
+            f"{where}:\n#   {accelerate_launch_line(spec, spec_name, output_dir=output_dir)}\n")
     return head + yaml.safe_dump(cfg, sort_keys=False)
 
 
-def emit_skypilot_task(spec: TrainingSpec, spec_name: str = "spec.yaml", setup: str | None = None) -> str:
-    """A SkyPilot task YAML: the GPUs, the node count, setup, and a run section starting ``ftcalc run``.
+def emit_skypilot_task(spec: TrainingSpec, spec_name: str = "spec.yaml", setup: str | None = None, *,
+                       file_mounts: dict[str, Any] | None = None, output_dir: str | None = None,
+                       does_not_fit: str | None = None) -> str:
+    """A SkyPilot task YAML: the GPUs (or CPUs), the node count, setup, file mounts, and ``ftcalc run``.
 
-    Every node runs torchrun with one process per GPU; SkyPilot's SKYPILOT_NODE_RANK,
-    SKYPILOT_NODE_IPS, SKYPILOT_NUM_NODES and SKYPILOT_NUM_GPUS_PER_NODE give the rendezvous
-    (https://docs.skypilot.co/en/latest/running-jobs/distributed-jobs.html). ``--resume`` makes a
-    recovered spot job continue from its newest complete checkpoint (keep output_dir on a bucket mount).
+    ``run`` is ``ftcalc run SPEC --resume`` on every node: with several nodes the executor starts torchrun
+    with SkyPilot's SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS, SKYPILOT_NUM_NODES and
+    SKYPILOT_NUM_GPUS_PER_NODE (ftcalc.executor.node_rendezvous;
+    https://docs.skypilot.co/en/latest/running-jobs/distributed-jobs.html). ``--resume`` makes a recovered
+    spot job continue from its newest complete checkpoint (``output_dir`` on a bucket mount). ``setup``
+    defaults to :func:`ftcalc.launch.setup_script` for this version's wheel in ``ftcalc_dist/``, which
+    ``ftcalc plan --emit skypilot`` builds. ``does_not_fit``: the estimator's reason, written in the header
+    of a task emitted anyway (``--force``).
     """
-    hw = spec.hardware
-    if hw.device != "cuda" or not hw.gpu:
-        raise SpecError("--emit skypilot needs a GPU plan: pass --gpu (and --device cuda)")
-    from ftcalc.hardware import get_gpu
+    import shlex
 
-    slug = get_gpu(hw.gpu).gpu
-    acc = _SKYPILOT_ACCELERATORS.get(slug, slug.upper())
-    out = spec.output.output_dir
-    cmd = f"ftcalc run {spec_name} --output-dir {out} --resume"
-    if hw.world_size == 1:
-        run = f"set -e\n{cmd}\n"
+    from ftcalc import __version__
+    from ftcalc.launch import WHEEL_DIR, setup_script, validated_versions
+
+    hw = spec.hardware
+    if hw.device == "cuda":
+        if not hw.gpu:
+            raise SpecError("--emit skypilot needs a GPU plan: pass --gpu (or --device cpu for a CPU task)")
+        from ftcalc.hardware import get_gpu
+
+        slug = get_gpu(hw.gpu).gpu
+        resources: dict[str, Any] = {"accelerators": f"{_SKYPILOT_ACCELERATORS.get(slug, slug.upper())}:{hw.num_gpus}"}
     else:
-        run = (
-            "set -e\n"
-            'MASTER_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n1)\n'
-            "python -m torch.distributed.run --nnodes=$SKYPILOT_NUM_NODES "
-            "--nproc_per_node=$SKYPILOT_NUM_GPUS_PER_NODE \\\n"
-            "  --node_rank=$SKYPILOT_NODE_RANK --master_addr=$MASTER_ADDR --master_port=29500 \\\n"
-            f"  -m ftcalc.executor {spec_name} --output-dir {out} --resume\n"
-        )
+        resources = {"cpus": f"{2 * hw.num_gpus}+"}
+    out = output_dir or spec.output.output_dir
+    if setup is None:
+        setup = setup_script(f"{WHEEL_DIR}/ftcalc-{__version__}-py3-none-any.whl", validated_versions())
     task: dict[str, Any] = {
         "name": f"ftcalc-{spec.method}-{spec.model.base_model.split('/')[-1]}".lower().replace("_", "-"),
-        "resources": {"accelerators": f"{acc}:{hw.num_gpus}"},
+        "resources": resources,
         "num_nodes": hw.num_nodes,
         "workdir": ".",
-        "setup": setup or "set -e\npip install 'ftcalc[train]'\n",
-        "run": run,
     }
+    if hw.num_nodes > 1:
+        task["envs"] = {"MASTER_PORT": "29500"}  # the head node's rendezvous port (sky launch --env MASTER_PORT=...)
+    if file_mounts:
+        task["file_mounts"] = file_mounts
+    task["setup"] = setup
+    task["run"] = f"set -e\nftcalc run {shlex.quote(spec_name)} --output-dir {shlex.quote(out)} --resume\n"
+    p = spec.predicted
     planned = ""
-    if spec.predicted.provider:
-        planned = (f"# Planned on {spec.predicted.provider} {spec.predicted.instance_type or ''}: "
-                   f"{spec.predicted.hours or 0:.2f} h, ${spec.predicted.cost_usd or 0:,.2f}.\n")
+    if does_not_fit:
+        planned = (f"# WARNING: the estimator predicts this plan does NOT fit ({does_not_fit}); written anyway "
+                   "because of --force.\n")
+    elif p.provider:
+        planned = (f"# Planned on {p.provider} {p.instance_type or ''}: "
+                   f"{p.hours or 0:.2f} h, ${p.cost_usd or 0:,.2f}.\n")
+    keep = ("# Checkpoints go to the bucket mounted at " + out.rsplit("/", 1)[0] + ": a recovered spot job resumes.\n"
+            if file_mounts and any(out.startswith(k + "/") for k in file_mounts) else
+            f"# Checkpoints stay in '{out}' on {'node 0' if hw.num_nodes > 1 else 'the node'}'s disk (ftcalc plan "
+            "--checkpoint-url puts them in a bucket).\n")
     head = (f"# SkyPilot task for this ftcalc spec, written by ftcalc plan --emit skypilot.\n{planned}"
             f"#   sky launch -c ftcalc THIS_FILE        (or: sky jobs launch THIS_FILE for managed spot)\n"
-            f"# The workdir (this folder, with {spec_name} and its data) is synced to every node. Keep\n"
-            f"# '{out}' on a bucket mount (file_mounts, mode: MOUNT) so checkpoints outlive a preempted node.\n")
+            f"# The workdir (this folder: {spec_name}, its data, ftcalc's wheel in {WHEEL_DIR}/) is synced to every "
+            f"node.\n{keep}")
     return head + yaml.dump(task, Dumper=_BlockDumper, sort_keys=False, width=110)
 
 

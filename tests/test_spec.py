@@ -87,8 +87,10 @@ def test_bad_values_named():
 def test_inconsistent_hardware_refused():
     with pytest.raises(SpecError, match="strategy single with 2 GPUs"):
         spec_from_dict(_minimal(hardware={"num_gpus": 2}))
-    with pytest.raises(SpecError, match="device cpu runs on one process"):
-        spec_from_dict(_minimal(hardware={"num_gpus": 2, "device": "cpu"}, distribution={"strategy": "ddp"}))
+    with pytest.raises(SpecError, match="device cpu with several processes runs DDP over gloo"):
+        spec_from_dict(_minimal(hardware={"num_gpus": 2, "device": "cpu"}, distribution={"strategy": "fsdp"}))
+    cpu_ddp = spec_from_dict(_minimal(hardware={"num_nodes": 2, "device": "cpu"}, distribution={"strategy": "ddp"}))
+    assert cpu_ddp.hardware.world_size == 2
     with pytest.raises(SpecError, match="needs more than one GPU"):
         spec_from_dict(_minimal(distribution={"strategy": "fsdp"}))
 
@@ -266,17 +268,18 @@ def test_emit_skypilot_multi_node():
                                    distribution={"strategy": "fsdp"}))
     task = yaml.safe_load(emit_skypilot_task(spec, "spec.yaml"))
     assert task["resources"]["accelerators"] == "H100:8"
-    assert task["num_nodes"] == 2
-    assert "pip install" in task["setup"]
-    run = task["run"]
-    assert "torch.distributed.run" in run and "--nnodes=$SKYPILOT_NUM_NODES" in run
-    assert "--node_rank=$SKYPILOT_NODE_RANK" in run and "-m ftcalc.executor spec.yaml" in run
-    assert "--resume" in run  # a recovered spot job continues
+    assert task["num_nodes"] == 2 and task["envs"]["MASTER_PORT"]
+    assert "ftcalc_dist/ftcalc-" in task["setup"]  # this ftcalc's wheel, not a package index name
+    # every node runs ftcalc run; the executor turns SkyPilot's variables into torchrun's rendezvous
+    assert task["run"].strip().splitlines()[-1] == "ftcalc run spec.yaml --output-dir run --resume"
     single = spec_from_dict(_minimal(hardware={"gpu": "h200"}))
     task = yaml.safe_load(emit_skypilot_task(single))
     assert task["resources"]["accelerators"] == "H200:1" and task["run"].strip().endswith("--resume")
+    assert "envs" not in task
     with pytest.raises(SpecError, match="needs a GPU plan"):
-        emit_skypilot_task(spec_from_dict(_minimal(hardware={"device": "cpu"})))
+        emit_skypilot_task(spec_from_dict(_minimal(hardware={"device": "cuda"})))
+    cpu = yaml.safe_load(emit_skypilot_task(spec_from_dict(_minimal(hardware={"device": "cpu"}))))
+    assert "accelerators" not in cpu["resources"] and cpu["resources"]["cpus"]
 
 
 def test_plan_emit_writes_files(tmp_path):
