@@ -459,7 +459,8 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         problems.append(f"{v.param('method')}={method!r}: expected one of {', '.join(METHODS)}, auto")
     if objective not in ("cost", "time"):
         problems.append(f"{v.param('objective')}={objective!r}: expected cost or time")
-    check(v.positive_int, max_gpus, "max_gpus")
+    if check(v.positive_int, max_gpus, "max_gpus") is not None and max_gpus > v.MAX_GPUS_PER_PLAN:
+        problems.append(f"{v.param('max_gpus')}={max_gpus}: expected at most {v.MAX_GPUS_PER_PLAN}")
     check(v.epochs, epochs, "epochs")
     check(v.positive_int, top, "top")
     check(v.share, headroom, "headroom")

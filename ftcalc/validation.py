@@ -24,7 +24,7 @@ from ftcalc.errors import InvalidArgumentError
 
 __all__ = ["SPELLING", "cli_spelling", "param", "finite_float", "positive_float", "non_negative_float", "share",
            "positive_int", "non_negative_int", "tokens", "epochs", "MAX_EPOCHS", "hours", "usd", "install_cli_checks",
-           "MAX_GPUS_PER_NODE"]
+           "MAX_GPUS_PER_NODE", "MAX_GPUS_PER_PLAN"]
 
 # "api" (Python names, ``seq_len``) or "cli" (flags, ``--seq-len``); ftcalc.cli.run_with_errors sets "cli"
 SPELLING: contextvars.ContextVar[str] = contextvars.ContextVar("ftcalc_spelling", default="api")
@@ -46,7 +46,11 @@ _POSITIVE_DESTS = frozenset({
 # Upper bounds past which a value is a typo, not a plan (and products of it overflow): a million passes over the
 # data; seeds as numpy's RandomState takes them (< 2^32); a learning rate above 10 diverges in any optimizer here
 MAX_EPOCHS = 1_000_000
-_UPPER = {"epochs": MAX_EPOCHS, "num_epochs": MAX_EPOCHS, "seed": 2**32 - 1, "learning_rate": 10.0, "lora_r": 65536}
+# most GPUs a recommended plan may span: beyond the largest training clusters built (about 10^5 GPUs); a larger
+# count is a typo, and its byte counts would leave the allocator simulation's address range
+MAX_GPUS_PER_PLAN = 2**17
+_UPPER = {"epochs": MAX_EPOCHS, "num_epochs": MAX_EPOCHS, "seed": 2**32 - 1, "learning_rate": 10.0, "lora_r": 65536,
+          "max_gpus": MAX_GPUS_PER_PLAN}
 
 
 @contextlib.contextmanager
