@@ -1,0 +1,76 @@
+"""``--from FILE``: the trainer's config as the base of ``ftcalc estimate`` / ``ftcalc fit``, flags on top.
+
+    ftcalc estimate --from qlora.yml --seq-len 8192 --gpu h100     # the file, with a longer sequence
+
+A flag the user typed overrides the file; a flag left at its default does not. argparse fills defaults in
+before parsing, so which flags were typed is recorded by the actions themselves (:func:`track_explicit_flags`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_from_argument", "track_explicit_flags", "explicit_flags", "options_from_args", "print_from_report"]
+
+# CLI dests that are TrainingOptions fields (ftcalc/cli.py _add_training_options)
+OPTION_DESTS = ("method", "seq_len", "batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
+                "optimizer", "precision", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "attention", "loss",
+                "num_gpus")
+_EXPLICIT = "_ftcalc_explicit_flags"
+
+
+def add_from_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_files", action="append", metavar="FILE",
+                   help="read the training options from a trainer's config: axolotl or LLaMA-Factory YAML, TRL "
+                        "SFTConfig / TrainingArguments dump (JSON/YAML); repeat for a peft LoraConfig or "
+                        "BitsAndBytesConfig. Flags given as well override the file (docs/trainers.md)")
+
+
+def track_explicit_flags(p: argparse.ArgumentParser) -> None:
+    """Make every option action of ``p`` record its dest in the namespace when the user types it."""
+    for action in p._actions:  # argparse's public-in-practice list of actions
+        if not action.option_strings or action.dest in ("help", "from_files"):
+            continue
+        base = type(action)
+
+        def __call__(self: Any, parser: Any, namespace: Any, values: Any, option_string: Any = None,
+                     _base: Any = base) -> None:
+            seen = set(getattr(namespace, _EXPLICIT, ()))
+            seen.add(self.dest)
+            setattr(namespace, _EXPLICIT, seen)
+            _base.__call__(self, parser, namespace, values, option_string)
+
+        action.__class__ = type(base.__name__, (base,), {"__call__": __call__})
+
+
+def explicit_flags(a: argparse.Namespace) -> set[str]:
+    return set(getattr(a, _EXPLICIT, ()))
+
+
+def options_from_args(a: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(model spec, TrainingOptions, TrainerConfig) from ``--from`` files with the typed flags on top."""
+    from ftcalc.integrations.trainer_config import read_trainer_config, resolve_from
+
+    tc = read_trainer_config(a.from_files)
+    typed = explicit_flags(a)
+    overrides = {d: getattr(a, d) for d in OPTION_DESTS if d in typed}
+    for d in overrides:
+        tc.mapped[d] = f"--{d.replace('_', '-')} (flag, overrides the file)"
+    opts = tc.make_options(**overrides)
+    spec = resolve_from(tc, a.model)
+    return spec, opts, tc
+
+
+def print_from_report(tc: Any) -> None:
+    """What was read from the files: mapped keys, assumptions, keys not modelled, unknown keys."""
+    print(f"from {', '.join(tc.paths)} ({tc.tool}):")
+    for opt, src in tc.mapped.items():
+        print(f"  {opt:28s} <- {src}")
+    for s in tc.assumptions:
+        print(f"  assumed: {s}")
+    for s in tc.not_modelled:
+        print(f"  not modelled: {s}")
+    if tc.unknown:
+        print(f"  unknown keys (not read): {', '.join(tc.unknown)}")
+    print()
