@@ -236,3 +236,13 @@ def test_unmodelled_optimizer_is_named(tmp_path: Path) -> None:
 def test_errors_are_ftcalc_errors() -> None:
     with pytest.raises(FtcalcError):
         read_trainer_config(FIX / "missing.yml")
+
+
+def test_recommend_from_file(capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _raw(AXOLOTL)
+    out = _json_out(capsys, ["recommend", "--from", str(AXOLOTL), "--dataset-tokens", "20M", "--top", "2", "--json"])
+    gbs = raw["micro_batch_size"] * raw["gradient_accumulation_steps"]
+    ref = _json_out(capsys, ["recommend", "--model", raw["base_model"], "--method", "qlora", "--seq-len",
+                             str(raw["sequence_len"]), "--optimizer", raw["optimizer"], "--lora-r", str(raw["lora_r"]),
+                             "--global-batch", str(gbs), "--dataset-tokens", "20M", "--top", "2", "--json"])
+    assert out["plans"] and out["plans"] == ref["plans"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_from_argument", "track_explicit_flags", "explicit_flags", "options_from_args", "print_from_report"]
+__all__ = ["add_from_argument", "track_explicit_flags", "explicit_flags", "options_from_args", "print_from_report",
+           "apply_to_recommend"]
 
 # CLI dests that are TrainingOptions fields (ftcalc/cli.py _add_training_options)
 OPTION_DESTS = ("method", "seq_len", "batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
@@ -74,3 +75,34 @@ def print_from_report(tc: Any) -> None:
     if tc.unknown:
         print(f"  unknown keys (not read): {', '.join(tc.unknown)}")
     print()
+
+
+def apply_to_recommend(a: argparse.Namespace) -> Any:
+    """``ftcalc recommend --from FILE``: model, method, sequence length, optimizer, precision, LoRA rank and the
+    global batch (micro-batch x accumulation x GPUs) from the file, where not typed; the solver still searches
+    micro-batch, accumulation, checkpointing and GPU count itself."""
+    from ftcalc.integrations.trainer_config import read_trainer_config
+
+    tc = read_trainer_config(a.from_files)
+    typed = explicit_flags(a)
+    o = tc.make_options()
+    if not a.model:
+        from ftcalc.integrations.trainer_config import resolve_from
+
+        a.model = resolve_from(tc, None).id
+    for dest, value in (("method", o.method), ("seq_len", o.seq_len), ("optimizer", o.optimizer),
+                        ("precision", o.precision), ("lora_r", o.lora_r),
+                        ("global_batch_size", o.batch_size * o.gradient_accumulation_steps * o.num_gpus)):
+        if dest not in typed:
+            setattr(a, dest, value)
+    from ftcalc.options import TrainingOptions
+
+    default = TrainingOptions()
+    ignored = [f"{k}={getattr(o, k)}" for k in ("attention", "loss", "lora_alpha", "lora_targets", "quant_type",
+                                                  "double_quant") if getattr(o, k) != getattr(default, k)]
+    if ignored:
+        tc.not_modelled.append(f"{', '.join(ignored)}: `ftcalc recommend` does not take these; it ranks with "
+                               "ftcalc's defaults (use `ftcalc estimate --from` for this exact configuration)")
+    if not getattr(a, "json", False):
+        print_from_report(tc)
+    return tc
