@@ -146,3 +146,26 @@ def test_cpu_run_records_nothing(tmp_path: Path) -> None:
     trainer.train()
     assert not rows.exists()  # measurements are CUDA readings; on the CPU there is nothing to record
     json.dumps(cb.trainer_config.to_dict())  # the mapping is serialisable for the row
+
+
+def test_inside_trl_sft_trainer(tmp_path: Path) -> None:
+    """TRL's SFTTrainer is a Trainer: the callback reads SFTConfig.max_length and names the trainer."""
+    pytest.importorskip("trl")
+    pytest.importorskip("datasets")
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    root = Path(__file__).resolve().parents[1]
+    tok = AutoTokenizer.from_pretrained(root / "data" / "tokenizers" / "tiny-llama")
+    ds = Dataset.from_dict({"text": ["the quick brown fox jumps over the lazy dog " * 8] * 8})
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, max_length=48,
+                     bf16=False, use_cpu=True, report_to="none", save_strategy="no", gradient_checkpointing=False,
+                     disable_tqdm=True)
+    out = io.StringIO()
+    cb = FtcalcCallback(stream=out)
+    trainer = SFTTrainer(model=_model(), args=args, train_dataset=ds, processing_class=tok, callbacks=[cb])
+    trainer.train()
+    assert trainer.state.global_step == 2 and cb.trainer_name == "trl.SFTTrainer"
+    assert (cb.options.seq_len, cb.options.batch_size) == (args.max_length, args.per_device_train_batch_size)
+    assert cb.options.optimizer == args.optim.value and "predicted:" in out.getvalue()
