@@ -246,3 +246,13 @@ def test_recommend_from_file(capsys: pytest.CaptureFixture[str]) -> None:
                              str(raw["sequence_len"]), "--optimizer", raw["optimizer"], "--lora-r", str(raw["lora_r"]),
                              "--global-batch", str(gbs), "--dataset-tokens", "20M", "--top", "2", "--json"])
     assert out["plans"] and out["plans"] == ref["plans"]
+
+
+def test_a_dump_without_sequence_length_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from ftcalc.options import TrainingOptions
+
+    tc = read_trainer_config(FULL)
+    assert tc.make_options().seq_len == TrainingOptions().seq_len
+    assert any("no sequence length" in a for a in tc.assumptions)
+    out = _json_out(capsys, ["estimate", "--from", str(FULL), "--model", "llama3.2-1b", "--seq-len", "4096", "--json"])
+    assert out["seq_len"] == 4096

@@ -590,6 +590,8 @@ def _map_axolotl(cfg: _Mapping) -> None:
     bf16, fp16 = cfg.get("bf16"), cfg.get("fp16")
     dtype = "bfloat16" if (_truthy(bf16) or _truthy(cfg.get("bfloat16"))) else (
         "float16" if (_truthy(fp16) or _truthy(cfg.get("float16"))) else "float32")
+    if str(bf16).lower() == "auto":
+        cfg.assumptions.append("bf16=auto: bf16 where the GPU supports it (Ampere and newer), assumed here")
     _precision(cfg, _truthy(bf16), _truthy(fp16), dtype, "load dtype", f"bf16={bf16}")
     cfg.note("tf32", "TF32 matmuls change speed only; not modelled")
     adapter = cfg.get("adapter")
@@ -845,6 +847,11 @@ def read_trainer_config(paths: str | Path | list[str | Path]) -> TrainerConfig:
     if main is None:
         raise ConfigError(f"--from {', '.join(map(str, paths))}: only adapter/quantization configs; add the "
                           "trainer's config (axolotl/LLaMA-Factory YAML, SFTConfig or TrainingArguments dump)")
+    if "seq_len" not in main.options:
+        from ftcalc.options import TrainingOptions
+
+        main.assumptions.append(f"no sequence length in a {main.tool} config: ftcalc's default "
+                                f"{TrainingOptions().seq_len} (pass --seq-len, the longest row the collator builds)")
     if main.tool in ("trl-sft", "transformers") and "method" not in main.options:
         main.options["method"] = "full"
         main.mapped["method"] = "no LoraConfig given (full fine-tuning)"
