@@ -58,6 +58,8 @@ def options_from_args(a: argparse.Namespace) -> tuple[Any, Any, Any]:
     overrides = {d: getattr(a, d) for d in OPTION_DESTS if d in typed}
     for d in overrides:
         tc.mapped[d] = f"--{d.replace('_', '-')} (flag, overrides the file)"
+    if "seq_len" in overrides:
+        tc.assumptions = [s for s in tc.assumptions if not s.startswith("no sequence length")]
     opts = tc.make_options(**overrides)
     spec = resolve_from(tc, a.model)
     return spec, opts, tc

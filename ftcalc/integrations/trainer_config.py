@@ -26,7 +26,10 @@ Where each tool's key names and defaults come from (read from their source, vers
   ``gradient_accumulation_steps``, ``optimizer`` (default ``adamw_torch_fused``, training.py), ``adapter``,
   ``load_in_4bit``/``load_in_8bit``, ``lora_r``/``lora_alpha``/``lora_dropout``/``lora_target_modules``/
   ``lora_target_linear``, ``sample_packing``, ``pad_to_sequence_len``, ``flash_attention``/``sdp_attention``,
-  ``plugins`` with ``liger_*`` flags, ``deepspeed``, ``fsdp``/``fsdp_config``.
+  ``plugins`` with ``liger_*`` flags, ``deepspeed``, ``fsdp``/``fsdp_config``. ``src/axolotl/utils/config/__init__.py``
+  loads the weights in bf16 when ``bf16``/``bfloat16`` is set (fp16 for ``fp16``/``float16``/``load_in_8bit``), and
+  ``src/axolotl/loaders/model.py`` builds QLoRA's BitsAndBytesConfig with nf4 and double quantization on, updated by
+  ``bnb_config_kwargs``.
 - LLaMA-Factory ``src/llamafactory/hparams/{model_args,data_args,finetuning_args}.py`` and
   ``examples/train_lora/llama3_lora_sft.yaml`` (hiyouga/LLaMA-Factory at commit 13d252fa): ``model_name_or_path``,
   ``finetuning_type`` (default ``lora``), ``lora_rank`` (default 8), ``lora_alpha`` (default ``2 * lora_rank``),
@@ -698,7 +701,8 @@ def _map_llamafactory(cfg: _Mapping) -> None:
     dtype = "bfloat16" if (_truthy(bf16) or _truthy(pure)) else ("float16" if _truthy(fp16) else
                                                                   _dtype_name(cfg.get("infer_dtype")) or None)
     if dtype in (None, "auto"):
-        dtype = "float32"  # LLaMA-Factory loads in the compute dtype (model_args.compute_dtype): fp32 without bf16/fp16
+        dtype = "float32"
+        cfg.assumptions.append("neither bf16, pure_bf16 nor fp16: fp32 weights assumed")
     _precision(cfg, _truthy(bf16), _truthy(fp16), dtype, "compute dtype", f"bf16={bf16}")
     ft = str(cfg.get("finetuning_type", "lora"))
     qbit = cfg.get("quantization_bit")
