@@ -256,3 +256,14 @@ def test_a_dump_without_sequence_length_says_so(capsys: pytest.CaptureFixture[st
     assert any("no sequence length" in a for a in tc.assumptions)
     out = _json_out(capsys, ["estimate", "--from", str(FULL), "--model", "llama3.2-1b", "--seq-len", "4096", "--json"])
     assert out["seq_len"] == 4096
+
+
+def test_reading_a_config_imports_no_heavy_library() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, ftcalc.cli; ftcalc.cli.build_parser(); import ftcalc.integrations as i; "
+            f"i.read_trainer_config([r'{SFT}', r'{LORA}']); "
+            "print(','.join(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
