@@ -169,3 +169,11 @@ def test_inside_trl_sft_trainer(tmp_path: Path) -> None:
     assert trainer.state.global_step == 2 and cb.trainer_name == "trl.SFTTrainer"
     assert (cb.options.seq_len, cb.options.batch_size) == (args.max_length, args.per_device_train_batch_size)
     assert cb.options.optimizer == args.optim.value and "predicted:" in out.getvalue()
+
+
+def test_a_catalog_model_is_named_by_its_catalog_id(tmp_path: Path) -> None:
+    cb = FtcalcCallback(stream=io.StringIO())
+    trainer, _ = _trainer(tmp_path, cb, steps=1)
+    trainer.model.config._name_or_path = "tiny-llama"  # as from_pretrained sets it for a catalog checkpoint
+    trainer.train()
+    assert cb.estimate.model == resolve_model("tiny-llama").id

@@ -42,13 +42,17 @@ _SCAN_ROWS = 10_000  # rows of a map-style dataset scanned for the longest one w
 
 
 def _spec_from_model(model: Any, model_name: str | None) -> Any:
-    """The model spec: ``model_name`` from the catalog, else the live ``model.config`` (no download)."""
-    from ftcalc.catalog import ModelSpec, architecture_from_config, resolve_model
+    """The model spec: ``model_name`` (resolved as ``--model`` is), else the catalog entry whose id or alias is the
+    model's ``_name_or_path`` (so a recorded row names a catalog id), else the live ``model.config``."""
+    from ftcalc.catalog import ModelSpec, architecture_from_config, list_models, resolve_model
 
     if model_name:
         return resolve_model(model_name)
     cfg = model.config.to_dict()
     name = getattr(model.config, "_name_or_path", "") or cfg.get("model_type", "model")
+    for m in list_models():
+        if str(name).lower() in (m.id.lower(), *(a.lower() for a in m.aliases)):
+            return m
     return ModelSpec(id=str(name), arch=architecture_from_config(cfg, where=f"{name} (live model.config)"),
                      config=cfg, origin="file", source="live model.config")
 
