@@ -97,7 +97,11 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--emit", action="append", choices=["accelerate", "skypilot"], default=[],
                    help="also write accelerate_config.yaml / sky.yaml beside the spec (repeatable)")
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
+    from ftcalc.integrations.from_flag import add_from_argument, track_explicit_flags
+
+    add_from_argument(p)
     p.set_defaults(func=cmd_plan)
+    track_explicit_flags(p)
     return p
 
 
@@ -106,6 +110,10 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from ftcalc.plan import make_spec
     from ftcalc.spec import dump_spec, emit_accelerate_config, emit_skypilot_task, save_spec
 
+    if getattr(a, "from_files", None):  # a trainer's config as the options; typed flags win
+        from ftcalc.integrations.from_flag import apply_to_namespace
+
+        apply_to_namespace(a)
     missing = [f"--{k}" for k in ("model", "dataset") if not getattr(a, k)]
     if missing:
         raise InvalidArgumentError(f"ftcalc plan needs {' and '.join(missing)}")

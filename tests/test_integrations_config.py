@@ -267,3 +267,17 @@ def test_reading_a_config_imports_no_heavy_library() -> None:
             "print(','.join(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_plan_from_file(capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _raw(LLAMAFACTORY)
+    alpaca = Path(__file__).resolve().parents[1] / "data" / "samples" / "alpaca_sample.jsonl"
+    base = ["plan", "--from", str(LLAMAFACTORY), "--model", "tiny-llama", "--dataset", str(alpaca), "--device", "cpu",
+            "--seq-len", "256", "--json"]
+    spec = _json_out(capsys, base)
+    assert spec["method"] == raw["finetuning_type"] and spec["lora"]["lora_r"] == raw["lora_rank"]
+    assert spec["lora"]["lora_targets"] == raw["lora_target"].split(",")
+    assert spec["micro_batch_size"] == raw["per_device_train_batch_size"]
+    assert spec["gradient_accumulation_steps"] == raw["gradient_accumulation_steps"]
+    assert spec["attention"] == raw["flash_attn"] and spec["sequence_len"] == 256  # typed --seq-len wins
+    assert _json_out(capsys, [*base, "--batch-size", "1"])["micro_batch_size"] == 1

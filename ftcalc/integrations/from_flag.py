@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 __all__ = ["add_from_argument", "track_explicit_flags", "explicit_flags", "options_from_args", "print_from_report",
-           "apply_to_recommend"]
+           "apply_to_recommend", "apply_to_namespace"]
 
 # CLI dests that are TrainingOptions fields (ftcalc/cli.py _add_training_options)
 OPTION_DESTS = ("method", "seq_len", "batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
@@ -106,5 +106,24 @@ def apply_to_recommend(a: argparse.Namespace) -> Any:
         tc.not_modelled.append(f"{', '.join(ignored)}: `ftcalc recommend` does not take these; it ranks with "
                                "ftcalc's defaults (use `ftcalc estimate --from` for this exact configuration)")
     if not getattr(a, "json", False):
+        print_from_report(tc)
+    return tc
+
+
+def apply_to_namespace(a: argparse.Namespace, dests: tuple[str, ...] = OPTION_DESTS + ("quant_type", "double_quant")) -> Any:
+    """``ftcalc plan --from FILE``: every training option the file maps, and its model, set on the parsed flags
+    where the user did not type them (the plan then runs ftcalc's own recipe with those options)."""
+    from ftcalc.integrations.trainer_config import read_trainer_config, resolve_from
+
+    tc = read_trainer_config(a.from_files)
+    typed = explicit_flags(a)
+    if not a.model:
+        a.model = resolve_from(tc, None).id
+    o = tc.make_options()
+    for dest in dests:
+        if dest not in typed and hasattr(a, dest) and dest in tc.options:
+            value = getattr(o, dest)
+            setattr(a, dest, ",".join(value) if dest == "lora_targets" else value)
+    if not getattr(a, "json", False) and getattr(a, "output", None):
         print_from_report(tc)
     return tc
