@@ -169,6 +169,9 @@ def test_typed_flags_override_the_file_even_at_their_default(capsys: pytest.Capt
     assert (out["seq_len"], out["batch_size"]) == (raw["sequence_len"], raw["micro_batch_size"])
     out = _json_out(capsys, ["estimate", "--from", str(AXOLOTL), "--method", "lora", "--json"])
     assert out["method"] == "lora"
+    assert raw["gradient_checkpointing"] is True
+    out = _json_out(capsys, ["estimate", "--from", str(AXOLOTL), "--no-gradient-checkpointing", "--json"])
+    assert out["gradient_checkpointing"] is False
 
 
 def test_text_output_names_unmodelled_and_unknown_keys(capsys: pytest.CaptureFixture[str]) -> None:
