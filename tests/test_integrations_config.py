@@ -198,6 +198,7 @@ def test_fit_from_file(capsys: pytest.CaptureFixture[str]) -> None:
     ("foo: 1\nbar: 2\n", "other.yml", "unknown config format"),
     ("output_dir: out\nper_device_train_batch_size: 2\n", "ta.yml", "names no model"),
     ("base_model: llama3-8b\nsequence_len: 512\nadapter: prefix\n", "adapter.yml", "adapter='prefix'"),
+    ("sequence_len: 512\nmicro_batch_size: 2\nadapter: lora\noutput_dir: o\n", "axo.yml", "axolotl config names no model"),
 ])
 def test_bad_files_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, name: str,
                                        needle: str) -> None:

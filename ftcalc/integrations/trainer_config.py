@@ -259,9 +259,9 @@ def detect_format(data: dict[str, Any], where: str = "config") -> str:
     if str(data.get("quant_method", "")).lower() == "bitsandbytes" or "bnb_4bit_quant_type" in data:
         return "bitsandbytes"
     scores = {tool: sum(k in data for k in keys) for tool, keys in _SIGNATURES.items()}
-    if "base_model" in data and scores["axolotl"] >= 2:
-        return "axolotl"
-    if "model_name_or_path" in data and scores["llama-factory"] >= 2:
+    if scores["axolotl"] >= 3 or ("base_model" in data and scores["axolotl"] >= 2):
+        return "axolotl"  # three of its keys identify axolotl even without base_model (then: "names no model")
+    if scores["llama-factory"] >= 3 or ("model_name_or_path" in data and scores["llama-factory"] >= 2):
         return "llama-factory"
     if "per_device_train_batch_size" in data or "optim" in data or "output_dir" in data:
         return "trl-sft" if scores["trl-sft"] >= 2 or "max_seq_length" in data or "max_length" in data \
