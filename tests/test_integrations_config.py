@@ -285,3 +285,15 @@ def test_plan_from_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert spec["gradient_accumulation_steps"] == raw["gradient_accumulation_steps"]
     assert spec["attention"] == raw["flash_attn"] and spec["sequence_len"] == 256  # typed --seq-len wins
     assert _json_out(capsys, [*base, "--batch-size", "1"])["micro_batch_size"] == 1
+
+
+def test_a_real_bitsandbytes_config_dict_maps_to_qlora() -> None:
+    """What a 4-bit model carries as ``model.config.quantization_config`` (the callback reads it)."""
+    transformers = pytest.importorskip("transformers")
+    from ftcalc.integrations.trainer_config import map_config
+
+    q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=False)
+    tc = map_config(q.to_dict())
+    assert tc.tool == "bitsandbytes" and tc.options == {"method": "qlora", "quant_type": q.bnb_4bit_quant_type,
+                                                          "double_quant": q.bnb_4bit_use_double_quant}
+    assert tc.not_modelled == [] and tc.unknown == []
