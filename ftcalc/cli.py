@@ -118,8 +118,22 @@ def _print_estimate(est: Any) -> None:
     print(f"  from {est.coefficients_file}")
 
 
-def cmd_estimate(a: argparse.Namespace) -> int:
+def _model_and_options(a: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(model spec, options, trainer config or None): from the flags, or from ``--from FILE`` with flags on top."""
     from ftcalc.catalog import resolve_model
+
+    if getattr(a, "from_files", None):
+        from ftcalc.integrations.from_flag import options_from_args
+
+        return options_from_args(a)
+    if not a.model:
+        from ftcalc.errors import InvalidArgumentError
+
+        raise InvalidArgumentError("--model is required (or --from FILE, a trainer's config that names the model)")
+    return resolve_model(a.model), _options_from_args(a), None
+
+
+def cmd_estimate(a: argparse.Namespace) -> int:
     from ftcalc.errors import InvalidArgumentError
     from ftcalc.estimator import estimate_options
 
@@ -130,10 +144,10 @@ def cmd_estimate(a: argparse.Namespace) -> int:
         from ftcalc.safe_write import PLOT_FORMATS, PLOT_MARKERS, check_output
 
         require_extra("plot", "--plot")
-        check_output(a.plot, marker=PLOT_MARKERS, inputs=[a.model], force=a.force, what="plot",
-                     suffixes=PLOT_FORMATS)
-    est = estimate_options(resolve_model(a.model), _options_from_args(a), gpu=a.gpu,
-                           dataset_tokens=a.dataset_tokens, epochs=a.epochs)
+        check_output(a.plot, marker=PLOT_MARKERS, inputs=[a.model, *(getattr(a, "from_files", None) or [])],
+                     force=a.force, what="plot", suffixes=PLOT_FORMATS)
+    spec, opts, tc = _model_and_options(a)
+    est = estimate_options(spec, opts, gpu=a.gpu, dataset_tokens=a.dataset_tokens, epochs=a.epochs)
     if a.plot:
         from ftcalc.plots import plot_breakdown, save
 
@@ -141,8 +155,12 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     if est.fits is False:  # a run that would not start has no speed or duration to print
         est = est.model_copy(update={"tokens_per_second": None, "hours": None, "host_launch_ratio": None})
     if a.json:
-        print(json.dumps(est.to_dict(), indent=2))
+        print(json.dumps({**est.to_dict(), **({"from_config": tc.to_dict()} if tc else {})}, indent=2))
     else:
+        if tc:
+            from ftcalc.integrations.from_flag import print_from_report
+
+            print_from_report(tc)
         _print_estimate(est)
         if a.plot:
             print(f"plot written to {a.plot}")
@@ -156,13 +174,18 @@ def cmd_fit(a: argparse.Namespace) -> int:
     from ftcalc.errors import InvalidArgumentError
     from ftcalc.fit import max_fit, min_gpu
 
-    opts = _options_from_args(a)
+    spec, opts, tc = _model_and_options(a)
+    model = spec if tc else a.model
+    if tc and not a.json:
+        from ftcalc.integrations.from_flag import print_from_report
+
+        print_from_report(tc)
     if bool(a.maximize) == bool(a.minimize):
         raise InvalidArgumentError("give exactly one of --maximize {seq-len,batch-size,lora-r} or --minimize gpu")
     if a.maximize:
         if not a.gpu:
             raise InvalidArgumentError("--maximize needs --gpu (see `ftcalc gpus`)")
-        r = max_fit(a.model, opts, a.gpu, a.maximize, headroom=a.headroom)
+        r = max_fit(model, opts, a.gpu, a.maximize, headroom=a.headroom)
         if a.json:
             print(json.dumps(r.to_dict(), indent=2))
             return 0
@@ -173,7 +196,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
             print(f"  {r.target} {r.next_step.value}: {r.next_step.device_used_bytes / GIB:.3f} GiB, does not fit")
         print(f"  limited by {r.limit_reason}")
         return 0
-    r = min_gpu(a.model, opts, headroom=a.headroom, max_gpus=a.max_gpus)
+    r = min_gpu(model, opts, headroom=a.headroom, max_gpus=a.max_gpus)
     if a.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
@@ -349,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ftcalc {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from ftcalc.integrations.from_flag import add_from_argument, track_explicit_flags
+
     e = sub.add_parser("estimate", help="memory (and speed on a GPU) of one configuration")
-    _add_training_options(e)
+    _add_training_options(e, model_required=False)
+    add_from_argument(e)
     e.add_argument("--gpu", help="GPU slug or alias (h100, h200, a100-80gb, rtx-4090, ...; see `ftcalc gpus`)")
     e.add_argument("--dataset-tokens", type=_parse_tokens, help="tokens to train on (100M, 2.5B): adds hours")
     e.add_argument("--epochs", type=float, default=1.0)
@@ -361,9 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--check", action="store_true",
                    help="with --gpu: exit 1 with a one-line reason on stderr when it does not fit (2 stays for bad input)")
     e.set_defaults(func=cmd_estimate)
+    track_explicit_flags(e)
 
     ft = sub.add_parser("fit", help="the most that fits on a GPU (--maximize), or the smallest GPU (--minimize gpu)")
-    _add_training_options(ft)
+    _add_training_options(ft, model_required=False)
+    add_from_argument(ft)
     ft.add_argument("--gpu", help="GPU for --maximize")
     ft.add_argument("--maximize", choices=["seq-len", "batch-size", "lora-r"])
     ft.add_argument("--minimize", choices=["gpu"])
@@ -372,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--json", action="store_true")
     _add_coefficients_flag(ft)
     ft.set_defaults(func=cmd_fit)
+    track_explicit_flags(ft)
 
     rp = sub.add_parser("report", help="write a capacity-planning report (Markdown + HTML + plots)")
     rp.add_argument("--model", required=True)

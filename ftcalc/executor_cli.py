@@ -107,7 +107,11 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="replace an existing -o file (or --emit file) that ftcalc did not write as a spec; with "
                         "--emit, also write the task when the estimator predicts the plan does not fit (its header "
                         "then says so)")
+    from ftcalc.integrations.from_flag import add_from_argument, track_explicit_flags
+
+    add_from_argument(p)
     p.set_defaults(func=cmd_plan)
+    track_explicit_flags(p)
     return p
 
 
@@ -117,10 +121,14 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from ftcalc.safe_write import SPEC_MARKERS, check_output, write_text
     from ftcalc.spec import dump_spec, emit_accelerate_config, emit_skypilot_task, save_spec
 
+    if getattr(a, "from_files", None):  # a trainer's config as the options; typed flags win
+        from ftcalc.integrations.from_flag import apply_to_namespace
+
+        apply_to_namespace(a)
     missing = [f"--{k}" for k in ("model", "dataset") if not getattr(a, k)]
     if missing:
         raise InvalidArgumentError(f"ftcalc plan needs {' and '.join(missing)}")
-    inputs = [a.dataset, a.model, a.tokenizer]
+    inputs = [a.dataset, a.model, a.tokenizer, *(getattr(a, "from_files", None) or [])]
     folder = Path(a.output).parent if a.output else Path(".")
     targets = {"accelerate": folder / "accelerate_config.yaml", "skypilot": folder / "sky.yaml"}
     for path in [a.output] * bool(a.output) + [targets[k] for k in a.emit]:  # before any work

@@ -53,7 +53,7 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Rank real instance shapes x method x micro-batch x grad-accum x checkpointing x sharding "
                     "by cost or time. Memory per GPU in GiB (2^30 bytes); prices in USD, billed as the provider "
                     "bills (granularity, minimum).")
-    p.add_argument("--model", required=True, help="catalog id or alias (see `ftcalc models`), a config.json, or a hub id")
+    p.add_argument("--model", help="catalog id or alias (see `ftcalc models`), a config.json, or a hub id")
     p.add_argument("--method", choices=["full", "lora", "qlora", "auto"], default="lora",
                    help="fine-tuning method; auto ranks all three by the objective alone (default lora)")
     data = p.add_argument_group("dataset (tokens per epoch, packed)")
@@ -82,13 +82,25 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='one JSON object: {"plans": [...], "rejected": [...], ...}')
     p.add_argument("--plot", help="write the cost-vs-time Pareto plot of the plans (PNG, SVG or PDF; [plot] extra)")
     p.add_argument("--force", action="store_true", help="replace an existing --plot file that ftcalc did not write")
+    from ftcalc.integrations.from_flag import add_from_argument, track_explicit_flags
+
+    add_from_argument(p)
     p.set_defaults(func=cmd_recommend)
+    track_explicit_flags(p)
     return p
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
     from ftcalc.solver import recommend
 
+    if getattr(a, "from_files", None):  # the trainer's config as defaults; typed flags win
+        from ftcalc.integrations.from_flag import apply_to_recommend
+
+        apply_to_recommend(a)
+    elif not a.model:
+        from ftcalc.errors import InvalidArgumentError
+
+        raise InvalidArgumentError("--model is required (or --from FILE, a trainer's config that names the model)")
     if getattr(a, "plot", None):  # before any work: the extra, and a path that may be written
         from ftcalc.extras import require_extra
         from ftcalc.safe_write import PLOT_FORMATS, PLOT_MARKERS, check_output
