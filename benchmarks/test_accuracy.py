@@ -2,13 +2,13 @@
 
 Goal on validation rows, device used: median |error| <= 3%, every row within 6%, no under-estimate worse
 than 3%; tokens/s: median |error| <= 10%. Met on every validation row since the fourth session (the allocation
-sequence of a checkpointed layer's backward node by node, ftcalc/alloc_sequence.py, fixed b-015's -4.1%; the
+sequence of a checkpointed layer's backward node by node, ftcalc/model/allocsim/sequence.py, fixed b-015's -4.1%; the
 embedding backward's transient fixed j-003's -14.5%), and a regression guard holds the errors near today's.
 """
 
 from __future__ import annotations
 
-from ftcalc.calibrate import is_validation, load_measurements, summarize, usable, validate_rows
+from ftcalc.measure.calibrate import is_validation, load_measurements, summarize, usable, validate_rows
 
 VAL = [r for r in load_measurements() if is_validation(r) and usable(r)]
 

@@ -3,11 +3,11 @@
 Targets on a 2-core machine, read off the recorded medians (nothing here fails on a wall time: a loaded CI
 machine doubles it): every command below as a fresh process under 1 s (the 405B refusal and ``ftcalc fit``
 included), the warm search of each under 100 ms, ``ftcalc.compare`` of the 360-row grid in a fresh
-interpreter under 2 s. "Cold" is a new ``python -m ftcalc.cli`` process each round: no simulation is cached
+interpreter under 2 s. "Cold" is a new ``python -m ftcalc.cli.main`` process each round: no simulation is cached
 between rounds (the planner keeps its caches in memory only).
 
 The one check that can fail is a ratio measured in the same run: the screened search
-(``ftcalc.solver.SCREEN``) of the 405B refusal, which needs few allocator simulations, against the exhaustive
+(``ftcalc.solver.search.SCREEN``) of the 405B refusal, which needs few allocator simulations, against the exhaustive
 one in the same kind of fresh process.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ftcalc import solver
+from ftcalc.solver import search as solver
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {
@@ -41,7 +41,7 @@ COMPARE_360 = ("import ftcalc; df = ftcalc.compare(models=['llama3.2-1b', '8b', 
 
 
 def _cli(argv: list[str], expect: int = 0, screen: bool = True) -> subprocess.CompletedProcess:
-    code = (f"import sys; from ftcalc import solver; solver.SCREEN = {screen!r}; from ftcalc.cli import main; "
+    code = (f"import sys; from ftcalc.solver import search; search.SCREEN = {screen!r}; from ftcalc.cli.main import main; "
             "sys.exit(main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == expect, r.stderr

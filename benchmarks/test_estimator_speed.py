@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import ftcalc
-from ftcalc.catalog import resolve_model
-from ftcalc.inventory import inventory
-from ftcalc.memory import estimate_memory, load_coefficients
-from ftcalc.options import TrainingOptions
+from ftcalc.tables.catalog import resolve_model
+from ftcalc.tables.inventory import inventory
+from ftcalc.model.memory import estimate_memory, load_coefficients
+from ftcalc.model.options import TrainingOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def test_sweep_of_10000_configurations(benchmark):
 
 
 def _fresh_process() -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ftcalc.cli", "estimate", "--model", "70b", "--method", "qlora",
+    return subprocess.run([sys.executable, "-m", "ftcalc.cli.main", "estimate", "--model", "70b", "--method", "qlora",
                     "--gpu", "h100", "--json"], check=True, capture_output=True, cwd=ROOT)
 
 

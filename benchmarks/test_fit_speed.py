@@ -1,8 +1,8 @@
 """Speed of `fit` queries in-process, recorded by pytest-benchmark (target: under 50 ms each, read off the
 recorded medians; no wall-time assertion: a loaded CI machine doubles it)."""
 
-from ftcalc.fit import max_fit, min_gpu
-from ftcalc.options import make_options
+from ftcalc.model.fit import max_fit, min_gpu
+from ftcalc.model.options import make_options
 
 
 def test_max_seq_len_query(benchmark):

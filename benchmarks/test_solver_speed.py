@@ -1,7 +1,7 @@
 """Speed of the plan solver, recorded by pytest-benchmark; nothing here asserts a wall time.
 
 Targets, read off the recorded medians:
-- the search itself (``ftcalc.solver.recommend`` in a warm process): under 100 ms
+- the search itself (``ftcalc.solver.search.recommend`` in a warm process): under 100 ms
 - ``ftcalc recommend`` as a fresh process: under 1 s on a 2-core machine (benchmarks/test_cold_speed.py
   times every command of the table cold)
 The sanity checks only make sure each timed call did the whole search and returned plans.
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ftcalc.solver import recommend
+from ftcalc.solver.search import recommend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_search_8b_auto_all_methods(benchmark):
 
 
 def _fresh_process() -> dict:
-    r = subprocess.run([sys.executable, "-m", "ftcalc.solver_cli", "recommend", "--model", "70b", "--method",
+    r = subprocess.run([sys.executable, "-m", "ftcalc.cli.recommend", "recommend", "--model", "70b", "--method",
                         "qlora", "--dataset-tokens", "100M", "--json"], check=True, capture_output=True, cwd=ROOT)
     return json.loads(r.stdout)
 

@@ -9,31 +9,31 @@ Importing ftcalc never imports torch or transformers; the functions that train o
 
 from __future__ import annotations
 
+from ftcalc._version import __version__
 from ftcalc.errors import FtcalcError
 
 __all__ = ["estimate", "Estimate", "FtcalcError", "resolve_model", "list_models", "max_fit", "min_gpu", "compare", "recommend", "__version__"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):  # lazy: `import ftcalc` stays cheap
     if name in ("estimate", "Estimate"):
         import importlib
 
-        return getattr(importlib.import_module("ftcalc.estimator"), name)
+        return getattr(importlib.import_module("ftcalc.model.estimator"), name)
     if name in ("recommend", "Recommendation"):
         import importlib
 
-        return getattr(importlib.import_module("ftcalc.solver"), name)
+        return getattr(importlib.import_module("ftcalc.solver.search"), name)
     if name == "compare":
         import importlib
 
-        return importlib.import_module("ftcalc.comparison").compare
+        return importlib.import_module("ftcalc.model.comparison").compare
     if name in ("max_fit", "min_gpu"):
         import importlib
 
-        return getattr(importlib.import_module("ftcalc.fit"), name)
+        return getattr(importlib.import_module("ftcalc.model.fit"), name)
     if name in ("resolve_model", "list_models"):
-        from ftcalc import catalog
+        from ftcalc.tables import catalog
 
         return getattr(catalog, name)
     raise AttributeError(f"module 'ftcalc' has no attribute {name!r}")

@@ -32,7 +32,7 @@ __all__ = ["check_output", "write_text", "write_bytes", "append_text", "atomic_o
 
 # What ftcalc writes at the top of each kind of file (searched in the first _SNIFF_BYTES bytes)
 SPEC_MARKERS = (b"# ftcalc training spec", b'"spec_version"', b"this ftcalc spec, written by ftcalc plan")
-PLOT_MARKERS = (b"ftcalc plot",)  # the Software / Creator metadata ftcalc.plots.save writes
+PLOT_MARKERS = (b"ftcalc plot",)  # the Software / Creator metadata ftcalc.viz.plots.save writes
 REPORT_MARKERS = (b"ftcalc report",)
 COEFFICIENT_MARKERS = (b'"throughput"', b"# Calibration report")
 MEASUREMENT_MARKERS = (b'"outcome"', b'"run_id"')

@@ -26,7 +26,7 @@ __all__ = ["SPELLING", "cli_spelling", "param", "finite_float", "positive_float"
            "positive_int", "non_negative_int", "tokens", "epochs", "MAX_EPOCHS", "hours", "usd", "install_cli_checks",
            "MAX_GPUS_PER_NODE", "MAX_GPUS_PER_PLAN"]
 
-# "api" (Python names, ``seq_len``) or "cli" (flags, ``--seq-len``); ftcalc.cli.run_with_errors sets "cli"
+# "api" (Python names, ``seq_len``) or "cli" (flags, ``--seq-len``); ftcalc.cli.main.run_with_errors sets "cli"
 SPELLING: contextvars.ContextVar[str] = contextvars.ContextVar("ftcalc_spelling", default="api")
 
 # The most GPUs one node holds among the shapes ftcalc prices and plans (data/prices.csv: 8 per instance is the

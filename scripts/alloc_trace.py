@@ -1,7 +1,7 @@
 """Record the caching allocator's event trace of a few training steps of the shared recipe (issue 3's
 fragmentation question), one configuration per process, compact JSON (gzip) per configuration.
 
-    python scripts/alloc_trace.py --batch scripts/plans/trace.jsonl --out DIR
+    python scripts/alloc_trace.py --batch lab/plans/trace.jsonl --out DIR
 
 For each configuration: the model is built as ``ftcalc profile`` builds it, then torch's memory history
 is recorded (``torch.cuda.memory._record_memory_history``, no stacks) through ``steps`` training steps.
@@ -24,10 +24,10 @@ from pathlib import Path
 def _one(cfg: dict, out_dir: str, frames_min_bytes: int | None = None) -> None:
     import torch
 
-    from ftcalc import recipe
-    from ftcalc.catalog import resolve_model
-    from ftcalc.options import make_options
-    from ftcalc.profile import write_allocator_trace
+    from ftcalc.train import recipe
+    from ftcalc.tables.catalog import resolve_model
+    from ftcalc.model.options import make_options
+    from ftcalc.measure.profile import write_allocator_trace
 
     cfg = dict(cfg)
     run_id = cfg.pop("run_id")

@@ -1,4 +1,4 @@
-"""Judge the rows of the GPU smoke plan (scripts/plans/smoke.jsonl, scripts/gpu_smoke.sh) before spending device
+"""Judge the rows of the GPU smoke plan (lab/plans/smoke.jsonl, scripts/gpu_smoke.sh) before spending device
 time on a costly plan: every line must have run, and each wrapping must have put its parameters where it should.
 
     python scripts/check_smoke.py ROWS.jsonl      # exit 0: all good; 1: one line per problem

@@ -16,7 +16,7 @@ RESULTS=${OUT:-/tmp/ftcalc-gpu-check}; mkdir -p "$RESULTS"
 OUT=${WORK:-/tmp/ftcalc-work}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FTCALC_GIT_COMMIT=$commit
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-F="python3 -m ftcalc.cli"
+F="python3 -m ftcalc.cli.main"
 TOK=data/tokenizers/tiny-llama
 DATA=data/samples/alpaca_sample.jsonl
 REC=$OUT/executor_rows.jsonl

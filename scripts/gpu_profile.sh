@@ -10,5 +10,5 @@ out=${OUT:-/tmp/out}; mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/env.txt"
 python3 -c "import torch,transformers,peft,accelerate,bitsandbytes,pydantic;print(torch.__version__,torch.version.cuda,transformers.__version__,peft.__version__,accelerate.__version__,bitsandbytes.__version__,pydantic.__version__)" 2>&1 | tail -1 | tee -a "$out/env.txt"
 for plan in "$@"; do
-  python3 -m ftcalc.profile --batch "scripts/plans/$plan.jsonl" --out "$out/$plan.jsonl" --timeout 240 2>&1 | grep -v -i warn | tee -a "$out/log.txt"
+  python3 -m ftcalc.measure.profile --batch "lab/plans/$plan.jsonl" --out "$out/$plan.jsonl" --timeout 240 2>&1 | grep -v -i warn | tee -a "$out/log.txt"
 done

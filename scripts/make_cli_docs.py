@@ -33,7 +33,7 @@ EXAMPLES = {
 
 
 def run(args: list[str]) -> str:
-    r = subprocess.run([sys.executable, "-m", "ftcalc.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "ftcalc.cli.main", *args], capture_output=True, text=True, cwd=ROOT)
     return (r.stdout + r.stderr).rstrip()
 
 

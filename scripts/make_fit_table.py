@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftcalc.calibrate import load_measurements, predict_row, row_options
-from ftcalc.catalog import resolve_model
+from ftcalc.measure.calibrate import load_measurements, predict_row, row_options
+from ftcalc.tables.catalog import resolve_model
 from ftcalc.errors import DoesNotFitError
-from ftcalc.fit import max_fit
-from ftcalc.hardware import get_gpu
-from ftcalc.inventory import inventory
-from ftcalc.options import make_options
+from ftcalc.model.fit import max_fit
+from ftcalc.tables.hardware import get_gpu
+from ftcalc.tables.inventory import inventory
+from ftcalc.model.options import make_options
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"8b": "meta-llama/Meta-Llama-3-8B", "70b": "meta-llama/Meta-Llama-3-70B"}  # same shapes as 3.1

@@ -2,7 +2,7 @@
 
     python scripts/make_multigpu_docs.py      # writes docs/multi-gpu_tables.md and docs/img/multi_gpu.png
 
-Predictions are ftcalc.parallel.estimate_parallel (ftcalc/sharding.py with data/solver_assumptions.json) for
+Predictions are ftcalc.model.parallel.estimate_parallel (ftcalc/model/sharding.py with data/solver_assumptions.json) for
 each multi-GPU row (data/measurements rows with num_gpus > 1); scaling efficiency is measured against the
 one-GPU run of the same configuration on the same GPU model where the database has one.
 """
@@ -16,15 +16,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ftcalc.calibrate import (  # noqa: E402
+from ftcalc.measure.calibrate import (  # noqa: E402
     load_measurements,
     row_options,
     summarize,
     usable,
     validate_multi_gpu_rows,
 )
-from ftcalc.hardware import get_gpu  # noqa: E402
-from ftcalc.parallel import estimate_parallel  # noqa: E402
+from ftcalc.tables.hardware import get_gpu  # noqa: E402
+from ftcalc.model.parallel import estimate_parallel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30

@@ -21,7 +21,7 @@ cells = [
              "df[['model', 'method', 'gpu', 'seq_len', 'device_used_bytes', 'fits', 'tokens_per_second', 'hours', 'cost_usd']]"),
     ("md", "## Inverse questions\n\nThe longest context that fits Llama-3.1-8B QLoRA on a 24 GB RTX 4090, and the smallest "
            "GPU for 70B QLoRA at 8k tokens."),
-    ("code", "from ftcalc.options import make_options\n"
+    ("code", "from ftcalc.model.options import make_options\n"
              "r = ftcalc.max_fit('8b', make_options(method='qlora'), 'rtx-4090', 'seq-len')\n"
              "r.best.value, round(r.best.device_used_bytes / 2**30, 2), r.best.dominant_component"),
     ("code", "[g.gpu for g in ftcalc.min_gpu('70b', make_options(method='qlora', seq_len=8192)).fitting]"),
@@ -31,7 +31,7 @@ cells = [
              "rec.to_dataframe()[['rank', 'provider', 'instance_type', 'num_gpus', 'sharding', 'device_used_gib', "
              "'est_hours', 'est_cost_usd']]"),
     ("md", "## Plots"),
-    ("code", "from ftcalc.plots import plot_breakdown, plot_memory_sweep, plot_pareto, plot_predicted_vs_measured\n"
+    ("code", "from ftcalc.viz.plots import plot_breakdown, plot_memory_sweep, plot_pareto, plot_predicted_vs_measured\n"
              "plot_breakdown([ftcalc.estimate('8b', method=m, gpu='h100') for m in ('full', 'lora', 'qlora')], gpus=['h100', 'h200']);"),
     ("code", "plot_memory_sweep('8b', 'qlora', gpus=['rtx-4090', 'l40s', 'h100']);"),
     ("code", "plot_pareto(rec);"),

@@ -1,6 +1,6 @@
 """Write the JSONL plans of profiling runs sent to the GPU machines (one line = one configuration).
 
-    python scripts/make_plans.py        # writes scripts/plans/*.jsonl
+    python scripts/make_plans.py        # writes lab/plans/*.jsonl
 
 Each plan is sized to finish inside one 10-minute device call. The design covers the mechanisms the
 memory model separates: method x checkpointing x seq/batch (activations, logits), optimizer states,
@@ -140,7 +140,7 @@ PLANS = {
         c(L8, "full", 4096, 2, gradient_checkpointing=True, steps=8, warmup_steps=3),
         c(L8, "lora", 2048, 4, steps=8, warmup_steps=3),
     ],
-    # blind check of the multi-GPU model (2xH200): measured after ftcalc/sharding.py and
+    # blind check of the multi-GPU model (2xH200): measured after ftcalc/model/sharding.py and
     # data/solver_assumptions.json were set from plan e and committed; new models, precisions and methods
     "f": [
         c(M7, "full", 2048, 2, gradient_checkpointing=True, num_gpus=2, distribution="fsdp", steps=8, warmup_steps=3),
@@ -155,7 +155,7 @@ PLANS = {
     ],
     # 4 GPUs (nvidia-h200-x4): N-scaling of FSDP/DDP, shard-grad-op (modelled, unmeasured), and the two
     # configurations that plans e/f miss (DDP full fine-tuning with adamw_8bit: e-007, tied Llama-3.2-3B: f-004)
-    # at N=4. Predictions registered in data/predictions/ before the run (scripts/register_predictions.py).
+    # at N=4. Predictions registered in lab/predictions/ before the run (scripts/register_predictions.py).
     "g": [
         c(L70, "lora", 2048, 2, num_gpus=4, distribution="fsdp", steps=6, warmup_steps=2),
         c(L8, "full", 2048, 2, gradient_checkpointing=True, num_gpus=4, distribution="fsdp", steps=8, warmup_steps=3),
@@ -182,7 +182,7 @@ PLANS = {
         c("mistralai/Mixtral-8x7B-v0.1", "qlora", 2048, 1, steps=5, warmup_steps=2),
     ],
     # blind check of what plan g changed (FSDP gathered units in full, shard-grad-op, measured DDP bucket
-    # bandwidth) on new models, with the predictions registered first (data/predictions/i.json); the
+    # bandwidth) on new models, with the predictions registered first (lab/predictions/i.json); the
     # one-GPU twin of a DDP run with little compute per step (exposed all-reduce); Mixtral LoRA, which
     # peft 0.21 applies to the fused expert tensors too (lora.ParamWrapper, which needs lora_dropout 0)
     "i": [
@@ -224,7 +224,7 @@ PLANS = {
         c("ftcalc/tiny-llama", "qlora", 256, 2, steps=3, warmup_steps=1, num_gpus=2, distribution="fsdp"),
     ],
     # on the nvidia-h200-x8 machine after plan h: blind (predictions registered first in
-    # data/predictions/p.json) 8-GPU rows for the multi-GPU accuracy goal (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
+    # lab/predictions/p.json) 8-GPU rows for the multi-GPU accuracy goal (FSDP full, shard-grad-op, DDP LoRA, 70B LoRA at 8), a
     # third host for i-003's configuration (its repeat m-000 was within 2 %), and its one-GPU twin with no
     # other process on the host
     "p": [
@@ -240,7 +240,7 @@ PLANS = {
 }
 
 if __name__ == "__main__":
-    out = Path(__file__).parent / "plans"
+    out = Path(__file__).resolve().parent.parent / "lab" / "plans"
     out.mkdir(exist_ok=True)
     for name, rows in PLANS.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -2,7 +2,7 @@
 
     python scripts/make_validation_docs.py     # writes docs/validation_tables.md and docs/img/*.png
 
-Everything is computed by ftcalc's own validation (ftcalc/calibrate.py) with the shipped coefficients.
+Everything is computed by ftcalc's own validation (ftcalc/measure/calibrate.py) with the shipped coefficients.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ftcalc.calibrate import is_validation, load_measurements, summarize, usable, validate_rows  # noqa: E402
-from ftcalc.calibrate_cli import _summary_lines, _table  # noqa: E402
+from ftcalc.measure.calibrate import is_validation, load_measurements, summarize, usable, validate_rows  # noqa: E402
+from ftcalc.cli.measure import _summary_lines, _table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30

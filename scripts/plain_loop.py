@@ -5,7 +5,7 @@
 No ftcalc executor in the loop: the model comes from ``AutoModelForCausalLM.from_config`` (random
 weights, as ``init: random``), the adapters from ``peft.get_peft_model``, the optimizer is torch AdamW,
 and the loop is forward / backward / clip / step / schedule / zero_grad, the way the transformers and
-peft examples write it. The batches are the spec's own (ftcalc.dataset builds them before the clock
+peft examples write it. The batches are the spec's own (ftcalc.train.dataset builds them before the clock
 starts, so both loops see the same token positions; each step copies its batch to the GPU inside the
 timed region, as a loop over a DataLoader does). QLoRA has no plain random-weight path in
 transformers (``from_config`` does not quantize), so its 4-bit model is ftcalc's random NF4 build and
@@ -37,10 +37,10 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from ftcalc.catalog import resolve_model
-    from ftcalc.dataset import build_data, load_tokenizer, shipped_tokenizer
-    from ftcalc.recipe import _build_qlora_random, hf_config
-    from ftcalc.spec import TrainingSpec
+    from ftcalc.tables.catalog import resolve_model
+    from ftcalc.train.dataset import build_data, load_tokenizer, shipped_tokenizer
+    from ftcalc.train.recipe import _build_qlora_random, hf_config
+    from ftcalc.train.spec import TrainingSpec
 
     spec = TrainingSpec.model_validate(raw)
     mspec = resolve_model(spec.model.base_model)

@@ -2,7 +2,7 @@
 
     python scripts/register_predictions.py g --gpu "NVIDIA H200" [--gpu-total-bytes 150109880320]
 
-Writes data/predictions/<plan>.json: for every plan line, in order (run ids are assigned in that order by
+Writes lab/predictions/<plan>.json: for every plan line, in order (run ids are assigned in that order by
 ``ftcalc profile --batch``), the predicted peak allocated, device used (per GPU for several GPUs) and tokens/s,
 with the git commit and date the predictions were made at. scripts/compare_predictions.py compares them
 with the measured rows later.
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def predict(line: dict, gpu_name: str, gpu_total: int) -> dict:
-    from ftcalc.calibrate import predict_multi_gpu_row, predict_row, row_options
-    from ftcalc.catalog import resolve_model
-    from ftcalc.estimator import check_options
+    from ftcalc.measure.calibrate import predict_multi_gpu_row, predict_row, row_options
+    from ftcalc.tables.catalog import resolve_model
+    from ftcalc.model.estimator import check_options
 
     row = dict(line, gpu_name=gpu_name, gpu_total_bytes=gpu_total)
     row.setdefault("num_gpus", 1)

@@ -2,7 +2,7 @@
 
     python scripts/seed_scenarios.py > /tmp/seed-answers.md     # the figures of docs/seed-scenarios.md
 
-Each query is an ``ftcalc recommend`` call (ftcalc.solver.recommend) written out as its command line.
+Each query is an ``ftcalc recommend`` call (ftcalc.solver.search.recommend) written out as its command line.
 Where a guide gives a number of examples but no length, the query says what length it assumes: that
 is an input, not a claim. Re-run after the coefficients, the price table or the solver change, and
 update docs/seed-scenarios.md from the output.
@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ftcalc.errors import FtcalcError  # noqa: E402
-from ftcalc.solver import recommend  # noqa: E402
+from ftcalc.solver.search import recommend  # noqa: E402
 
 GIB = 2**30
 L3_8, L3_70 = "meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-70B"

@@ -17,9 +17,9 @@ prints the prediction.
 
 After ``measure_steps`` optimizer steps on CUDA it prints ``torch.cuda.max_memory_allocated`` /
 ``max_memory_reserved`` and the device used (reserved peak plus what lives outside the allocator, as
-``ftcalc profile`` measures it: ftcalc/profile.py ``cuda_memory_readings``) against the prediction, and with
+``ftcalc profile`` measures it: ftcalc/measure/profile.py ``cuda_memory_readings``) against the prediction, and with
 ``record_file=`` appends one measurement row (docs/measurements.md schema, ``trainer`` and ``source`` naming
-where it came from) through ``ftcalc.profile.record_rows``. Nothing is sent anywhere.
+where it came from) through ``ftcalc.measure.profile.record_rows``. Nothing is sent anywhere.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ftcalc.errors import DoesNotFitError, InvalidArgumentError
+from ftcalc.sizes import GIB
 
 __all__ = ["FtcalcCallback", "options_from_live"]
 
-GIB = 2**30
 _SCAN_ROWS = 10_000  # rows of a map-style dataset scanned for the longest one when the length is not configured
 
 
 def _spec_from_model(model: Any, model_name: str | None) -> Any:
     """The model spec: ``model_name`` (resolved as ``--model`` is), else the catalog entry whose id or alias is the
     model's ``_name_or_path`` (so a recorded row names a catalog id), else the live ``model.config``."""
-    from ftcalc.catalog import ModelSpec, architecture_from_config, list_models, resolve_model
+    from ftcalc.tables.catalog import ModelSpec, architecture_from_config, list_models, resolve_model
 
     if model_name:
         return resolve_model(model_name)
@@ -155,14 +155,12 @@ class FtcalcCallback(TrainerCallback):
         if gpu_memory_gib is not None and gpu_memory_gib <= 0:
             raise InvalidArgumentError(f"gpu_memory_gib={gpu_memory_gib}: expected a positive size in GiB")
         if record_file is not None:
-            import ftcalc
-
             out = Path(record_file).expanduser().resolve()
-            if Path(ftcalc.__file__).resolve().parent in out.parents:
+            if Path(__file__).resolve().parents[1] in out.parents:  # ftcalc/integrations/ -> the package
                 raise InvalidArgumentError(f"record_file={record_file}: inside the installed ftcalc package; "
                                            "choose a file of your own")
         if gpu is not None:
-            from ftcalc.hardware import get_gpu
+            from ftcalc.tables.hardware import get_gpu
 
             get_gpu(gpu)  # an unknown slug fails here, not after the model is built
         self.gpu, self.gpu_memory_gib, self.on_oom = gpu, gpu_memory_gib, on_oom
@@ -182,7 +180,7 @@ class FtcalcCallback(TrainerCallback):
     # --- before step 1 ---
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, train_dataloader: Any = None,
                        **kwargs: Any) -> Any:
-        from ftcalc.estimator import estimate_options
+        from ftcalc.model.estimator import estimate_options
 
         spec, opts, tc = options_from_live(args, model, self.seq_len, train_dataloader, self.model_name)
         self.options, self.trainer_config = opts, tc
@@ -257,7 +255,7 @@ class FtcalcCallback(TrainerCallback):
             if main:
                 self._print(f"after {state.global_step} steps: no CUDA device, nothing measured")
             return control
-        from ftcalc.profile import cuda_memory_readings
+        from ftcalc.measure.profile import cuda_memory_readings
 
         dev = args.device
         torch.cuda.synchronize(dev)
@@ -276,7 +274,7 @@ class FtcalcCallback(TrainerCallback):
                 self._print(f"the allocator freed cached blocks and retried {m['num_alloc_retries']} times "
                             "(near the limit)")
         if self.record_file and main:
-            from ftcalc.profile import record_rows
+            from ftcalc.measure.profile import record_rows
 
             path = record_rows([self._row(args, state, model, m, total)], str(self.record_file))
             self._print(f"measurement row appended to {path}")

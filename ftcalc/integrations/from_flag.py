@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["add_from_argument", "track_explicit_flags", "explicit_flags", "options_from_args", "print_from_report",
            "apply_to_recommend", "apply_to_namespace"]
 
-# CLI dests that are TrainingOptions fields (ftcalc/cli.py _add_training_options)
+# CLI dests that are TrainingOptions fields (ftcalc/cli/main.py _add_training_options)
 OPTION_DESTS = ("method", "seq_len", "batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
                 "optimizer", "precision", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "attention", "loss",
                 "num_gpus")
@@ -97,7 +97,7 @@ def apply_to_recommend(a: argparse.Namespace) -> Any:
                         ("global_batch_size", o.batch_size * o.gradient_accumulation_steps * o.num_gpus)):
         if dest not in typed:
             setattr(a, dest, value)
-    from ftcalc.options import TrainingOptions
+    from ftcalc.model.options import TrainingOptions
 
     default = TrainingOptions()
     ignored = [f"{k}={getattr(o, k)}" for k in ("attention", "loss", "lora_alpha", "lora_targets", "quant_type",

@@ -6,7 +6,7 @@
     ftcalc fit --from training_args.json --minimize gpu       # transformers TrainingArguments.to_dict()
 
 The format is detected from the keys (:func:`detect_format`). Every key that changes memory or speed is either
-mapped to a :class:`ftcalc.options.TrainingOptions` field, or named in ``not_modelled`` with the reason; keys
+mapped to a :class:`ftcalc.model.options.TrainingOptions` field, or named in ``not_modelled`` with the reason; keys
 known to change neither (logging, saving, learning rate, data paths) are accepted silently, and every other key
 is listed in ``unknown``. Nothing in a file is executed: YAML goes through ``yaml.safe_load``.
 
@@ -73,7 +73,7 @@ LLAMAFACTORY_DEFAULT_CUTOFF_LEN = 2048  # LLaMA-Factory data_args.py
 TA_DEFAULT_BATCH = 8  # transformers training_args.py: per_device_train_batch_size default
 
 # Optimizer names as transformers' OptimizerNames (and axolotl, LLaMA-Factory, which pass them through) spell
-# them -> ftcalc.options.OPTIMIZERS. Same state bytes and update temporaries, other kernel: same ftcalc name.
+# them -> ftcalc.model.options.OPTIMIZERS. Same state bytes and update temporaries, other kernel: same ftcalc name.
 _OPTIM_MAP = {
     "adamw_torch": "adamw_torch",
     "adamw_hf": "adamw_torch",  # removed in transformers 5; older dumps
@@ -183,7 +183,7 @@ class TrainerConfig:
         tool: the detected format (one of :data:`FORMATS` minus the side files), e.g. ``axolotl``.
         paths: the files read, main config first.
         model: the model named by the file (catalog id, hub id or path), or None.
-        options: keyword arguments for :func:`ftcalc.options.make_options`.
+        options: keyword arguments for :func:`ftcalc.model.options.make_options`.
         mapped: ``{ftcalc option: "key=value" it came from}``.
         not_modelled: ``"key=value: what it does that ftcalc does not model"``, one per key.
         unknown: keys that are neither mapped, nor not-modelled, nor known to change nothing.
@@ -205,8 +205,8 @@ class TrainerConfig:
                 "assumptions": list(self.assumptions)}
 
     def make_options(self, **overrides: Any) -> Any:
-        """:class:`ftcalc.options.TrainingOptions` from the file, ``overrides`` (not None) winning."""
-        from ftcalc.options import make_options
+        """:class:`ftcalc.model.options.TrainingOptions` from the file, ``overrides`` (not None) winning."""
+        from ftcalc.model.options import make_options
 
         merged = dict(self.options)
         merged.update({k: v for k, v in overrides.items() if v is not None})
@@ -852,7 +852,7 @@ def read_trainer_config(paths: str | Path | list[str | Path]) -> TrainerConfig:
         raise ConfigError(f"--from {', '.join(map(str, paths))}: only adapter/quantization configs; add the "
                           "trainer's config (axolotl/LLaMA-Factory YAML, SFTConfig or TrainingArguments dump)")
     if "seq_len" not in main.options:
-        from ftcalc.options import TrainingOptions
+        from ftcalc.model.options import TrainingOptions
 
         main.assumptions.append(f"no sequence length in a {main.tool} config: ftcalc's default "
                                 f"{TrainingOptions().seq_len} (pass --seq-len, the longest row the collator builds)")
@@ -866,7 +866,7 @@ def read_trainer_config(paths: str | Path | list[str | Path]) -> TrainerConfig:
 
 def resolve_from(tc: TrainerConfig, model_flag: str | None) -> Any:
     """The model spec: ``--model`` if given, else the file's model; one line when neither names one."""
-    from ftcalc.catalog import resolve_model
+    from ftcalc.tables.catalog import resolve_model
 
     name = model_flag or tc.model
     if not name:

@@ -1,0 +1,3 @@
+"""The ftcalc version (pyproject.toml reads it from here)."""
+
+__version__ = "0.1.0"
