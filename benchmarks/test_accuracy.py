@@ -1,7 +1,7 @@
-"""Accuracy goals (issue 3) on the held-out validation runs, and the time the validation takes.
+"""Accuracy goals on the held-out validation runs, and the time the validation takes.
 
 Goal on validation rows, device used: median |error| <= 3%, every row within 6%, no under-estimate worse
-than 3%; tokens/s: median |error| <= 10%. Met on every validation row since the fourth session (the allocation
+than 3%; tokens/s: median |error| <= 10%. Met on every validation row since the allocation
 sequence of a checkpointed layer's backward node by node, ftcalc/model/allocsim/sequence.py, fixed b-015's -4.1%; the
 embedding backward's transient fixed j-003's -14.5%), and a regression guard holds the errors near today's.
 """

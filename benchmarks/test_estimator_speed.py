@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import ftcalc
-from ftcalc.tables.catalog import resolve_model
-from ftcalc.tables.inventory import inventory
 from ftcalc.model.memory import estimate_memory, load_coefficients
 from ftcalc.model.options import TrainingOptions
+from ftcalc.tables.catalog import resolve_model
+from ftcalc.tables.inventory import inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 

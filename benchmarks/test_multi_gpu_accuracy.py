@@ -1,11 +1,11 @@
-"""Multi-GPU accuracy (issues 7 and 8) on the 2x, 4x and 8xH200 runs, and the time one multi-GPU estimate takes.
+"""Multi-GPU accuracy on the 2x, 4x and 8xH200 runs, and the time one multi-GPU estimate takes.
 
 Goal: per-GPU device memory within 6 % of measured on every multi-GPU run, tokens/s within 15 %. Met for
 device memory on every run (DDP: the simulated allocation sequence of a rank; FSDP: the simulated three-stream
-sequence of a rank, ftcalc/model/allocsim/fsdp.py for full fine-tuning and, since the seventh session,
+sequence of a rank, ftcalc/model/allocsim/fsdp.py for full fine-tuning and
 ftcalc/model/allocsim/adapter.py for LoRA and sharded QLoRA, which took r-000 from +8.3 to -2.2 % and u-002
 from +7.8 to +2.8 %). Met for tokens/s on every run the model calls GPU-bound (sharded QLoRA's plans r, s, u
-included since the sixth session's adapter-path term; plan r was -23 to -29 % as registered) but one: x-003
+included since the adapter path is counted; plan r was -23 to -29 % as registered) but one: x-003
 (blind, LoRA on q_proj and v_proj only) -20.8 %.
 Not met on host-bound runs: Llama-3.2-3B full fine-tuning at 1024 tokens per GPU under DDP, whose step took
 0.225-0.310 s on four GPUs of three machines (i-003 +25 %, p-000 +41 %) and 0.226-0.285 s on two (q-000 +16 %,
@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import pytest
 
-from ftcalc.measure.calibrate import is_multi_gpu_validation, load_measurements, summarize, validate_multi_gpu_rows
+from ftcalc.measure.calibrate import (
+    is_multi_gpu_validation,
+    load_measurements,
+    summarize,
+    validate_multi_gpu_rows,
+)
 from ftcalc.model.options import make_options
 from ftcalc.model.parallel import estimate_parallel
 
@@ -78,15 +83,15 @@ def test_tokens_per_second_goal_on_every_gpu_bound_run():
     recs = validate_multi_gpu_rows(ROWS)
     gpu_bound = [r for r in recs if not r["host_bound"]]
     assert len(gpu_bound) >= 53
-    # x-003 (Llama-3-8B LoRA r=64 on q_proj and v_proj only, blind: -20.8 %) is within 15 % since the eighth session
+    # x-003 (Llama-3-8B LoRA r=64 on q_proj and v_proj only, blind: -20.8 %) is within 15 % since the time model
     # counts both sides of the adapter path in bytes (ftcalc.model.throughput.adapter_path_bytes) and FSDP's forward
     # all-gathers and copy-out by phase: x-003 -5.1 %, 405B LoRA (h-002, h-003) +4.6 / +7.3 %. Then, blind (plan z):
     # z-004 (Llama-3-8B sharded QLoRA on q_proj and v_proj, 4096 tokens, 2 GPUs) +22.4 % at a host-launch ratio of
     # 0.93, steps spread 0.62-1.12 s; its blind repeat on another machine (sq-000) -7.6 % (time-model.md)
     assert summarize([r for r in gpu_bound if r["run_id"] != "z-004"], "err_tokens_per_second")["max_abs"] <= 0.15
     assert summarize(gpu_bound, "err_tokens_per_second")["max_abs"] <= 0.23
-    # sharded QLoRA, host-bound ones included: -11.2 % (u-002, host-bound) to +22.4 % (z-004) since the eighth
-    # session; registered blind: plan r -23 to -29 %, plans s and u -19.8 to +4.0 %, plan z +22.4 %
+    # sharded QLoRA, host-bound ones included: -11.2 % (u-002, host-bound) to +22.4 % (z-004) with the adapter
+    # path in bytes; registered blind: plan r -23 to -29 %, plans s and u -19.8 to +4.0 %, plan z +22.4 %
     q = summarize([r for r in recs if r["run_id"] in SHARDED_QLORA], "err_tokens_per_second")
     assert q["n"] >= 11 and q["max_abs"] <= 0.23, q
 
@@ -95,7 +100,7 @@ def test_tokens_per_second_goal_on_every_gpu_bound_run():
                    "Llama-3.2-3B full fine-tuning, 1024 tokens per GPU, DDP, whose step time follows the host's speed; "
                    "s-001 +16 %, sharded QLoRA at a host-launch ratio of 1.07); GPU-bound: z-004 +22 % (sharded QLoRA on "
                    "q_proj and v_proj, blind); docs/multi-gpu.md")
-def test_issue_7_goal_on_every_multi_gpu_run():
+def test_multi_gpu_goal_on_every_run():
     recs = validate_multi_gpu_rows(ROWS)
     assert summarize(recs, "err_device_used")["max_abs"] <= 0.06
     assert summarize(recs, "err_tokens_per_second")["max_abs"] <= 0.15

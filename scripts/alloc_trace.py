@@ -1,4 +1,4 @@
-"""Record the caching allocator's event trace of a few training steps of the shared recipe (issue 3's
+"""Record the caching allocator's event trace of a few training steps of the shared recipe (the
 fragmentation question), one configuration per process, compact JSON (gzip) per configuration.
 
     python scripts/alloc_trace.py --batch lab/plans/trace.jsonl --out DIR

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 on real GPUs (a 2-GPU machine: nvidia-h200-x2), everything with init: random, results under $OUT:
+# ftcalc run on real GPUs (a 2-GPU machine: nvidia-h200-x2), everything with init: random, results under $OUT:
 #  1. single GPU, in parallel on GPU 0 and GPU 1: Llama-3-8B LoRA and QLoRA specs from `ftcalc plan`, run by
 #     `ftcalc run --record`, then the same spec by scripts/plain_loop.py (plain transformers + peft) on the
 #     same GPU: tokens/s of both; plus a pre-flight refusal (a spec predicted not to fit, exit 2);

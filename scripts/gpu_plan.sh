@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One profiling plan on a GPU machine of enough GPUs (carry .site), after its predictions were registered
 # (scripts/register_predictions.py PLAN): the host's lscpu, then every line of lab/plans/PLAN.jsonl, one
-# process (torchrun for several GPUs) per line. The sixth session ran plans s (nvidia-h200-x4: sharded QLoRA
-# on 4 GPUs) and u (nvidia-h200-x2: sharded QLoRA of a tied model, without checkpointing, Mistral-7B) with it.
+# process (torchrun for several GPUs) per line. Plans s (nvidia-h200-x4: sharded QLoRA
+# on 4 GPUs) and u (nvidia-h200-x2: sharded QLoRA of a tied model, without checkpointing, Mistral-7B) ran with it.
 #   bash scripts/gpu_plan.sh PLAN COMMIT
 set -u
 plan=$1

@@ -1,4 +1,4 @@
-"""The baseline for issue 5's speed check: a plain transformers + peft training loop on a spec's settings.
+"""The baseline for the executor's speed check: a plain transformers + peft training loop on a spec's settings.
 
     python scripts/plain_loop.py spec.yaml --steps 20 --out plain.json
 

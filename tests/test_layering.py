@@ -40,3 +40,14 @@ def test_the_checker_allows_downward_and_same_package_imports(tmp_path):
     (tmp_path / "ftcalc/model/a.py").write_text("from ftcalc.tables import facts\nfrom ftcalc.model import b\n")
     (tmp_path / "ftcalc/model/b.py").write_text("import ftcalc.tables.facts\n")
     assert _checker().check(tmp_path) == []
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject.toml lists the packages explicitly (data/ ships as ftcalc._data): a subpackage missing there
+    would be missing from `pip install .`."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(ftcalc(?:\.\w+)*)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ftcalc").rglob("__init__.py")}
+    assert on_disk <= listed, sorted(on_disk - listed)

@@ -27,7 +27,7 @@ from ftcalc.sizes import GB, GIB
 
 
 def _add_training_options(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    from ftcalc.model.options import ATTENTIONS, OPTIMIZERS, PRECISIONS
+    from ftcalc.model.options import ATTENTIONS, DEFAULTS, OPTIMIZERS, PRECISIONS
 
     p.add_argument("--model", required=model_required, help="catalog id or alias (see `ftcalc models`), a config.json path or folder, or a hub id")
     p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora", help="fine-tuning method (default lora)")
@@ -39,9 +39,9 @@ def _add_training_options(p: argparse.ArgumentParser, model_required: bool = Tru
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw_torch", help="default adamw_torch (foreach)")
     p.add_argument("--precision", choices=PRECISIONS, default="bf16-true",
                    help="bf16-true: bf16 weights + bf16 autocast; bf16-mixed: fp32 master weights + autocast; 32-true")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=float, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-r", type=int, default=DEFAULTS.lora_r)
+    p.add_argument("--lora-alpha", type=float, default=DEFAULTS.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=DEFAULTS.lora_dropout)
     p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list such as q_proj,v_proj")
     p.add_argument("--attention", choices=ATTENTIONS, default="auto", help="auto: what transformers selects for the model")
     p.add_argument("--loss", choices=["standard", "fused"], default="standard",

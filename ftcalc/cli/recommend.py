@@ -49,6 +49,8 @@ def parse_usd(text: str) -> float:
 
 def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``recommend`` on an ``add_subparsers()`` object; the parser's ``func`` is cmd_recommend."""
+    from ftcalc.model.options import DEFAULTS
+
     p = subparsers.add_parser(
         "recommend", help="cheapest (or fastest) GPUs, instance and settings to fine-tune a model on a dataset",
         description="Rank real instance shapes x method x micro-batch x grad-accum x checkpointing x sharding "
@@ -78,7 +80,7 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
     p.add_argument("--optimizer", default="adamw_torch", help="as in `ftcalc estimate` (default adamw_torch)")
     p.add_argument("--precision", default="bf16-true", help="as in `ftcalc estimate` (default bf16-true)")
-    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--lora-r", type=int, default=DEFAULTS.lora_r, help=f"LoRA rank (default {DEFAULTS.lora_r})")
     p.add_argument("--prices", help="a price file replacing data/prices.csv (same columns, or a SkyPilot vms.csv)")
     p.add_argument("--json", action="store_true", help='one JSON object: {"plans": [...], "rejected": [...], ...}')
     p.add_argument("--plot", help="write the cost-vs-time Pareto plot of the plans (PNG, SVG or PDF; [plot] extra)")

@@ -27,7 +27,7 @@ __all__ = ["add_plan_parser", "add_run_parser", "add_schema_parser", "cmd_plan",
 
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from ftcalc.model.options import ATTENTIONS, OPTIMIZERS, PRECISIONS
+    from ftcalc.model.options import ATTENTIONS, DEFAULTS, OPTIMIZERS, PRECISIONS
 
     p = subparsers.add_parser("plan", help="write a training spec (with the estimator's prediction) for `ftcalc run`",
                               description="Write a training spec for `ftcalc run`, with the estimator's prediction.")
@@ -56,9 +56,9 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     bool_flag(t, "gradient-checkpointing", "recompute activations in backward (default: on for lora/qlora)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw_torch")
     t.add_argument("--precision", choices=PRECISIONS, default="bf16-true")
-    t.add_argument("--lora-r", type=int, default=16)
-    t.add_argument("--lora-alpha", type=float, default=32)
-    t.add_argument("--lora-dropout", type=float, default=0.05)
+    t.add_argument("--lora-r", type=int, default=DEFAULTS.lora_r)
+    t.add_argument("--lora-alpha", type=float, default=DEFAULTS.lora_alpha)
+    t.add_argument("--lora-dropout", type=float, default=DEFAULTS.lora_dropout)
     t.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list such as q_proj,v_proj")
     t.add_argument("--quant-type", choices=["nf4", "fp4"], default="nf4")
     bool_flag(t, "double-quant", "QLoRA double quantization (default on)", default=True)

@@ -24,7 +24,7 @@ from ftcalc.model.memory import (
     load_coefficients,
     resolve_attention,
 )
-from ftcalc.model.options import TrainingOptions, make_options
+from ftcalc.model.options import DEFAULTS, TrainingOptions, make_options
 from ftcalc.sizes import GB, GIB
 from ftcalc.tables.catalog import ModelSpec, resolve_model
 from ftcalc.tables.inventory import inventory
@@ -223,7 +223,8 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
 
 def estimate(model: str, method: str = "lora", seq_len: int = 2048, batch_size: int = 1,
              gradient_checkpointing: bool | None = None, optimizer: str = "adamw_torch",
-             precision: str = "bf16-true", lora_r: int = 16, lora_alpha: float = 32, lora_dropout: float = 0.05,
+             precision: str = "bf16-true", lora_r: int = DEFAULTS.lora_r, lora_alpha: float = DEFAULTS.lora_alpha,
+             lora_dropout: float = DEFAULTS.lora_dropout,
              lora_targets: str | tuple[str, ...] = "all-linear", attention: str = "auto", loss: str = "standard",
              gpu: str | None = None, num_gpus: int = 1, dataset_tokens: int | None = None,
              epochs: float = 1.0) -> Estimate:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ftcalc.errors import InvalidArgumentError
 from ftcalc.validation import MAX_GPUS_PER_NODE, param
 
-__all__ = ["TrainingOptions", "OPTIMIZERS", "PRECISIONS", "METHODS", "ATTENTIONS", "make_options"]
+__all__ = ["DEFAULTS", "TrainingOptions", "OPTIMIZERS", "PRECISIONS", "METHODS", "ATTENTIONS", "make_options"]
 
 METHODS = ("full", "lora", "qlora")
 PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")  # Lightning's names
@@ -122,3 +122,7 @@ def make_options(**kwargs: object) -> TrainingOptions:
                 msg = "expected a finite number"
             problems.append(f"{param(loc)}={got!r}: {msg}")
         raise InvalidArgumentError("; ".join(problems)) from None
+
+
+# The one place the defaults are written: the CLI flags, the API's keyword defaults and the spec read them here.
+DEFAULTS = TrainingOptions()

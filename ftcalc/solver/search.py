@@ -63,7 +63,7 @@ from ftcalc.model.grid import SIMULATED_GAPS, config_grid, micro_batch_times, si
 from ftcalc.model.memory import (
     load_coefficients,
 )
-from ftcalc.model.options import METHODS, TrainingOptions, make_options
+from ftcalc.model.options import DEFAULTS, METHODS, TrainingOptions, make_options
 from ftcalc.model.throughput import StepParts, host_note
 from ftcalc.sizes import GB, GIB
 from ftcalc.tables.catalog import ModelSpec, resolve_model
@@ -280,7 +280,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
               budget_usd: float | None = None, objective: str = "cost", top: int = 5, headroom: float = 0.05,
               *, global_batch_size: int | None = None, global_batch_tokens: int | None = None,
               micro_batch_sizes: Sequence[int] = MICRO_BATCH_SIZES, optimizer: str = "adamw_torch",
-              precision: str = "bf16-true", lora_r: int = 16,
+              precision: str = "bf16-true", lora_r: int = DEFAULTS.lora_r,
               prices: str | Path | Sequence[PriceRow] | None = None,
               include_quotes: bool | None = None) -> Recommendation:
     """Rank the ways to fine-tune ``model`` on a dataset by cost or time, over real instance shapes.

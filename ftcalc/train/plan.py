@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcalc.errors import InvalidArgumentError
+from ftcalc.model.options import DEFAULTS
 from ftcalc.train.spec import SpecError, TrainingSpec, spec_from_dict
 from ftcalc.validation import param
 
@@ -94,8 +95,8 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
               device: str = "cuda", gpu: str | None = None, num_gpus: int = 1, num_nodes: int = 1,
               distribution: str | None = None, seq_len: int | None = None, batch_size: int = 1,
               gradient_accumulation_steps: int = 1, gradient_checkpointing: bool | None = None,
-              optimizer: str = "adamw_torch", precision: str = "bf16-true", lora_r: int = 16,
-              lora_alpha: float = 32, lora_dropout: float = 0.05, lora_targets: str = "all-linear",
+              optimizer: str = "adamw_torch", precision: str = "bf16-true", lora_r: int = DEFAULTS.lora_r,
+              lora_alpha: float = DEFAULTS.lora_alpha, lora_dropout: float = DEFAULTS.lora_dropout, lora_targets: str = "all-linear",
               attention: str = "auto", loss: str = "standard", quant_type: str = "nf4", double_quant: bool = True,
               init: str | None = None, tokenizer: str | None = None, learning_rate: float | None = None,
               lr_scheduler: str = "cosine", warmup_steps: int = 0, val_set_size: float = 0.0,

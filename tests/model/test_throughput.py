@@ -55,7 +55,7 @@ def test_step_counts_the_adapted_linears_both_sides():
 def test_plan_y_pairs_measure_the_adapter_path():
     """Plan y ran pairs that differ only in the adapted Linears, on one H200 of one host. The model's difference of
     the two step times against the measured one: 8B LoRA within 20 %; 70B peft QLoRA under-counted (two thirds
-    of the measured 0.53 s, docs/notes/time-model.md, eighth session)."""
+    of the measured 0.53 s, docs/notes/time-model.md)."""
     rows = {r["run_id"]: r for r in load_measurements()}
 
     def diff(a: str, b: str) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """``ftcalc run`` on the CPU with tiny-llama: the three methods, resume, SIGTERM, and every bad input.
 
-The smoke path of issue 5: ``ftcalc plan --model tiny-llama ... --device cpu -o spec.yaml`` then
+The smoke path: ``ftcalc plan --model tiny-llama ... --device cpu -o spec.yaml`` then
 ``ftcalc run spec.yaml --output-dir run/`` completes with a report. Runs are a few steps of a ~4M
 parameter model at short sequence lengths, so the whole file takes well under a minute on 2 cores.
 """

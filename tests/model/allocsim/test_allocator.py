@@ -230,12 +230,12 @@ def test_generated_bf16_mixed_sequence_matches_a015_trace():
     with gzip.open(path, "rt") as f:
         tr = json.load(f)
     measured_gap = (tr["peak_reserved_bytes"] - tr["peak_allocated_bytes"]) / 2**30  # 7.59 GiB
-    assert abs(sim.gap / 2**30 - measured_gap) < 0.3  # the first-session structure gave 9.56
+    assert abs(sim.gap / 2**30 - measured_gap) < 0.3  # the coarser, untraced layer structure gave 9.56
     assert abs(sim.peak_allocated - tr["peak_allocated_bytes"]) / 2**30 < 0.1
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Multi-stream allocator and FSDP (fourth session: rank 0's FSDP2 trace t-fsdp8). Separate block: the
+# Multi-stream allocator and FSDP (rank 0's FSDP2 trace t-fsdp8). Separate block: the
 # generated-sequence tests above are edited elsewhere.
 
 
