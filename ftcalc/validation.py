@@ -242,3 +242,20 @@ def install_cli_checks(parser: argparse.ArgumentParser) -> None:
                 install_cli_checks(sub)
         elif action.type in (int, float):
             action.type = _checked(action.type, action.dest)
+
+
+def read_json_file(path: Any, what: str) -> Any:
+    """A JSON file's content, or one ConfigError line naming the file (malformed, not text, unreadable)."""
+    import json
+
+    from ftcalc.errors import ConfigError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a {what} (not UTF-8 text)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+

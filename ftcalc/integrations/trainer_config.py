@@ -437,9 +437,9 @@ def _common_trainer_keys(cfg: _Mapping) -> None:
     _world(cfg)
 
 
-def _map_transformers(cfg: _Mapping, sft: bool) -> None:
-    d = cfg.data
-    cfg.seen.update(_TA_HARMLESS & d.keys())
+def _map_batch_keys(cfg: _Mapping) -> None:
+    """per_device_train_batch_size and gradient_accumulation_steps, as TrainingArguments (and LLaMA-Factory,
+    which takes its arguments) spell them."""
     bs = cfg.get("per_device_train_batch_size")
     if bs is None:
         bs = TA_DEFAULT_BATCH
@@ -448,6 +448,12 @@ def _map_transformers(cfg: _Mapping, sft: bool) -> None:
     ga = cfg.get("gradient_accumulation_steps")
     if ga is not None:
         cfg.set("gradient_accumulation_steps", int(ga), f"gradient_accumulation_steps={ga}")
+
+
+def _map_transformers(cfg: _Mapping, sft: bool) -> None:
+    d = cfg.data
+    cfg.seen.update(_TA_HARMLESS & d.keys())
+    _map_batch_keys(cfg)
     on, key = cfg.get("activation_checkpointing"), "activation_checkpointing"
     alias = cfg.get("gradient_checkpointing")  # deprecated alias; transformers 5 sets both in __post_init__
     if not on and alias is not None:
@@ -679,14 +685,7 @@ def _map_llamafactory(cfg: _Mapping) -> None:
         n = LLAMAFACTORY_DEFAULT_CUTOFF_LEN
         cfg.assumptions.append(f"cutoff_len not given: LLaMA-Factory default {n}")
     cfg.set("seq_len", int(n), f"cutoff_len={n}")
-    bs = cfg.get("per_device_train_batch_size")
-    if bs is None:
-        bs = TA_DEFAULT_BATCH
-        cfg.assumptions.append(f"per_device_train_batch_size not given: TrainingArguments default {bs}")
-    cfg.set("batch_size", int(bs), f"per_device_train_batch_size={bs}")
-    ga = cfg.get("gradient_accumulation_steps")
-    if ga is not None:
-        cfg.set("gradient_accumulation_steps", int(ga), f"gradient_accumulation_steps={ga}")
+    _map_batch_keys(cfg)
     off = _truthy(cfg.get("disable_gradient_checkpointing", False))
     cfg.set("gradient_checkpointing", not off, f"disable_gradient_checkpointing={off}")
     if not off and _truthy(cfg.get("use_reentrant_gc", True)):

@@ -27,7 +27,6 @@ fragmentation (fitted), and device used adds the CUDA context and memory outside
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -117,14 +116,9 @@ def _load_coefficients_file(path: str) -> Coefficients:
 
 def read_coefficients_json(p: Path) -> dict[str, Any]:
     """A coefficients file as a dict, or one ConfigError line naming the file."""
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: malformed coefficients JSON ({e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a coefficients file (not UTF-8 text)") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    from ftcalc.validation import read_json_file
+
+    raw = read_json_file(p, "coefficients file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: not a coefficients file (expected a JSON object)")
     return raw

@@ -228,14 +228,9 @@ def _from_file(path: Path) -> ModelSpec:
         path = path / "config.json"
     if not path.is_file():
         raise UnknownModelError(f"{path}: no such config.json")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a config.json (not UTF-8 text)") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    from ftcalc.validation import read_json_file
+
+    cfg = read_json_file(path, "config.json")
     arch = architecture_from_config(cfg, where=str(path))
     return ModelSpec(id=str(path), arch=arch, config=cfg, origin="file", source=str(path))
 
