@@ -46,4 +46,4 @@ class DataFileError(FtcalcError):
 
 
 class MissingDependencyError(FtcalcError):
-    """A feature that needs an optional extra (e.g. ``pip install 'ftcalc[train]'``)."""
+    """A feature that needs an optional extra (e.g. ``pip install '.[train]'`` in the ftcalc source folder)."""

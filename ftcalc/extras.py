@@ -12,7 +12,7 @@ import importlib.util
 
 from ftcalc.errors import MissingDependencyError
 
-__all__ = ["require_extra", "EXTRAS"]
+__all__ = ["require_extra", "install_command", "EXTRAS"]
 
 EXTRAS = {
     "train": ("torch", "transformers", "peft", "accelerate"),  # ftcalc run, ftcalc profile, inventory --exact
@@ -25,4 +25,10 @@ def require_extra(extra: str, what: str) -> None:
     missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingDependencyError(f"{what} needs the [{extra}] extra ({', '.join(missing)} not installed): "
-                                     f"pip install 'ftcalc[{extra}]'")
+                                     f"{install_command(extra)}")
+
+
+def install_command(extra: str) -> str:
+    """How to add an extra: from the source folder ftcalc is installed from (ftcalc is not on a package index;
+    ``pip install 'ftcalc[...]'`` there would fetch another project's package)."""
+    return f"pip install '.[{extra}]' in the ftcalc source folder"

@@ -41,7 +41,7 @@ def _require_train_stack() -> None:
         import transformers  # noqa: F401
     except ImportError:
         raise MissingDependencyError(
-            "training and profiling need the heavy stack: pip install 'ftcalc[train]'"
+            "training and profiling need the heavy stack: pip install '.[train]' in the ftcalc source folder"
         ) from None
 
 
@@ -164,7 +164,7 @@ def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", in
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise MissingDependencyError("QLoRA needs bitsandbytes: pip install 'ftcalc[train]'") from None
+            raise MissingDependencyError("QLoRA needs bitsandbytes: pip install '.[train]' in the ftcalc source folder") from None
     dtype = weight_dtype(opts)
     if opts.loss == "fused":
         _apply_fused_loss_patch(spec)
@@ -425,7 +425,7 @@ def build_optimizer(model: Any, opts: TrainingOptions, lr: float = 1e-4, weight_
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise MissingDependencyError(f"optimizer {name} needs bitsandbytes: pip install 'ftcalc[train]'") from None
+        raise MissingDependencyError(f"optimizer {name} needs bitsandbytes: pip install '.[train]' in the ftcalc source folder") from None
     cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
            "adamw_8bit": bnb.optim.AdamW8bit}[name]
     return cls(params, lr=lr, weight_decay=weight_decay)

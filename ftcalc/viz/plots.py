@@ -29,7 +29,7 @@ def _plt() -> Any:
     except ImportError:
         from ftcalc.errors import MissingDependencyError
 
-        raise MissingDependencyError("plots need matplotlib: pip install 'ftcalc[plot]'") from None
+        raise MissingDependencyError("plots need matplotlib: pip install '.[plot]' in the ftcalc source folder") from None
     return plt
 
 

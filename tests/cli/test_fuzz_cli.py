@@ -312,7 +312,7 @@ def test_missing_extra_is_named_before_work(monkeypatch: pytest.MonkeyPatch) -> 
     from ftcalc.errors import MissingDependencyError
 
     monkeypatch.setitem(extras.EXTRAS, "train", ("ftcalc_no_such_module",))
-    with pytest.raises(MissingDependencyError, match=r"\[train\].*pip install 'ftcalc\[train\]'"):
+    with pytest.raises(MissingDependencyError, match=r"\[train\].*pip install '\.\[train\]' in the ftcalc source folder"):
         extras.require_extra("train", "ftcalc run")
 
 
