@@ -124,6 +124,7 @@ def atomic_output(path: str | os.PathLike[str], *, marker: Iterable[bytes] = (),
         raise DataFileError(f"cannot write {p}: {_describe(e)}") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    _usual_mode(tmp, p)
     try:
         yield tmp
         os.replace(tmp, p)
@@ -132,6 +133,22 @@ def atomic_output(path: str | os.PathLike[str], *, marker: Iterable[bytes] = (),
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _usual_mode(tmp: Path, target: Path) -> None:
+    """mkstemp creates 0600; give the file the mode the target has, or that a plain open() would give it
+    (0666 less the umask), so a spec, report or plot is as readable as any file the user writes."""
+    try:
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, **kw: object) -> Path:
