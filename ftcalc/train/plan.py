@@ -234,14 +234,14 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
     total_steps = max_steps or max(1, math.ceil(num_epochs * steps_per_epoch))
     total_tokens = total_steps * spec.global_batch_size * seq_len
 
-    est = estimate_options(mspec, opts, gpu=gpu)
+    # one node's GPUs: the estimator plans one node (num_gpus of one node); several nodes are the world below
+    node_opts = opts.model_copy(update={"num_gpus": num_gpus}) if num_nodes > 1 else opts
+    est = estimate_options(mspec, node_opts, gpu=gpu)
     pred: dict[str, Any] = {
         "device_used_bytes": est.device_used_bytes, "peak_allocated_bytes": est.peak_allocated_bytes,
         "peak_reserved_bytes": est.peak_reserved_bytes, "total_steps": total_steps, "total_tokens": total_tokens,
         "gpu": est.gpu, "coefficients": est.coefficients, "ftcalc_version": __version__,
     }
-    if est.fits is False:
-        notes.append(f"the estimator predicts this does NOT fit on {est.gpu}: {est.fit_note}")
     if est.tokens_per_second:
         pred["tokens_per_second"] = round(est.tokens_per_second, 1)
         from ftcalc.model.throughput import host_note
@@ -261,19 +261,24 @@ def make_spec(model: str, method: str, dataset: str | Path, *, out_path: str | P
             c = choices[0]
             pred.update(usd_per_hour=c.usd_per_hour, cost_usd=round(c.usd_per_hour * pred["hours"], 4),
                         provider=c.provider, instance_type=c.instance_type)
-    if world > 1 and gpu and est.tokens_per_second and num_nodes == 1:
-        # several GPUs of one node: per-GPU memory and speed under DDP / FSDP (ftcalc.model.parallel, docs/multi-gpu.md)
+    if world > 1 and gpu and est.tokens_per_second:
+        # several GPUs: per-GPU memory and speed under DDP / FSDP over the whole world, nodes linked by the
+        # instance's inter-node bandwidth (ftcalc.model.parallel, ftcalc.model.sharding, docs/multi-gpu.md)
         from ftcalc.model.parallel import estimate_parallel, strategy_of
 
         fsdp = spec.distribution.fsdp
-        par = estimate_parallel(mspec, opts, est.gpu, strategy_of(distribution, fsdp.offload_params,
-                                                                  fsdp.reshard_after_forward), num_gpus)
+        par = estimate_parallel(mspec, node_opts, est.gpu, strategy_of(distribution, fsdp.offload_params,
+                                                                       fsdp.reshard_after_forward), world,
+                                num_instances=num_nodes)
         pred.update(device_used_bytes=int(par.device_used_bytes), peak_allocated_bytes=int(par.peak_allocated_bytes),
                     tokens_per_second=round(par.tokens_per_second_per_gpu, 1))
         pred.pop("peak_reserved_bytes", None)  # the multi-GPU model predicts allocated and device used
         pred["hours"] = total_tokens / par.tokens_per_second / 3600
         if pred.get("usd_per_hour"):
             pred["cost_usd"] = round(pred["usd_per_hour"] * pred["hours"], 4)
+    if gpu and est.gpu_memory_bytes and pred["device_used_bytes"] > est.gpu_memory_bytes:
+        notes.append(f"the estimator predicts this does NOT fit on {est.gpu}: needs "
+                     f"{pred['device_used_bytes'] / 1e9:.1f} GB per GPU, the GPU has {est.gpu_memory_bytes / 1e9:.1f} GB")
     if rec is not None:  # the solver models sharding, multi-GPU time, start-up and billing: its figures win
         pred.update(device_used_bytes=int(rec.device_used_bytes), tokens_per_second=round(rec.tokens_per_second_per_gpu, 1),
                     hours=rec.est_hours, cost_usd=round(rec.est_cost_usd, 4), usd_per_hour=rec.usd_per_hour,

@@ -337,3 +337,19 @@ def test_rehearsal_two_nodes_accelerate_launch(cluster):
     report = json.loads((fresh[0][1] / "run" / "run_report.json").read_text())
     assert report["status"] == "completed" and report["world_size"] == 2
     assert report["measured"]["train_loss"] == pytest.approx(_one_process_loss(nodes[0][0], src, tmp), rel=1e-5)
+
+
+def test_a_plan_over_several_nodes_is_costed_per_gpu_over_the_whole_world(tmp_path, capsys):
+    """70B full fine-tuning, FSDP, 2 nodes x 8 H200: the per-GPU memory is that of 16-way sharding (below one
+    node's 8-way), where the one-node estimator would refuse 16 GPUs of one node or give the unsharded model."""
+    from ftcalc.train.spec import load_spec
+
+    def planned(nodes: int) -> float:
+        out = tmp_path / f"spec{nodes}.yaml"
+        assert cli(["plan", "--model", "70b", "--method", "full", "--dataset", str(ALPACA), "--gpu", "h200",
+                    "--num-gpus", "8", "--num-nodes", str(nodes), "--distribution", "fsdp", "-o", str(out)]) == 0
+        return load_spec(out).predicted.device_used_bytes
+
+    one, two = planned(1), planned(2)
+    err = capsys.readouterr().err
+    assert two < one < 141e9 and "does NOT fit" not in err, (one, two)
