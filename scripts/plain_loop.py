@@ -52,7 +52,7 @@ def main() -> None:
     torch.manual_seed(spec.training.seed)
     tok = load_tokenizer(spec.model.tokenizer or str(shipped_tokenizer(mspec.id, mspec.aliases)))
     data = build_data(Path(spec.data.path), spec.data.format, tok, seq_len=spec.sequence_len, seed=spec.training.seed,
-                      val_set_size=0, sample_packing=spec.data.sample_packing, micro_batch_size=spec.micro_batch_size,
+                      val_set_size=0, sample_packing=spec.data.sample_packing, train_on=spec.data.train_on, micro_batch_size=spec.micro_batch_size,
                       gradient_accumulation_steps=1, world_size=1, on_bad_line="skip",
                       vocab_size=mspec.arch.vocab_size)
     batches = [data.micro_batch(m, 0) for m in range(a.steps)]  # host tensors, as a DataLoader yields them

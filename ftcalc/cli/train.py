@@ -75,6 +75,9 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     bool_flag(h, "packing", "pack examples into full sequences (sample_packing; default off, on with "
                              "--from-recommendation)")
     h.add_argument("--on-bad-line", choices=["error", "skip"], default="error")
+    h.add_argument("--train-on", choices=["all", "completion"], default="all",
+                   help="all: every token trains (default); completion: only the Alpaca response or the chat's "
+                        "assistant turns (TRL completion_only_loss, axolotl train_on_inputs: false)")
     h.add_argument("--seed", type=int, default=42)
     w = p.add_argument_group("hardware and output")
     w.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -140,7 +143,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         lora_dropout=a.lora_dropout, lora_targets=a.lora_targets, attention=a.attention, loss=a.loss,
         quant_type=a.quant_type, double_quant=a.double_quant, init=a.init, tokenizer=a.tokenizer,
         learning_rate=a.learning_rate, lr_scheduler=a.lr_scheduler, warmup_steps=a.warmup_steps,
-        val_set_size=a.val_set_size, sample_packing=a.packing, on_bad_line=a.on_bad_line, output_dir=a.output_dir,
+        val_set_size=a.val_set_size, sample_packing=a.packing, on_bad_line=a.on_bad_line, train_on=a.train_on, output_dir=a.output_dir,
         save_steps=a.save_steps, save_total_limit=a.save_total_limit, merge_adapter=a.merge_adapter, seed=a.seed,
         spot=a.spot, provider=a.provider, from_recommendation=a.from_recommendation, max_gpus=a.max_gpus,
         objective=a.objective, notes=notes,

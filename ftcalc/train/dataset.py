@@ -9,8 +9,14 @@ Formats (one JSON object per line):
   (``apply_chat_template``); a tokenizer without one is refused;
 - ``text``: ``{"text"}`` followed by EOS.
 
-Labels are the input ids (every token trains, prompt included: axolotl's ``train_on_inputs: true``);
-the only masking is right padding, whose labels are -100 and attention mask 0. Sequences longer
+Labels: with ``train_on: all`` (the default) they are the input ids, prompt included (axolotl's
+``train_on_inputs: true``); with ``train_on: completion`` only the completion trains, as TRL's SFTTrainer
+(``completion_only_loss`` / ``assistant_only_loss``) and axolotl (``train_on_inputs: false``) do: the
+Alpaca prompt's tokens get label -100 (Stanford Alpaca's train.py ``preprocess``: the source tokenized alone,
+its length masked), and in a chat every token outside the assistant turns (each assistant turn is the
+tokens that the chat template adds for that message after the generation prompt of the turns before it).
+Right padding has labels -100 and attention mask 0. Masking changes no shape, so memory and step time are
+the same either way. Sequences longer
 than ``sequence_len`` are truncated (counted and reported). Every batch is padded to
 ``sequence_len`` so that memory and step time are those the estimator predicts for ``sequence_len``
 (and constant from step to step); ``sample_packing`` fills the padding with the next examples instead.
@@ -32,6 +38,7 @@ from typing import Any
 from ftcalc.errors import DataFileError
 
 __all__ = ["DatasetError", "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "read_rows", "render_and_tokenize",
+           "completion_masks", "TRAIN_ON",
            "TokenizedData", "build_data", "load_tokenizer", "shipped_tokenizer", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100  # labels ignored by torch.nn.functional.cross_entropy (HF ForCausalLMLoss)
@@ -158,6 +165,48 @@ def _with_eos(ids: list[int], eos: int | None) -> list[int]:
     return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
 
 
+TRAIN_ON = ("all", "completion")
+
+
+def completion_masks(rows: list[tuple[int, dict]], fmt: str, tok: Any, seqs: list[list[int]],
+                     where: str) -> list[list[bool]]:
+    """Per token of each sequence: whether it trains under ``train_on: completion``.
+
+    alpaca: the tokens after the rendered prompt (its token count with the tokenizer's special tokens, as
+    Stanford Alpaca's train.py ``preprocess`` counts ``sources_tokenized``). chat: the tokens each assistant
+    message adds after the generation prompt of the messages before it (``apply_chat_template`` of
+    ``messages[:k]`` with ``add_generation_prompt=True`` against ``messages[:k + 1]``); a template whose
+    renderings are not prefixes of one another is refused.
+    """
+    if fmt == "text":
+        raise DatasetError(f"{where}: train_on completion needs a prompt to mask: format alpaca or chat "
+                           "(format text has none; use train_on all)")
+    out = []
+    if fmt == "alpaca":
+        prompts = [ALPACA_PROMPT.format(instruction=r["instruction"], input=r["input"]) if r.get("input")
+                   else ALPACA_PROMPT_NO_INPUT.format(instruction=r["instruction"]) for _, r in rows]
+        for ids, p in zip(seqs, tok(prompts, add_special_tokens=True)["input_ids"], strict=True):
+            n = len(p)
+            out.append([i >= n for i in range(len(ids))])
+        return out
+    for (n, row), ids in zip(rows, seqs, strict=True):
+        mask = [False] * len(ids)
+        msgs = row["messages"]
+        for k, m in enumerate(msgs):
+            if m.get("role") != "assistant":
+                continue
+            head = tok.apply_chat_template(msgs[:k], tokenize=True, add_generation_prompt=True, return_dict=True)
+            upto = tok.apply_chat_template(msgs[:k + 1], tokenize=True, return_dict=True)
+            a, b = list(head["input_ids"]), list(upto["input_ids"])
+            if b[:len(a)] != a or ids[:len(b)] != b:
+                raise DatasetError(f"{where}:{n}: the chat template does not render a conversation as a prefix of "
+                                   "its continuation, so the assistant turns cannot be located: use train_on all")
+            for i in range(len(a), len(b)):
+                mask[i] = True
+        out.append(mask)
+    return out
+
+
 def render_and_tokenize(rows: list[tuple[int, dict]], fmt: str, tok: Any, where: str) -> list[list[int]]:
     """Token ids of each row (BOS as the tokenizer adds it, EOS appended; chat: the template decides)."""
     eos = tok.eos_token_id
@@ -205,6 +254,9 @@ class TokenizedData:
     skipped: list[str] = field(default_factory=list)
     truncated: int = 0
     source_rows: int = 0
+    # per token, whether it trains (train_on: completion); None: every token trains
+    train_masks: list[list[bool]] | None = None
+    val_masks: list[list[bool]] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -229,8 +281,9 @@ class TokenizedData:
         start = pos * self.micro_batch_size * self.world_size + rank * self.micro_batch_size
         return epoch, order[start:start + self.micro_batch_size]
 
-    def collate(self, seqs: list[list[int]]) -> dict[str, Any]:
-        """Right-padded tensors of shape (len(seqs), seq_len): input_ids, labels (-100 on padding), attention_mask."""
+    def collate(self, seqs: list[list[int]], trains: list[list[bool]] | None = None) -> dict[str, Any]:
+        """Right-padded tensors of shape (len(seqs), seq_len): input_ids, labels (-100 on padding and, with
+        ``trains``, on every token that does not train), attention_mask."""
         import torch
 
         n = len(seqs)
@@ -240,13 +293,17 @@ class TokenizedData:
         for i, s in enumerate(seqs):
             t = torch.tensor(s, dtype=torch.long)
             ids[i, :len(s)] = t
-            labels[i, :len(s)] = t
+            lab = t.clone()
+            if trains is not None:
+                lab[~torch.tensor(trains[i], dtype=torch.bool)] = IGNORE_INDEX
+            labels[i, :len(s)] = lab
             mask[i, :len(s)] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
     def micro_batch(self, m: int, rank: int = 0) -> dict[str, Any]:
         _, idx = self.micro_batch_indices(m, rank)
-        return self.collate([self.train[i] for i in idx])
+        masks = None if self.train_masks is None else [self.train_masks[i] for i in idx]
+        return self.collate([self.train[i] for i in idx], masks)
 
     def val_batches(self, rank: int = 0) -> list[dict[str, Any]]:
         """The validation set in order, this rank's share, in micro-batches (the last may be smaller).
@@ -256,7 +313,9 @@ class TokenizedData:
         """
         usable = len(self.val) - len(self.val) % self.world_size
         mine = self.val[:usable][rank::self.world_size]
-        return [self.collate(mine[i:i + self.micro_batch_size]) for i in range(0, len(mine), self.micro_batch_size)]
+        masks = None if self.val_masks is None else self.val_masks[:usable][rank::self.world_size]
+        b = self.micro_batch_size
+        return [self.collate(mine[i:i + b], None if masks is None else masks[i:i + b]) for i in range(0, len(mine), b)]
 
 
 def _pack(seqs: list[list[int]], seq_len: int) -> list[list[int]]:
@@ -267,15 +326,19 @@ def _pack(seqs: list[list[int]], seq_len: int) -> list[list[int]]:
 
 def build_data(path: str | Path, fmt: str, tok: Any, *, seq_len: int, seed: int, val_set_size: float,
                sample_packing: bool, micro_batch_size: int, gradient_accumulation_steps: int,
-               world_size: int = 1, on_bad_line: str = "error", vocab_size: int | None = None) -> TokenizedData:
+               world_size: int = 1, on_bad_line: str = "error", vocab_size: int | None = None,
+               train_on: str = "all") -> TokenizedData:
     """Read, tokenize, split and (optionally) pack a dataset; check that it makes at least one step.
 
     Raises:
         DatasetError: everything :func:`read_rows` raises; a validation split that leaves no training
             rows; too few rows for one optimizer step; token ids outside the model's vocabulary.
     """
+    if train_on not in TRAIN_ON:
+        raise DatasetError(f"train_on {train_on!r}: expected one of {', '.join(TRAIN_ON)}")
     rows, skipped = read_rows(path, fmt, on_bad_line)
     seqs = render_and_tokenize(rows, fmt, tok, str(path))
+    masks = completion_masks(rows, fmt, tok, seqs, str(path)) if train_on == "completion" else None
     if vocab_size is not None:
         top = max((max(s) for s in seqs if s), default=0)
         if top >= vocab_size:
@@ -292,17 +355,24 @@ def build_data(path: str | Path, fmt: str, tok: Any, *, seq_len: int, seed: int,
     random.Random(seed).shuffle(order)
     val = [seqs[i] for i in sorted(order[:n_val])]
     train = [seqs[i] for i in sorted(order[n_val:])]
+    val_m = None if masks is None else [masks[i] for i in sorted(order[:n_val])]
+    train_m = None if masks is None else [masks[i] for i in sorted(order[n_val:])]
     truncated = 0
     if sample_packing:
         train, val = _pack(train, seq_len), _pack(val, seq_len)
+        if masks is not None:  # the masks travel with their tokens
+            train_m, val_m = _pack(train_m, seq_len), _pack(val_m, seq_len)
     else:
         truncated = sum(len(s) > seq_len for s in train + val)
         train = [s[:seq_len] for s in train]
         val = [s[:seq_len] for s in val]
+        if masks is not None:
+            train_m, val_m = [m[:seq_len] for m in train_m], [m[:seq_len] for m in val_m]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     data = TokenizedData(train=train, val=val, seq_len=seq_len, pad_id=pad, seed=seed,
                          micro_batch_size=micro_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-                         world_size=world_size, skipped=skipped, truncated=truncated, source_rows=len(rows))
+                         world_size=world_size, skipped=skipped, truncated=truncated, source_rows=len(rows),
+                         train_masks=train_m, val_masks=val_m)
     need = micro_batch_size * gradient_accumulation_steps * world_size
     if data.steps_per_epoch < 1:
         unit = "packed sequences" if sample_packing else "training rows"

@@ -452,6 +452,7 @@ class _Runner:
             val_set_size=s.data.val_set_size, sample_packing=s.data.sample_packing,
             micro_batch_size=s.micro_batch_size, gradient_accumulation_steps=s.gradient_accumulation_steps,
             world_size=self.world, on_bad_line=s.data.on_bad_line, vocab_size=self.model_spec.arch.vocab_size,
+            train_on=s.data.train_on,
         )
         d = self.data
         if d.skipped:

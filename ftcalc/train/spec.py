@@ -102,6 +102,10 @@ class DataSection(_Section):
     sample_packing: bool = Field(False, description="concatenate examples (each ending in EOS) and cut them into "
                                                     "sequence_len chunks; attention crosses example boundaries",
                                  validation_alias="packing")
+    train_on: Literal["all", "completion"] = Field(
+        "all", description="all: every token trains, prompt included (axolotl train_on_inputs: true); completion: "
+                           "only the Alpaca response or the chat's assistant turns (TRL completion_only_loss / "
+                           "assistant_only_loss, axolotl train_on_inputs: false); no effect on memory or speed")
     on_bad_line: Literal["error", "skip"] = Field(
         "error", description="a malformed line (not JSON, missing fields, empty): stop naming file:line, or skip "
                              "it and report how many were skipped")

@@ -112,6 +112,48 @@ def test_alpaca_prompt_and_labels(tok, tmp_path):
     assert (b["input_ids"][0, n:] == tok.pad_token_id).all()
 
 
+def test_completion_only_alpaca_trains_on_the_response_alone(tok, tmp_path):
+    """train_on completion: the prompt's labels are -100 (Stanford Alpaca's preprocess), the response and EOS
+    train; padding stays -100; the inputs are those of train_on all."""
+    p = _write(tmp_path, ['{"instruction": "Say hi.", "input": "to Ada", "output": "Hi, Ada!"}'] * 2)
+    every, only = _data(tok, p, "alpaca"), _data(tok, p, "alpaca", train_on="completion")
+    assert only.train == every.train
+    b = only.micro_batch(0)
+    ids, labels = only.train[0], b["labels"][0].tolist()
+    trained = [t for t, lab in zip(ids, labels, strict=False) if lab != IGNORE_INDEX]
+    assert tok.decode(trained, skip_special_tokens=True).strip() == "Hi, Ada!"
+    assert trained[-1] == tok.eos_token_id and labels[len(ids):] == [IGNORE_INDEX] * (128 - len(ids))
+    assert (b["input_ids"] == every.micro_batch(0)["input_ids"]).all()
+
+
+def test_completion_only_chat_trains_on_the_assistant_turns(tok):
+    d = _data(tok, SAMPLES / "chat_sample.jsonl", "chat", seq_len=512, train_on="completion")
+    rows = [json.loads(line) for line in (SAMPLES / "chat_sample.jsonl").read_text().splitlines() if line.strip()]
+    b = d.micro_batch(0)
+    for i in range(2):
+        ids = b["input_ids"][i].tolist()
+        trained = tok.decode([t for t, lab in zip(ids, b["labels"][i].tolist(), strict=True) if lab != IGNORE_INDEX])
+        row = next(r for r in rows if r["messages"][-1]["content"][:40] in tok.decode(ids))
+        for m in row["messages"]:
+            assert (m["content"][:30] in trained) == (m["role"] == "assistant"), (m["role"], m["content"][:30])
+        assert "<|user|>" not in trained
+
+
+def test_completion_only_masks_travel_with_packing(tok, tmp_path):
+    lines = [json.dumps({"instruction": f"Count to {i}.", "output": " ".join(str(k) for k in range(i))})
+             for i in range(3, 15)]
+    p = _write(tmp_path, lines)
+    plain = _data(tok, p, "alpaca", seq_len=256, train_on="completion", micro_batch_size=1)
+    packed = _data(tok, p, "alpaca", seq_len=64, train_on="completion", micro_batch_size=1, sample_packing=True)
+    assert sum(map(sum, plain.train_masks)) == sum(map(sum, packed.train_masks)) > 0
+    assert [len(m) for m in packed.train_masks] == [len(s) for s in packed.train]
+
+
+def test_completion_only_refused_for_text(tok):
+    with pytest.raises(DatasetError, match="train_on completion needs a prompt"):
+        _data(tok, SAMPLES / "text_sample.jsonl", "text", train_on="completion")
+
+
 def test_chat_uses_template(tok):
     d = _data(tok, SAMPLES / "chat_sample.jsonl", "chat", seq_len=512)
     text = tok.decode(d.train[0])

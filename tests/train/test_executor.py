@@ -97,6 +97,23 @@ def test_cpu_smoke_plan_then_run(tmp_path, method, capsys):
     assert "completed: step 4/4" in capsys.readouterr().out
 
 
+def test_completion_only_run_trains_on_fewer_tokens_than_all(tmp_path):
+    """plan --train-on completion reaches the run: the same steps, a different loss (fewer tokens count)."""
+    from ftcalc.train.spec import load_spec
+
+    losses = {}
+    for train_on in ("all", "completion"):
+        spec, out = tmp_path / f"{train_on}.yaml", tmp_path / train_on
+        assert cli(["plan", "--model", "tiny-llama", "--method", "lora", "--dataset", str(ALPACA), "--max-steps", "2",
+                    "--device", "cpu", "--train-on", train_on, "-o", str(spec)]) == 0
+        assert load_spec(spec).data.train_on == train_on
+        assert cli(["run", str(spec), "--output-dir", str(out)]) == 0
+        report = json.loads((out / "run_report.json").read_text())
+        assert report["status"] == "completed" and report["measured"]["final_step"] == 2
+        losses[train_on] = report["measured"]["train_loss"]
+    assert losses["all"] != losses["completion"], losses
+
+
 def test_chat_with_validation_and_text_with_packing(tmp_path):
     chat = _spec(tmp_path, "lora", SAMPLES / "chat_sample.jsonl", name="chat.yaml", seq_len=128, val_set_size=8,
                  spec_update={"training": {"eval_steps": 2}})
