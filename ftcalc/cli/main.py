@@ -70,6 +70,10 @@ def _print_estimate(est: Any) -> None:
     print(f"{est.precision}, {est.optimizer}, checkpointing {'on' if est.gradient_checkpointing else 'off'}, "
           f"attention {est.attention}, loss {est.loss}")
     print(f"params: {est.total_params / 1e9:.2f} B total, {est.trainable_params / 1e6:.1f} M trainable")
+    if est.quantization:
+        print(f"pre-quantized checkpoint: {est.quantization}")
+    if est.unvalidated:
+        print(f"unvalidated: {'; '.join(est.unvalidated)}")
     print()
     print(f"{'component':28s} {'GiB':>12s} {'GB':>11s}")
     for k, v in est.breakdown.items():

@@ -18,6 +18,9 @@ from ftcalc._paths import coefficients_label
 from ftcalc.errors import InvalidArgumentError
 from ftcalc.model.memory import (
     Coefficients,
+    checkpoint_options,
+    checkpoint_refusal,
+    checkpoint_unvalidated,
     estimate_memory,
     expert_lora_targeted,
     kv_cache_bytes,
@@ -81,6 +84,10 @@ class Estimate(BaseModel):
     distribution: str | None = None
     per_gpu_peak_allocated_bytes: int | None = None
     per_gpu_device_used_bytes: int | None = None
+    # a pre-quantized checkpoint's format (tables/quantization.py), and every part of this estimate that no
+    # measurement backs ("unvalidated"), each named; empty: the whole estimate rests on measured mechanisms
+    quantization: str | None = None
+    unvalidated: list[str] = []
 
     @property
     def host_bound(self) -> bool:
@@ -121,6 +128,12 @@ def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
     """Refuse options ``spec`` cannot train (InvalidArgumentError, one line): a sequence beyond its context, LoRA
     targets it does not have, dropout on fused MoE experts (peft refuses it), a rank wider than a targeted Linear."""
     arch = spec.arch
+    refusal = checkpoint_refusal(arch.quantization, opts.method, opts.precision)
+    if refusal:
+        raise InvalidArgumentError(refusal)
+    if arch.quantization is not None and arch.quantization.format != "bnb-4bit" and opts.num_gpus > 1:
+        raise InvalidArgumentError(f"{param('num_gpus')} {opts.num_gpus} on a pre-quantized checkpoint "
+                                   f"({arch.quantization.label}): only one GPU is modelled; use {param('num_gpus')} 1")
     if arch.max_position_embeddings and opts.seq_len > arch.max_position_embeddings:
         raise InvalidArgumentError(
             f"{param('seq_len')} {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
@@ -149,6 +162,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
     arch = spec.arch
     check_options(spec, opts)
+    opts = checkpoint_options(arch.quantization, opts)  # LoRA on a bnb 4-bit checkpoint is QLoRA
     epochs = check_epochs(epochs, "epochs")
     if dataset_tokens is not None:
         dataset_tokens = tokens(dataset_tokens, "dataset_tokens")
@@ -218,6 +232,8 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         distribution=par.strategy if par else None,
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
         per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,
+        quantization=arch.quantization.label if arch.quantization else None,
+        unvalidated=checkpoint_unvalidated(arch.quantization, inv),
     )
 
 
