@@ -26,6 +26,7 @@ from ftcalc.model.memory import (
     kv_cache_bytes,
     load_coefficients,
     resolve_attention,
+    vision_lora_params,
 )
 from ftcalc.model.options import DEFAULTS, TrainingOptions, make_options
 from ftcalc.sizes import GB, GIB
@@ -122,6 +123,20 @@ class Estimate(BaseModel):
         tot = "".join(f"<tr><th>{k}</th><th style='text-align:right'>{getattr(self, k + '_bytes') / GIB:.2f}</th></tr>"
                       for k in ("peak_allocated", "peak_reserved", "device_used"))
         return f"<div>{head}{fit}<table><tr><th>component</th><th>GiB</th></tr>{body}{tot}</table></div>"
+
+
+def vision_unvalidated(arch: Any, opts: TrainingOptions) -> list[str]:
+    """The label of a multimodal wrapper's estimate: the vision part counted (frozen) but never measured."""
+    v = arch.vision
+    if v is None:
+        return []
+    out = [f"vision tower + projector ({v.params / 1e6:,.0f} M params) counted frozen, not measured; "
+           "image tokens not modelled"]
+    v_lora = vision_lora_params(arch, opts)
+    if v_lora:
+        out.append(f"LoRA on the vision Linears the targets also match ({v_lora / 1e6:.1f} M params, as peft adds "
+                   "them) counted, not measured")
+    return out
 
 
 def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
@@ -233,7 +248,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
         per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,
         quantization=arch.quantization.label if arch.quantization else None,
-        unvalidated=checkpoint_unvalidated(arch.quantization, inv),
+        unvalidated=checkpoint_unvalidated(arch.quantization, inv) + vision_unvalidated(arch, opts),
     )
 
 

@@ -62,7 +62,8 @@ __all__ = [
     "Coefficients", "load_coefficients", "MemoryEstimate", "estimate_memory",
     "weights_bytes", "quantized_linear_bytes", "lora_params", "gradient_bytes", "optimizer_state_bytes",
     "optimizer_step_transient_bytes", "activation_terms_per_token", "checkpoint_bytes", "logits_bytes",
-    "kv_cache_bytes", "checkpoint_options", "checkpoint_refusal", "checkpoint_unvalidated", "expert_lora_targeted",
+    "kv_cache_bytes", "checkpoint_options", "checkpoint_refusal", "checkpoint_unvalidated", "vision_weight_bytes",
+    "vision_lora_params", "expert_lora_targeted",
     "expert_lora_bytes", "unquantized_bytes_per_param",
 ]
 
@@ -261,6 +262,28 @@ def checkpoint_unvalidated(quant: QuantScheme | None, inv: Inventory) -> list[st
     if inv.params_by_kind.get("experts", 0) and quant.format not in ("bnb-4bit",):
         out.append("MoE experts: counted at the weights' dtype, their quantized storage not modelled")
     return out
+
+
+def vision_lora_params(arch: Architecture, opts: TrainingOptions) -> int:
+    """LoRA parameters on a multimodal wrapper's vision Linears that the targets also hit (peft matches module
+    names anywhere in the model; all-linear adapts every Linear but the output layer)."""
+    if arch.vision is None or not opts.uses_adapters:
+        return 0
+    names = None if "all-linear" in opts.lora_targets else tuple(opts.lora_targets)
+    return arch.vision.lora_params(opts.lora_r, names)
+
+
+def vision_weight_bytes(arch: Architecture, opts: TrainingOptions) -> float:
+    """A multimodal wrapper's vision tower and projector, frozen: their weights only (no gradient, no optimizer
+    state). QLoRA: bitsandbytes quantizes the tower's Linears like the decoder's, the rest at the upcast dtype."""
+    v = arch.vision
+    if v is None:
+        return 0.0
+    if opts.method == "qlora":
+        lin = sum(i * o * c for _, i, o, c in v.linears)
+        q = sum(quantized_linear_bytes(i * o, opts.double_quant) * c for _, i, o, c in v.linears)
+        return q + unquantized_bytes_per_param(opts) * (v.params - lin)
+    return float(weight_bytes_per_param(opts) * v.params)
 
 
 def _prequantized_weights_bytes(inv: Inventory, opts: TrainingOptions, quant: QuantScheme) -> dict[str, float]:
@@ -641,9 +664,17 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         raise InvalidArgumentError(refusal)
     opts = checkpoint_options(quant, opts)
     w = weights_bytes(inv, opts, quant)
+    w["weights"] += vision_weight_bytes(arch, opts)
     grads = gradient_bytes(inv, opts)
     st = optimizer_state_bytes(inv, opts)
     step_tmp = optimizer_step_transient_bytes(inv, opts)
+    v_lora = vision_lora_params(arch, opts)
+    if v_lora:  # the vision tower's adapters: the same per-parameter cost as the decoder's (no activations: text only)
+        f = 1.0 + v_lora / max(lora_params(inv, opts), 1)
+        w["lora_adapters"] *= f
+        grads *= f
+        st = {k: v * f for k, v in st.items()}
+        step_tmp *= f
     attn = resolve_attention(arch, opts, transformers_version)
     terms = activation_terms_per_token(arch, opts, inv, attention=attn)
     per_layer_token = c.activation_scale * sum(terms.values())
@@ -765,8 +796,8 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         peak_reserved_bytes=reserved,
         device_used_bytes=reserved + outside,
         outside_allocator_bytes=outside,
-        trainable_params=trainable_params(inv, opts),
-        total_params=inv.total_params,
+        trainable_params=trainable_params(inv, opts) + vision_lora_params(arch, opts),
+        total_params=inv.total_params + (arch.vision.params if arch.vision else 0),
         activation_per_token_per_layer=terms,
         fragmentation_model=frag_model,
         transient_gap_bytes=transient_gap,

@@ -21,6 +21,7 @@ from typing import Any
 
 from ftcalc._paths import data_dir
 from ftcalc.errors import ConfigError, MissingDependencyError, UnknownModelError
+from ftcalc.tables.multimodal import VisionPart, split_multimodal
 from ftcalc.tables.quantization import QuantScheme, parse_quantization
 
 __all__ = ["Architecture", "ModelSpec", "resolve_model", "list_models", "architecture_from_config"]
@@ -75,6 +76,7 @@ class Architecture:
     final_logit_softcapping: float | None = None
     torch_dtype: str = "bfloat16"
     quantization: QuantScheme | None = None  # a pre-quantized checkpoint (tables/quantization.py)
+    vision: VisionPart | None = None  # a multimodal wrapper's vision tower + projector (tables/multimodal.py)
 
     @property
     def q_dim(self) -> int:
@@ -125,9 +127,12 @@ def architecture_from_config(cfg: dict[str, Any], where: str = "config") -> Arch
     Raises:
         ConfigError: not a dict, an unsupported model_type, or a missing/invalid field.
     """
-    arch = _text_architecture(cfg, where)
-    quant = parse_quantization(cfg, where) if isinstance(cfg, dict) else None
-    return replace(arch, quantization=quant) if quant is not None else arch
+    if not isinstance(cfg, dict):
+        return _text_architecture(cfg, where)
+    text, vision = split_multimodal(cfg, where)
+    arch = _text_architecture(text, where)
+    quant = parse_quantization(cfg, where)
+    return replace(arch, quantization=quant, vision=vision) if quant is not None or vision is not None else arch
 
 
 def _text_architecture(cfg: dict[str, Any], where: str = "config") -> Architecture:
