@@ -129,3 +129,12 @@ def test_counts_match_meta_device(cfg: dict | None) -> None:
     from ftcalc.model.options import make_options
 
     assert lora_params(inventory(arch), make_options(method="lora", lora_r=16)) + arch.vision.lora_params(16) == lora
+
+
+def test_inventory_command_names_the_vision_part(capsys: pytest.CaptureFixture[str]) -> None:
+    from ftcalc.cli.main import main
+
+    assert main(["inventory", "--model", str(GEMMA3_PUBLISHED)]) == 0
+    out = capsys.readouterr().out
+    params = architecture_from_config(_published_gemma3()).vision.params
+    assert f"vision tower + projector (gemma3): {params:,} parameters more" in out
