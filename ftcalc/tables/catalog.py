@@ -122,7 +122,8 @@ _MAX_CONFIG_SIZE = {"hidden_size": 2**18, "num_attention_heads": 2**14, "num_hid
 
 
 def architecture_from_config(cfg: dict[str, Any], where: str = "config") -> Architecture:
-    """Normalize a config.json dict into an :class:`Architecture`, with its ``quantization_config`` (if any).
+    """Normalize a config.json dict into an :class:`Architecture`: a wrapper's text part with its vision part
+    (tables/multimodal.py), and the checkpoint's ``quantization_config`` (tables/quantization.py), if any.
 
     Raises:
         ConfigError: not a dict, an unsupported model_type, or a missing/invalid field.
