@@ -70,6 +70,10 @@ def _print_estimate(est: Any) -> None:
     print(f"{est.precision}, {est.optimizer}, checkpointing {'on' if est.gradient_checkpointing else 'off'}, "
           f"attention {est.attention}, loss {est.loss}")
     print(f"params: {est.total_params / 1e9:.2f} B total, {est.trainable_params / 1e6:.1f} M trainable")
+    if est.quantization:
+        print(f"pre-quantized checkpoint: {est.quantization}")
+    if est.unvalidated:
+        print(f"unvalidated: {'; '.join(est.unvalidated)}")
     print()
     print(f"{'component':28s} {'GiB':>12s} {'GB':>11s}")
     for k, v in est.breakdown.items():
@@ -266,7 +270,19 @@ def cmd_inventory(a: argparse.Namespace) -> int:
     print("decoder Linear layers (LoRA targets / 4-bit under QLoRA):")
     for g in inv.linears:
         print(f"  {g.kind:14s} {g.in_features:>6} -> {g.out_features:<6} x{g.count}{'  +bias' if g.bias else ''}")
+    _print_wrapper_parts(spec.arch)
     return 0
+
+
+def _print_wrapper_parts(arch: Any) -> None:
+    """What the language model's inventory above leaves out: a multimodal wrapper's vision part, a checkpoint's
+    quantization."""
+    if arch.vision is not None:
+        v = arch.vision
+        print(f"vision tower + projector ({v.family}): {v.params:,} parameters more "
+              f"({v.tower_params:,} + {v.projector_params:,}; not in the language model's count above)")
+    if arch.quantization is not None:
+        print(f"pre-quantized checkpoint: {arch.quantization.label}")
 
 
 def cmd_gpus(a: argparse.Namespace) -> int:

@@ -18,11 +18,15 @@ from ftcalc._paths import coefficients_label
 from ftcalc.errors import InvalidArgumentError
 from ftcalc.model.memory import (
     Coefficients,
+    checkpoint_options,
+    checkpoint_refusal,
+    checkpoint_unvalidated,
     estimate_memory,
     expert_lora_targeted,
     kv_cache_bytes,
     load_coefficients,
     resolve_attention,
+    vision_lora_params,
 )
 from ftcalc.model.options import DEFAULTS, TrainingOptions, make_options
 from ftcalc.sizes import GB, GIB
@@ -81,6 +85,10 @@ class Estimate(BaseModel):
     distribution: str | None = None
     per_gpu_peak_allocated_bytes: int | None = None
     per_gpu_device_used_bytes: int | None = None
+    # a pre-quantized checkpoint's format (tables/quantization.py), and every part of this estimate that no
+    # measurement backs ("unvalidated"), each named; empty: the whole estimate rests on measured mechanisms
+    quantization: str | None = None
+    unvalidated: list[str] = []
 
     @property
     def host_bound(self) -> bool:
@@ -117,10 +125,30 @@ class Estimate(BaseModel):
         return f"<div>{head}{fit}<table><tr><th>component</th><th>GiB</th></tr>{body}{tot}</table></div>"
 
 
+def vision_unvalidated(arch: Any, opts: TrainingOptions) -> list[str]:
+    """The label of a multimodal wrapper's estimate: the vision part counted (frozen) but never measured."""
+    v = arch.vision
+    if v is None:
+        return []
+    out = [f"vision tower + projector ({v.params / 1e6:,.0f} M params) counted frozen, not measured; "
+           "image tokens not modelled"]
+    v_lora = vision_lora_params(arch, opts)
+    if v_lora:
+        out.append(f"LoRA on the vision Linears the targets also match ({v_lora / 1e6:.1f} M params, as peft adds "
+                   "them) counted, not measured")
+    return out
+
+
 def check_options(spec: ModelSpec, opts: TrainingOptions) -> None:
     """Refuse options ``spec`` cannot train (InvalidArgumentError, one line): a sequence beyond its context, LoRA
     targets it does not have, dropout on fused MoE experts (peft refuses it), a rank wider than a targeted Linear."""
     arch = spec.arch
+    refusal = checkpoint_refusal(arch.quantization, opts.method, opts.precision)
+    if refusal:
+        raise InvalidArgumentError(refusal)
+    if arch.quantization is not None and arch.quantization.format != "bnb-4bit" and opts.num_gpus > 1:
+        raise InvalidArgumentError(f"{param('num_gpus')} {opts.num_gpus} on a pre-quantized checkpoint "
+                                   f"({arch.quantization.label}): only one GPU is modelled; use {param('num_gpus')} 1")
     if arch.max_position_embeddings and opts.seq_len > arch.max_position_embeddings:
         raise InvalidArgumentError(
             f"{param('seq_len')} {opts.seq_len} exceeds {spec.id}'s context of {arch.max_position_embeddings} tokens"
@@ -149,6 +177,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
     """Estimate for an already-resolved model and validated options (the fast path used by sweeps)."""
     arch = spec.arch
     check_options(spec, opts)
+    opts = checkpoint_options(arch.quantization, opts)  # LoRA on a bnb 4-bit checkpoint is QLoRA
     epochs = check_epochs(epochs, "epochs")
     if dataset_tokens is not None:
         dataset_tokens = tokens(dataset_tokens, "dataset_tokens")
@@ -218,6 +247,8 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         distribution=par.strategy if par else None,
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
         per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,
+        quantization=arch.quantization.label if arch.quantization else None,
+        unvalidated=checkpoint_unvalidated(arch.quantization, inv) + vision_unvalidated(arch, opts),
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from ftcalc.model import sharding as sh
 from ftcalc.model.memory import (
     autocast_weight_copy_bytes,
+    checkpoint_refusal,
     estimate_memory,
     gradient_bytes,
     load_coefficients,
@@ -55,6 +56,8 @@ def config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str], 
     for method, upcast in variants:
         if method == "qlora" and base.precision == "32-true":
             continue  # QLoRA computes in bf16 (estimate_memory refuses 32-true)
+        if checkpoint_refusal(arch.quantization, method, base.precision):
+            continue  # a pre-quantized checkpoint: no full fine-tuning (estimate_memory refuses it)
         for mb in micro_batches:
             if mb > max(target_seqs, 1) and mb != 1:
                 continue
@@ -62,7 +65,7 @@ def config_grid(spec: ModelSpec, base: TrainingOptions, methods: Sequence[str], 
                 opts = base.model_copy(update={"method": method, "batch_size": mb, "gradient_checkpointing": ckpt,
                                                "qlora_fp32_upcast": upcast})
                 mem = estimate_memory(arch, inv, opts, c)  # unconstrained: the fit test uses device_used
-                w = weights_bytes(inv, opts)
+                w = weights_bytes(inv, opts, arch.quantization)
                 states = optimizer_state_bytes(inv, opts)
                 grads = gradient_bytes(inv, opts)
                 paged = mem.breakdown.get("paged_optimizer_states", 0.0)

@@ -56,12 +56,15 @@ from ftcalc.model.units import (  # noqa: F401
 from ftcalc.sizes import GIB
 from ftcalc.tables.catalog import Architecture
 from ftcalc.tables.inventory import Inventory
+from ftcalc.tables.quantization import QuantScheme, module_path
 
 __all__ = [
     "Coefficients", "load_coefficients", "MemoryEstimate", "estimate_memory",
     "weights_bytes", "quantized_linear_bytes", "lora_params", "gradient_bytes", "optimizer_state_bytes",
     "optimizer_step_transient_bytes", "activation_terms_per_token", "checkpoint_bytes", "logits_bytes",
-    "kv_cache_bytes", "expert_lora_targeted", "expert_lora_bytes", "unquantized_bytes_per_param",
+    "kv_cache_bytes", "checkpoint_options", "checkpoint_refusal", "checkpoint_unvalidated", "vision_weight_bytes",
+    "vision_lora_params", "expert_lora_targeted",
+    "expert_lora_bytes", "unquantized_bytes_per_param",
 ]
 
 BNB_8BIT_BLOCK = 256  # bitsandbytes 8-bit optimizer blockwise quantization (optim/optimizer.py)
@@ -208,7 +211,102 @@ def expert_lora_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]
     return {"per_layer_saved": float(stack), "transient": float(2 * e * 2 * i * h * b)}
 
 
-def weights_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
+def checkpoint_options(quant: QuantScheme | None, opts: TrainingOptions) -> TrainingOptions:
+    """The options a pre-quantized checkpoint really trains with: LoRA on a bitsandbytes 4-bit checkpoint is
+    QLoRA (the same Linear4bit storage, and TRL's SFTTrainer calls peft's prepare_model_for_kbit_training
+    for any model ``is_loaded_in_4bit``), with the checkpoint's own double quantization."""
+    if quant is not None and quant.format == "bnb-4bit" and opts.uses_adapters:
+        if opts.method != "qlora" or opts.double_quant != quant.double_quant:
+            return opts.model_copy(update={"method": "qlora", "double_quant": quant.double_quant})
+    return opts
+
+
+def checkpoint_refusal(quant: QuantScheme | None, method: str, precision: str = "bf16-true") -> str | None:
+    """Why ``method`` cannot train a checkpoint quantized as ``quant`` (None: it can)."""
+    if quant is None:
+        return None
+    from ftcalc.validation import param
+
+    if method == "full":
+        return (f"{param('method')} full on a checkpoint already quantized ({quant.label}): its packed weights have "
+                f"no gradients; use {param('method')} lora on it, or full fine-tuning of the unquantized base model")
+    if quant.format == "mxfp4":
+        # transformers/quantizers/quantizer_mxfp4.py (v5.25): Mxfp4HfQuantizer.is_trainable is False
+        return ("an MXFP4 checkpoint does not train as it loads (transformers' Mxfp4HfQuantizer is not trainable); "
+                "load it with Mxfp4Config(dequantize=True), i.e. bf16 weights: estimate that config.json without its "
+                "quantization_config")
+    if method == "qlora" and quant.format != "bnb-4bit":
+        return (f"{param('method')} qlora on a checkpoint already quantized ({quant.label}): bitsandbytes cannot "
+                f"requantize it; use {param('method')} lora on it as it is")
+    if precision != "bf16-true" and quant.format != "bnb-4bit":
+        return (f"{param('precision')} {precision} on a pre-quantized checkpoint ({quant.label}): its Linears compute "
+                f"in 16 bit; use {param('precision')} bf16-true")
+    return None
+
+
+def checkpoint_unvalidated(quant: QuantScheme | None, inv: Inventory) -> list[str]:
+    """The parts of an estimate for a pre-quantized checkpoint that no measurement backs."""
+    if quant is None:
+        return []
+    out: list[str] = []
+    if quant.format == "bnb-4bit":
+        if quant.not_converted:
+            out.append("bitsandbytes llm_int8_skip_modules: the skipped Linears are counted as 4-bit")
+    else:
+        out.append(f"{quant.label} weights: packed size from the format's storage rule, not measured")
+        out.append("dequantization transient: one bf16 copy of the largest quantized Linear, not measured")
+        if quant.format == "awq":
+            out.append("AWQ training needs gptqmodel>=5 (transformers quantizer_awq.py is_trainable)")
+        if quant.format == "bnb-8bit":
+            out.append("bitsandbytes 8-bit: LLM.int8 activations and outlier buffers not modelled")
+    if inv.params_by_kind.get("experts", 0) and quant.format not in ("bnb-4bit",):
+        out.append("MoE experts: counted at the weights' dtype, their quantized storage not modelled")
+    return out
+
+
+def vision_lora_params(arch: Architecture, opts: TrainingOptions) -> int:
+    """LoRA parameters on a multimodal wrapper's vision Linears that the targets also hit (peft matches module
+    names anywhere in the model; all-linear adapts every Linear but the output layer)."""
+    if arch.vision is None or not opts.uses_adapters:
+        return 0
+    names = None if "all-linear" in opts.lora_targets else tuple(opts.lora_targets)
+    return arch.vision.lora_params(opts.lora_r, names)
+
+
+def vision_weight_bytes(arch: Architecture, opts: TrainingOptions) -> float:
+    """A multimodal wrapper's vision tower and projector, frozen: their weights only (no gradient, no optimizer
+    state). QLoRA: bitsandbytes quantizes the tower's Linears like the decoder's, the rest at the upcast dtype."""
+    v = arch.vision
+    if v is None:
+        return 0.0
+    if opts.method == "qlora":
+        lin = sum(i * o * c for _, i, o, c in v.linears)
+        q = sum(quantized_linear_bytes(i * o, opts.double_quant) * c for _, i, o, c in v.linears)
+        return q + unquantized_bytes_per_param(opts) * (v.params - lin)
+    return float(weight_bytes_per_param(opts) * v.params)
+
+
+def _prequantized_weights_bytes(inv: Inventory, opts: TrainingOptions, quant: QuantScheme) -> dict[str, float]:
+    """A pre-quantized checkpoint (GPTQ, AWQ, FP8, bitsandbytes 8-bit) under LoRA: each decoder Linear the
+    format converts at its packed size with its scales and zero points (``QuantScheme.linear_bytes``), the
+    Linears it leaves out (``modules_to_not_convert``) and everything else (embeddings, head, norms, biases,
+    MoE experts) at the element size of the weights' dtype; bitsandbytes 8-bit: fp32, as peft's
+    ``prepare_model_for_kbit_training`` upcasts them (peft/utils/other.py)."""
+    rest_b = 4 if quant.format == "bnb-8bit" else weight_bytes_per_param(opts)
+    linear = 0.0
+    kept = 0
+    for g in inv.linears:
+        if quant.converts(module_path(g.kind)):
+            linear += quant.linear_bytes(g.in_features, g.out_features) * g.count
+        else:
+            kept += g.weight_params
+    rest = inv.total_params - inv.linear_weight_params + kept
+    packed = sum(g.weight_params * quant.bits / 8 for g in inv.linears if quant.converts(module_path(g.kind)))
+    return {"weights": linear + rest_b * rest, "quant_state": linear - packed,
+            "lora_adapters": _trainable_bytes_per_param(opts) * lora_params(inv, opts) if opts.uses_adapters else 0.0}
+
+
+def weights_bytes(inv: Inventory, opts: TrainingOptions, quant: QuantScheme | None = None) -> dict[str, float]:
     """Resident parameter bytes: base weights by dtype, and LoRA adapters (fp32, as peft keeps them).
 
     QLoRA: every decoder Linear in NF4 (``quantized_linear_bytes``), everything else (embeddings,
@@ -217,6 +315,9 @@ def weights_bytes(inv: Inventory, opts: TrainingOptions) -> dict[str, float]:
     constants (absmax, the second-level absmax and code), which the sharded build keeps whole on every rank.
     """
     out: dict[str, float] = {}
+    opts = checkpoint_options(quant, opts)
+    if quant is not None and quant.format != "bnb-4bit":
+        return _prequantized_weights_bytes(inv, opts, quant)
     if opts.method == "qlora":
         linear = sum(quantized_linear_bytes(g.in_features * g.out_features, opts.double_quant) * g.count
                      for g in inv.linears)
@@ -449,8 +550,14 @@ def backward_transient_bytes(arch: Architecture, opts: TrainingOptions, coeffs: 
                 + coeffs.backward_transient_per_token_h * arch.hidden_size * residual_bytes_per_element(opts))
 
 
-def _qlora_dequant_bytes(inv: Inventory, opts: TrainingOptions) -> float:
-    """bitsandbytes dequantizes a 4-bit weight to bf16 for each matmul (MatMul4Bit): the largest one."""
+def _qlora_dequant_bytes(inv: Inventory, opts: TrainingOptions, quant: QuantScheme | None = None) -> float:
+    """bitsandbytes dequantizes a 4-bit weight to bf16 for each matmul (MatMul4Bit): the largest one. A
+    pre-quantized checkpoint's Linear is taken to do the same (bitsandbytes 8-bit: MatMul8bitLt's backward
+    dequantizes CB x SCB; GPTQ/AWQ's torch and triton kernels dequantize the weight for a large batch; FP8:
+    not measured): one bf16 copy of the largest converted Linear."""
+    if quant is not None and quant.format != "bnb-4bit":
+        return 2.0 * max((g.in_features * g.out_features for g in inv.linears if quant.converts(module_path(g.kind))),
+                         default=0)
     if opts.method != "qlora":
         return 0.0
     return 2.0 * max((g.in_features * g.out_features for g in inv.linears), default=0)
@@ -551,10 +658,23 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
 
         raise InvalidArgumentError(f"{param('precision')} 32-true with {param('method')} qlora: QLoRA computes in "
                                    "bf16; use bf16-true")
-    w = weights_bytes(inv, opts)
+    quant = arch.quantization
+    refusal = checkpoint_refusal(quant, opts.method, opts.precision)
+    if refusal:
+        raise InvalidArgumentError(refusal)
+    opts = checkpoint_options(quant, opts)
+    w = weights_bytes(inv, opts, quant)
+    w["weights"] += vision_weight_bytes(arch, opts)
     grads = gradient_bytes(inv, opts)
     st = optimizer_state_bytes(inv, opts)
     step_tmp = optimizer_step_transient_bytes(inv, opts)
+    v_lora = vision_lora_params(arch, opts)
+    if v_lora:  # the vision tower's adapters: the same per-parameter cost as the decoder's (no activations: text only)
+        f = 1.0 + v_lora / max(lora_params(inv, opts), 1)
+        w["lora_adapters"] *= f
+        grads *= f
+        st = {k: v * f for k, v in st.items()}
+        step_tmp *= f
     attn = resolve_attention(arch, opts, transformers_version)
     terms = activation_terms_per_token(arch, opts, inv, attention=attn)
     per_layer_token = c.activation_scale * sum(terms.values())
@@ -568,7 +688,7 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
     bwd_tmp = backward_transient_bytes(arch, opts, c)
     if attn == "eager":  # softmax backward: fp32 gradient of the probabilities and of the scores
         bwd_tmp += 8.0 * arch.num_heads * opts.seq_len * n
-    deq = _qlora_dequant_bytes(inv, opts)
+    deq = _qlora_dequant_bytes(inv, opts, quant)
     moe = expert_lora_bytes(inv, opts)
     bwd_tmp += moe["transient"]  # short-lived in one layer's backward
     if not opts.checkpointing:
@@ -676,8 +796,8 @@ def estimate_memory(arch: Architecture, inv: Inventory, opts: TrainingOptions,
         peak_reserved_bytes=reserved,
         device_used_bytes=reserved + outside,
         outside_allocator_bytes=outside,
-        trainable_params=trainable_params(inv, opts),
-        total_params=inv.total_params,
+        trainable_params=trainable_params(inv, opts) + vision_lora_params(arch, opts),
+        total_params=inv.total_params + (arch.vision.params if arch.vision else 0),
         activation_per_token_per_layer=terms,
         fragmentation_model=frag_model,
         transient_gap_bytes=transient_gap,

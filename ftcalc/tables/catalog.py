@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ftcalc._paths import data_dir
 from ftcalc.errors import ConfigError, MissingDependencyError, UnknownModelError
+from ftcalc.tables.multimodal import VisionPart, split_multimodal
+from ftcalc.tables.quantization import QuantScheme, parse_quantization
 
 __all__ = ["Architecture", "ModelSpec", "resolve_model", "list_models", "architecture_from_config"]
 
@@ -73,6 +75,8 @@ class Architecture:
     sliding_window: int | None = None
     final_logit_softcapping: float | None = None
     torch_dtype: str = "bfloat16"
+    quantization: QuantScheme | None = None  # a pre-quantized checkpoint (tables/quantization.py)
+    vision: VisionPart | None = None  # a multimodal wrapper's vision tower + projector (tables/multimodal.py)
 
     @property
     def q_dim(self) -> int:
@@ -118,6 +122,21 @@ _MAX_CONFIG_SIZE = {"hidden_size": 2**18, "num_attention_heads": 2**14, "num_hid
 
 
 def architecture_from_config(cfg: dict[str, Any], where: str = "config") -> Architecture:
+    """Normalize a config.json dict into an :class:`Architecture`: a wrapper's text part with its vision part
+    (tables/multimodal.py), and the checkpoint's ``quantization_config`` (tables/quantization.py), if any.
+
+    Raises:
+        ConfigError: not a dict, an unsupported model_type, or a missing/invalid field.
+    """
+    if not isinstance(cfg, dict):
+        return _text_architecture(cfg, where)
+    text, vision = split_multimodal(cfg, where)
+    arch = _text_architecture(text, where)
+    quant = parse_quantization(cfg, where)
+    return replace(arch, quantization=quant, vision=vision) if quant is not None or vision is not None else arch
+
+
+def _text_architecture(cfg: dict[str, Any], where: str = "config") -> Architecture:
     """Normalize a config.json dict (a Hugging Face causal-LM config) into an :class:`Architecture`.
 
     Raises:
@@ -223,7 +242,18 @@ def list_models() -> list[ModelSpec]:
     return sorted(models.values(), key=lambda m: m.id)
 
 
+def _looks_like_path(name: str) -> bool:
+    """A name meant as a local path: it starts like one (./, ../, /, ~) or its first component exists here
+    (``data/missing``: a typo in a folder, not a hub id ``org/name``)."""
+    if name.startswith((".", "/", "~")):
+        return True
+    first = name.split("/", 1)[0]
+    return "/" in name and bool(first) and Path(first).exists()
+
+
 def _from_file(path: Path) -> ModelSpec:
+    if not path.exists():
+        raise UnknownModelError(f"{path}: no such file or folder (a local config.json path or a folder holding one)")
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
@@ -293,7 +323,7 @@ def resolve_model(name: str) -> ModelSpec:
     if key in alias_to_id:
         return models[alias_to_id[key]]
     path = Path(name).expanduser()
-    if path.suffix == ".json" or path.exists() or name.startswith((".", "/", "~")):
+    if path.suffix == ".json" or path.exists() or _looks_like_path(name):
         return _from_file(path)
     if name.count("/") == 1 and " " not in name:
         return _from_hub(name)

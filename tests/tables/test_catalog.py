@@ -57,9 +57,11 @@ def test_multimodal_entries_say_what_is_counted(fname: str) -> None:
     entry = ENTRIES[fname]
     if "text_config" not in entry["config"]:
         return
-    assert "language model only" in entry.get("notes", ""), "say that the inventory counts the LM only"
+    assert "vision tower" in entry.get("notes", "") and "counts" in entry["notes"], "say what is counted"
     spec = resolve_model(entry["id"])
     assert spec.arch.model_type == entry["config"]["text_config"]["model_type"]
+    if "vision_config" in entry["config"]:  # the tower is counted, never the language model alone
+        assert spec.arch.vision is not None and spec.arch.vision.params > 0
 
 
 # --------------------------------------------------------------------------- aliases
