@@ -8,9 +8,21 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import os
+
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests draw the same examples on every run (a CI run must not fail on a draw the last one did not
+# make); FTCALC_HYPOTHESIS_RANDOM=1 draws fresh ones to hunt for new cases.
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ftcalc", derandomize=not os.environ.get("FTCALC_HYPOTHESIS_RANDOM"))
+    settings.load_profile("ftcalc")
+except ImportError:  # hypothesis is a test extra
+    pass
 
 
 def _tracked() -> dict[str, str]:
