@@ -160,14 +160,17 @@ def expert_lora_targeted(inv: Inventory, opts: TrainingOptions) -> bool:
     huggingface/peft#3232) and wraps them with ``lora.ParamWrapper``, which refuses ``lora_dropout != 0``.
     Measured on one H200 (runs i-006/i-007, Mixtral-8x7B, 2048 tokens): 13.6 M trainable parameters with
     attention-only targets, 359.7 M with all-linear."""
-    return opts.uses_adapters and "all-linear" in opts.lora_targets and inv.params_by_kind.get("experts", 0) > 0
+    return (opts.uses_adapters and "all-linear" in opts.lora_targets and inv.params_by_kind.get("experts", 0) > 0
+            and inv.extra.get("all_linear_adapts_experts", True))
 
 
 def _moe_dims(inv: Inventory) -> tuple[int, int, int, int]:
     """(layers, experts, hidden, intermediate) of an MoE inventory (router [E, H] and fused experts per layer)."""
     o = inv.linear("o_proj")
-    layers = o.count if o else 1
     h = o.out_features if o else 1
+    if "moe_layers" in inv.extra:  # the analytic inventory knows which layers hold experts (DeepSeek, Llama 4)
+        return inv.extra["moe_layers"], inv.extra["num_experts"], h, inv.extra["expert_intermediate_size"]
+    layers = o.count if o else 1
     e = max(1, inv.params_by_kind.get("router", 0) // max(1, layers * h))
     i = inv.params_by_kind.get("experts", 0) // max(1, layers * e * 3 * h)
     return layers, e, h, i
