@@ -204,7 +204,7 @@ def classify_parameter(name: str) -> str:
     return "other"
 
 
-def exact_inventory(config: dict[str, Any]) -> Inventory:
+def exact_inventory(config: dict[str, Any], where: str = "config") -> Inventory:
     """Build the model on accelerate's meta device and count its parameters by kind (needs [train]).
 
     Ties are restored with ``model.tie_weights()`` (``init_empty_weights`` breaks them) and shared
@@ -223,10 +223,21 @@ def exact_inventory(config: dict[str, Any]) -> Inventory:
         inner = dict(cfg["text_config"])
         inner.setdefault("model_type", f"{cfg.get('model_type', '')}_text")
         cfg = inner
-    model_type = cfg.pop("model_type")
-    hf_config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k != "architectures"})
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(hf_config)
+    from ftcalc.errors import ConfigError
+
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise ConfigError(f"{where}: config has no 'model_type' (a Hugging Face config.json names its architecture)")
+    try:
+        hf_config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k != "architectures"})
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(hf_config)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # unknown type, not a causal LM, bad field
+        import transformers
+
+        first = str(e).strip().splitlines()[0].split(". ")[0][:200] if str(e).strip() else ""
+        raise ConfigError(f"{where}: transformers {transformers.__version__} cannot build a causal LM from "
+                          f"model_type '{model_type}' ({type(e).__name__}: {first})") from None
     model.tie_weights()
     by_kind = dict.fromkeys(KINDS, 0)
     by_kind["other"] = 0
