@@ -108,6 +108,10 @@ def _print_estimate(est: Any) -> None:
                 print(textwrap.fill(note, 80, initial_indent="  ", subsequent_indent="  "))
     print(f"\ncoefficients: {est.coefficients}")
     print(f"  from {est.coefficients_file}")
+    if est.unvalidated:
+        print("\nunvalidated (no GPU measurement of these parts):")
+        for part in est.unvalidated:
+            print(textwrap.fill(part, 80, initial_indent="  - ", subsequent_indent="    "))
 
 
 def _model_and_options(a: argparse.Namespace) -> tuple[Any, Any, Any]:

@@ -81,6 +81,9 @@ class Estimate(BaseModel):
     distribution: str | None = None
     per_gpu_peak_allocated_bytes: int | None = None
     per_gpu_device_used_bytes: int | None = None
+    # what this estimate rests on that no GPU measurement checked (catalog.Architecture.unvalidated_parts):
+    # empty for the measured families
+    unvalidated: list[str] = []
 
     @property
     def host_bound(self) -> bool:
@@ -218,6 +221,7 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         distribution=par.strategy if par else None,
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
         per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,
+        unvalidated=list(arch.unvalidated_parts),
     )
 
 

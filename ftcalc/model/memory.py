@@ -385,7 +385,8 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
         shared = residual_bytes_per_element(opts) == cast  # norm output already in the compute dtype: one copy
         qkv_in = h * (1 if (shared or arch.fused_qkv) else 3) * cast
         gu_in = h * (1 if (shared or arch.fused_gate_up or arch.is_moe) else 2) * cast
-        terms["linear_inputs"] = qkv_in + qd * cast + gu_in + i * cast
+        down_in = arch.expert_intermediate_size if arch.is_moe else i
+        terms["linear_inputs"] = qkv_in + arch.attn_v_dim * cast + gu_in + down_in * cast
     # LoRA: every adapted Linear saves its own input copy (+ dropout mask), and lora_B its input
     if opts.uses_adapters:
         per = _lora_saved_per_input(opts)
@@ -395,6 +396,10 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
                 lora += (g.in_features * per + opts.lora_r * (2 if uses_autocast(opts) else 4)) * (g.count / arch.num_layers)
         terms["lora_inputs"] = lora
     # attention
+    # MLA (DeepseekV2Attention): the latent projections are expanded before attention, which sees queries and keys
+    # of heads * (nope + rope) and values of heads * v_head_dim (modeling_deepseek_v2.py, transformers 5.25)
+    mla = arch.attention_kind == "mla"
+    qk, vo = arch.attn_qk_dim, arch.attn_v_dim
     if attn == "eager":
         # q, repeated k and v (transformers repeat_kv materializes them), softmax output in fp32 and
         # its bf16 copy (modeling_llama.py eager_attention_forward), output
@@ -403,17 +408,25 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
         quad = (4 + ab) * nh * seq
         if arch.model_type == "gemma2":
             quad += ab * nh * seq  # logit soft-capping: tanh output saved
-        terms["attention"] = 3 * qd * ab + quad
+        terms["attention"] = ((2 * qk + vo) if mla else 3 * qd) * ab + quad
     else:
         # SDPA (flash / efficient): q, k, v, output in the compute dtype + fp32 logsumexp per head
         ab = 2 if uses_autocast(opts) else 4
-        terms["attention"] = (2 * qd + 2 * kvd) * ab + 4 * nh
-    # MLP: act_fn saves its input, act * up saves both factors (3 x intermediate, output dtype)
+        terms["attention"] = ((2 * qk + 2 * vo) if mla else (2 * qd + 2 * kvd)) * ab + 4 * nh
+    # MLP: act_fn saves its input, act * up saves both factors (3 x intermediate, output dtype); a plain
+    # act(c_fc) -> c_proj MLP (StarCoder2) saves the activation's input only
+    dense = (1 if arch.mlp_kind == "plain" else 3) * i * po
     if arch.is_moe:
+        # routed layers: top-k experts' gate/up/act saves per token, fp32 router logits, a shared expert beside
+        # them; layers before/between the MoE ones (DeepSeek's first_k_dense_replace, Llama 4's interleave) hold
+        # the dense MLP. Averaged over the layers: the terms are per layer.
         k = max(1, arch.experts_per_token)
-        terms["mlp"] = k * 3 * i * po + arch.num_experts * 4
+        moe = (k * 3 * arch.expert_intermediate_size * po + arch.num_experts * 4
+               + 3 * arch.shared_expert_intermediate_size * po)
+        m = arch.moe_layer_count
+        terms["mlp"] = (m * moe + (arch.num_layers - m) * dense) / arch.num_layers
     else:
-        terms["mlp"] = 3 * i * po
+        terms["mlp"] = dense
     return terms
 
 
@@ -460,7 +473,11 @@ def _qlora_dequant_bytes(inv: Inventory, opts: TrainingOptions) -> float:
 
 
 def kv_cache_bytes(arch: Architecture, batch_size: int, context_len: int, dtype_bytes: int = 2) -> float:
-    """KV cache for evaluation/generation: 2 (K and V) * layers * kv_heads * head_dim * tokens."""
+    """KV cache for evaluation/generation: 2 (K and V) * layers * kv_heads * head_dim * tokens. MLA in transformers
+    caches the expanded keys (heads * (nope + rope)) and values (heads * v_head_dim), not the latent
+    (DeepseekV2Attention.forward: past_key_values.update(key_states, value_states))."""
+    if arch.attention_kind == "mla":
+        return float(arch.num_layers * (arch.attn_qk_dim + arch.attn_v_dim) * batch_size * context_len * dtype_bytes)
     return 2.0 * arch.num_layers * arch.kv_dim * batch_size * context_len * dtype_bytes
 
 

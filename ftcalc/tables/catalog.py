@@ -152,6 +152,18 @@ class Architecture:
         return self.num_experts > 0
 
     @property
+    def attn_qk_dim(self) -> int:
+        """Width of the queries (and keys as attention sees them): MLA's heads * (nope + rope) dims."""
+        if self.attention_kind == "mla":
+            return self.num_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
+        return self.q_dim
+
+    @property
+    def attn_v_dim(self) -> int:
+        """Width of the attention output (o_proj's input): MLA's heads * v_head_dim."""
+        return self.num_heads * self.v_head_dim if self.attention_kind == "mla" else self.q_dim
+
+    @property
     def expert_intermediate_size(self) -> int:
         return self.moe_intermediate_size or self.intermediate_size
 
