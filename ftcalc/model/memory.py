@@ -473,11 +473,12 @@ def _qlora_dequant_bytes(inv: Inventory, opts: TrainingOptions) -> float:
 
 
 def kv_cache_bytes(arch: Architecture, batch_size: int, context_len: int, dtype_bytes: int = 2) -> float:
-    """KV cache for evaluation/generation: 2 (K and V) * layers * kv_heads * head_dim * tokens. MLA in transformers
-    caches the expanded keys (heads * (nope + rope)) and values (heads * v_head_dim), not the latent
-    (DeepseekV2Attention.forward: past_key_values.update(key_states, value_states))."""
+    """KV cache for evaluation/generation: 2 (K and V) * layers * kv_heads * head_dim * tokens. MLA caches the
+    compressed latent, kv_lora_rank + qk_rope_head_dim per token and layer, and expands it after the cache read
+    (DeepseekV2Attention.forward: ``cache.update(k_nope, k_pe, ...)`` before ``expand_kv``, transformers 5.25)."""
     if arch.attention_kind == "mla":
-        return float(arch.num_layers * (arch.attn_qk_dim + arch.attn_v_dim) * batch_size * context_len * dtype_bytes)
+        return float(arch.num_layers * (arch.kv_lora_rank + arch.qk_rope_head_dim) * batch_size * context_len
+                     * dtype_bytes)
     return 2.0 * arch.num_layers * arch.kv_dim * batch_size * context_len * dtype_bytes
 
 

@@ -186,8 +186,8 @@ class Architecture:
         parts = [f"model_type '{self.model_type}' not measured on a GPU: activations derived from its modules, "
                  "fragmentation from the fitted gap (no allocator simulation)"]
         if self.attention_kind == "mla":
-            parts.append("MLA attention (latent q/kv projections, compressed KV of kv_lora_rank + rope dims): "
-                         "saved tensors counted as the expanded q/k/v the transformers module materializes")
+            parts.append("MLA attention (latent q/kv projections; the eval KV cache holds the kv_lora_rank + rope "
+                         "latent): saved tensors counted as the expanded q/k/v the transformers module attends over")
         if self.attention_sinks:
             parts.append("attention sinks (per-head softmax logit): eager attention with the sink column")
         if self.norm_kind != "rms":

@@ -2,7 +2,7 @@
 
 Each property below follows from the module structure the ledger reads (catalog.Architecture): the routed layers'
 activations use the experts' width, dense layers before the MoE use the dense width, MLA attention sees the expanded
-per-head q/k/v (not num_key_value_heads), a plain GELU MLP saves less than a gated one of the same width. No torch.
+per-head q/k/v (not num_key_value_heads) and caches the latent, a plain GELU MLP saves less than a gated one of the same width. No torch.
 """
 
 from __future__ import annotations
@@ -106,8 +106,11 @@ def test_mla_attention_and_cache_follow_the_expanded_heads_not_kv_heads() -> Non
     assert _terms(base)["attention"] == _terms(other_kv)["attention"]
     a, b = architecture_from_config(base), architecture_from_config(other_kv)
     assert kv_cache_bytes(a, 1, 1024) == kv_cache_bytes(b, 1, 1024)
+    # the cache holds the latent (kv_lora_rank + rope dims), not the expanded heads
     wider_v = architecture_from_config({**base, "v_head_dim": 2 * base["v_head_dim"]})
-    assert kv_cache_bytes(wider_v, 1, 1024) > kv_cache_bytes(a, 1, 1024)
+    assert kv_cache_bytes(wider_v, 1, 1024) == kv_cache_bytes(a, 1, 1024)
+    wider_latent = architecture_from_config({**base, "kv_lora_rank": 2 * base["kv_lora_rank"]})
+    assert kv_cache_bytes(wider_latent, 1, 1024) > kv_cache_bytes(a, 1, 1024)
     assert _terms({**base, "v_head_dim": 2 * base["v_head_dim"]})["attention"] > _terms(base)["attention"]
 
 
