@@ -384,7 +384,7 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
         cast = 2 if uses_autocast(opts) else 4  # under autocast the bf16 copy is what the matmul saves
         shared = residual_bytes_per_element(opts) == cast  # norm output already in the compute dtype: one copy
         qkv_in = h * (1 if (shared or arch.fused_qkv) else 3) * cast
-        gu_in = h * (1 if (shared or arch.fused_gate_up or arch.is_moe) else 2) * cast
+        gu_in = h * (1 if (shared or arch.fused_gate_up or arch.is_moe or arch.mlp_kind == "plain") else 2) * cast
         down_in = arch.expert_intermediate_size if arch.is_moe else i
         terms["linear_inputs"] = qkv_in + arch.attn_v_dim * cast + gu_in + down_in * cast
     # LoRA: every adapted Linear saves its own input copy (+ dropout mask), and lora_B its input

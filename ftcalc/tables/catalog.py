@@ -66,7 +66,8 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_moe": dict(norms_per_layer=2, qk_norm=True, default_attention="sdpa"),
     # gpt_oss: q/k/v/o with bias (attention_bias default True), per-head attention ``sinks`` [heads];
     #   GptOssTopKRouter weight [E, H] + bias [E]; GptOssExperts gate_up [E, H, 2I] + bias [E, 2I],
-    #   down [E, I, H] + bias [E, H]; alternating sliding/full attention (layer_types)
+    #   down [E, I, H] + bias [E, H]; alternating sliding/full attention (layer_types); eager attention by
+    #   default (GptOssPreTrainedModel._supports_sdpa = False: SDPA has no sink column)
     #   peft 0.22 leaves its experts alone under all-linear (no v4->v5 conversion entry for gpt_oss in
     #   peft/utils/transformers_weight_conversion.py _MODEL_TO_CONVERSION_PATTERN): attention Linears only
     "gpt_oss": dict(norms_per_layer=2, attention_sinks=True, router_bias=True, expert_bias=True,
