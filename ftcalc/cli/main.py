@@ -112,6 +112,10 @@ def _print_estimate(est: Any) -> None:
                 print(textwrap.fill(note, 80, initial_indent="  ", subsequent_indent="  "))
     print(f"\ncoefficients: {est.coefficients}")
     print(f"  from {est.coefficients_file}")
+    if est.unvalidated:
+        print("\nunvalidated (no GPU measurement of these parts):")
+        for part in est.unvalidated:
+            print(textwrap.fill(part, 80, initial_indent="  - ", subsequent_indent="    "))
 
 
 def _model_and_options(a: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -250,6 +254,26 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def _raw_config(name: str) -> tuple[str, dict[str, Any]]:
+    """(id, config dict) of a local config.json / model folder, or of a catalog or hub model, without the
+    analytic parse (which knows a fixed set of model_types)."""
+    from pathlib import Path
+
+    from ftcalc.errors import UnknownModelError
+    from ftcalc.tables.catalog import resolve_model
+    from ftcalc.validation import read_json_file
+
+    path = Path(name).expanduser()
+    if path.suffix == ".json" or path.exists() or name.startswith((".", "/", "~")):
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise UnknownModelError(f"{path}: no such config.json")
+        return str(path), read_json_file(path, "config.json")
+    spec = resolve_model(name)
+    return spec.id, spec.config
+
+
 def cmd_inventory(a: argparse.Namespace) -> int:
     from ftcalc.tables.catalog import resolve_model
     from ftcalc.tables.inventory import exact_inventory, inventory
@@ -258,12 +282,16 @@ def cmd_inventory(a: argparse.Namespace) -> int:
         from ftcalc.extras import require_extra
 
         require_extra("train", "ftcalc inventory --exact")
-    spec = resolve_model(a.model)
-    inv = exact_inventory(spec.config) if a.exact else inventory(spec.arch)
+    if a.exact:  # any model_type transformers builds: the raw config, not the analytic Architecture
+        model_id, config = _raw_config(a.model)
+        inv = exact_inventory(config, where=model_id)
+    else:
+        spec = resolve_model(a.model)
+        model_id, inv = spec.id, inventory(spec.arch)
     if a.json:
         print(json.dumps(inv.to_dict(), indent=2))
         return 0
-    print(f"{spec.id} ({inv.source}): {inv.total_params:,} parameters")
+    print(f"{model_id} ({inv.source}): {inv.total_params:,} parameters")
     for k, v in inv.params_by_kind.items():
         if v:
             print(f"  {k:14s} {v:>16,}")

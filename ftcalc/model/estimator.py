@@ -86,7 +86,8 @@ class Estimate(BaseModel):
     per_gpu_peak_allocated_bytes: int | None = None
     per_gpu_device_used_bytes: int | None = None
     # a pre-quantized checkpoint's format (tables/quantization.py), and every part of this estimate that no
-    # measurement backs ("unvalidated"), each named; empty: the whole estimate rests on measured mechanisms
+    # measurement backs ("unvalidated": the family's parts, catalog.Architecture.unvalidated_parts, the
+    # checkpoint's format, a vision tower), each named; empty: the whole estimate rests on measured mechanisms
     quantization: str | None = None
     unvalidated: list[str] = []
 
@@ -248,7 +249,8 @@ def estimate_options(spec: ModelSpec, opts: TrainingOptions, gpu: str | None = N
         per_gpu_peak_allocated_bytes=int(par.peak_allocated_bytes) if par else None,
         per_gpu_device_used_bytes=int(par.device_used_bytes) if par else None,
         quantization=arch.quantization.label if arch.quantization else None,
-        unvalidated=checkpoint_unvalidated(arch.quantization, inv) + vision_unvalidated(arch, opts),
+        unvalidated=(list(arch.unvalidated_parts) + checkpoint_unvalidated(arch.quantization, inv)
+                     + vision_unvalidated(arch, opts)),
     )
 
 

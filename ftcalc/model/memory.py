@@ -163,14 +163,17 @@ def expert_lora_targeted(inv: Inventory, opts: TrainingOptions) -> bool:
     huggingface/peft#3232) and wraps them with ``lora.ParamWrapper``, which refuses ``lora_dropout != 0``.
     Measured on one H200 (runs i-006/i-007, Mixtral-8x7B, 2048 tokens): 13.6 M trainable parameters with
     attention-only targets, 359.7 M with all-linear."""
-    return opts.uses_adapters and "all-linear" in opts.lora_targets and inv.params_by_kind.get("experts", 0) > 0
+    return (opts.uses_adapters and "all-linear" in opts.lora_targets and inv.params_by_kind.get("experts", 0) > 0
+            and inv.extra.get("all_linear_adapts_experts", True))
 
 
 def _moe_dims(inv: Inventory) -> tuple[int, int, int, int]:
     """(layers, experts, hidden, intermediate) of an MoE inventory (router [E, H] and fused experts per layer)."""
     o = inv.linear("o_proj")
-    layers = o.count if o else 1
     h = o.out_features if o else 1
+    if "moe_layers" in inv.extra:  # the analytic inventory knows which layers hold experts (DeepSeek, Llama 4)
+        return inv.extra["moe_layers"], inv.extra["num_experts"], h, inv.extra["expert_intermediate_size"]
+    layers = o.count if o else 1
     e = max(1, inv.params_by_kind.get("router", 0) // max(1, layers * h))
     i = inv.params_by_kind.get("experts", 0) // max(1, layers * e * 3 * h)
     return layers, e, h, i
@@ -482,8 +485,9 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
         cast = 2 if uses_autocast(opts) else 4  # under autocast the bf16 copy is what the matmul saves
         shared = residual_bytes_per_element(opts) == cast  # norm output already in the compute dtype: one copy
         qkv_in = h * (1 if (shared or arch.fused_qkv) else 3) * cast
-        gu_in = h * (1 if (shared or arch.fused_gate_up or arch.is_moe) else 2) * cast
-        terms["linear_inputs"] = qkv_in + qd * cast + gu_in + i * cast
+        gu_in = h * (1 if (shared or arch.fused_gate_up or arch.is_moe or arch.mlp_kind == "plain") else 2) * cast
+        down_in = arch.expert_intermediate_size if arch.is_moe else i
+        terms["linear_inputs"] = qkv_in + arch.attn_v_dim * cast + gu_in + down_in * cast
     # LoRA: every adapted Linear saves its own input copy (+ dropout mask), and lora_B its input
     if opts.uses_adapters:
         per = _lora_saved_per_input(opts)
@@ -493,6 +497,10 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
                 lora += (g.in_features * per + opts.lora_r * (2 if uses_autocast(opts) else 4)) * (g.count / arch.num_layers)
         terms["lora_inputs"] = lora
     # attention
+    # MLA (DeepseekV2Attention): the latent projections are expanded before attention, which sees queries and keys
+    # of heads * (nope + rope) and values of heads * v_head_dim (modeling_deepseek_v2.py, transformers 5.25)
+    mla = arch.attention_kind == "mla"
+    qk, vo = arch.attn_qk_dim, arch.attn_v_dim
     if attn == "eager":
         # q, repeated k and v (transformers repeat_kv materializes them), softmax output in fp32 and
         # its bf16 copy (modeling_llama.py eager_attention_forward), output
@@ -501,17 +509,25 @@ def activation_terms_per_token(arch: Architecture, opts: TrainingOptions, inv: I
         quad = (4 + ab) * nh * seq
         if arch.model_type == "gemma2":
             quad += ab * nh * seq  # logit soft-capping: tanh output saved
-        terms["attention"] = 3 * qd * ab + quad
+        terms["attention"] = ((2 * qk + vo) if mla else 3 * qd) * ab + quad
     else:
         # SDPA (flash / efficient): q, k, v, output in the compute dtype + fp32 logsumexp per head
         ab = 2 if uses_autocast(opts) else 4
-        terms["attention"] = (2 * qd + 2 * kvd) * ab + 4 * nh
-    # MLP: act_fn saves its input, act * up saves both factors (3 x intermediate, output dtype)
+        terms["attention"] = ((2 * qk + 2 * vo) if mla else (2 * qd + 2 * kvd)) * ab + 4 * nh
+    # MLP: act_fn saves its input, act * up saves both factors (3 x intermediate, output dtype); a plain
+    # act(c_fc) -> c_proj MLP (StarCoder2) saves the activation's input only
+    dense = (1 if arch.mlp_kind == "plain" else 3) * i * po
     if arch.is_moe:
+        # routed layers: top-k experts' gate/up/act saves per token, fp32 router logits, a shared expert beside
+        # them; layers before/between the MoE ones (DeepSeek's first_k_dense_replace, Llama 4's interleave) hold
+        # the dense MLP. Averaged over the layers: the terms are per layer.
         k = max(1, arch.experts_per_token)
-        terms["mlp"] = k * 3 * i * po + arch.num_experts * 4
+        moe = (k * 3 * arch.expert_intermediate_size * po + arch.num_experts * 4
+               + 3 * arch.shared_expert_intermediate_size * po)
+        m = arch.moe_layer_count
+        terms["mlp"] = (m * moe + (arch.num_layers - m) * dense) / arch.num_layers
     else:
-        terms["mlp"] = 3 * i * po
+        terms["mlp"] = dense
     return terms
 
 
@@ -564,7 +580,12 @@ def _qlora_dequant_bytes(inv: Inventory, opts: TrainingOptions, quant: QuantSche
 
 
 def kv_cache_bytes(arch: Architecture, batch_size: int, context_len: int, dtype_bytes: int = 2) -> float:
-    """KV cache for evaluation/generation: 2 (K and V) * layers * kv_heads * head_dim * tokens."""
+    """KV cache for evaluation/generation: 2 (K and V) * layers * kv_heads * head_dim * tokens. MLA caches the
+    compressed latent, kv_lora_rank + qk_rope_head_dim per token and layer, and expands it after the cache read
+    (DeepseekV2Attention.forward: ``cache.update(k_nope, k_pe, ...)`` before ``expand_kv``, transformers 5.25)."""
+    if arch.attention_kind == "mla":
+        return float(arch.num_layers * (arch.kv_lora_rank + arch.qk_rope_head_dim) * batch_size * context_len
+                     * dtype_bytes)
     return 2.0 * arch.num_layers * arch.kv_dim * batch_size * context_len * dtype_bytes
 
 

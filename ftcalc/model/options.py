@@ -82,8 +82,10 @@ class TrainingOptions(BaseModel):
         return self.gradient_checkpointing
 
     def is_target(self, kind: str) -> bool:
-        """Whether LoRA adapts the decoder Linear kind ``kind`` ("all-linear": every decoder Linear)."""
-        return kind in self.lora_targets or ("all-linear" in self.lora_targets and kind != "router")
+        """Whether LoRA adapts the decoder Linear kind ``kind`` ("all-linear": every decoder Linear, a router
+        that is an nn.Linear included, as peft's all-linear does: Llama 4's Llama4Router; routers that are plain
+        parameters are not Linear groups and are costed with the experts)."""
+        return kind in self.lora_targets or "all-linear" in self.lora_targets
 
     @property
     def uses_adapters(self) -> bool:

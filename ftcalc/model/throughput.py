@@ -147,10 +147,12 @@ def flops_per_token(spec: ModelSpec, opts: TrainingOptions) -> dict[str, float]:
     head = arch.vocab_size * arch.hidden_size
     linear = inv.linear_weight_params
     routed = 0.0
-    if arch.is_moe:  # only the routed experts compute
-        routed = arch.num_layers * arch.experts_per_token * 3 * arch.hidden_size * arch.intermediate_size
+    if arch.is_moe:  # only the routed experts compute (shared experts and dense layers are Linears above)
+        routed = (arch.moe_layer_count * arch.experts_per_token * 3 * arch.hidden_size
+                  * arch.expert_intermediate_size)
     fwd_dense = 2.0 * (linear + routed + head)
-    fwd_attn = 2.0 * arch.num_layers * opts.seq_len * arch.q_dim  # causal: half of 4*T*q_dim
+    # causal: half of 2*T*qk (scores) + 2*T*v (weighted values); 2*T*q_dim for MHA/GQA
+    fwd_attn = arch.num_layers * opts.seq_len * (arch.attn_qk_dim + arch.attn_v_dim)
     passes = 3.0 if opts.method == "full" else 2.0  # forward + backward (input and weight grads for full)
     if opts.checkpointing:
         passes += 1.0
@@ -241,8 +243,8 @@ def trainable_tensors(spec: ModelSpec, opts: TrainingOptions) -> int:
     if opts.uses_adapters:  # lora_A and lora_B of every targeted Linear
         return 2 * sum(g.count for g in inv.linears if opts.is_target(g.kind))
     n = sum(g.count * (2 if g.bias else 1) for g in inv.linears)
-    if arch.is_moe:  # fused gate_up and down expert tensors and the router, per layer
-        n += 3 * arch.num_layers
+    if arch.is_moe:  # fused gate_up and down expert tensors and the router, per MoE layer
+        n += 3 * arch.moe_layer_count
     norms = arch.num_layers * (arch.norms_per_layer + (2 if arch.qk_norm else 0)) + 1
     return n + norms + (1 if inv.tied_embeddings else 2)
 

@@ -45,7 +45,54 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "gemma2": dict(norms_per_layer=4, default_attention="eager"),
     "gemma3_text": dict(norms_per_layer=4, qk_norm=True, default_attention="sdpa"),
     "phi3": dict(norms_per_layer=2, fused_qkv=True, fused_gate_up=True, default_attention="sdpa"),
+    # Families whose activation/time ledger is derived from their parts but not yet measured on a GPU (the
+    # estimate names them "unvalidated", Architecture.unvalidated_parts). Facts read from transformers 5.25
+    # transformers/models/<type>/modeling_<type>.py and configuration_<type>.py:
+    # olmo2: no input norm; post-attention and post-feedforward RMSNorm; q_norm/k_norm RMSNorm over the
+    #   whole q (heads*head_dim) and k (kv_heads*head_dim) projections (Olmo2Attention)
+    "olmo2": dict(norms_per_layer=2, qk_norm=True, qk_norm_width="full", default_attention="sdpa"),
+    # granite: Llama's modules; embedding/attention/residual/logits multipliers are scalars, not parameters
+    "granite": dict(norms_per_layer=2, default_attention="sdpa"),
+    # cohere: one CohereLayerNorm (weight, no bias) per layer feeding attention and MLP in parallel
+    #   (CohereDecoderLayer); use_qk_norm adds (heads, head_dim) / (kv_heads, head_dim) LayerNorm weights;
+    #   tie_word_embeddings defaults to True (CohereConfig); logit_scale is a scalar
+    "cohere": dict(norms_per_layer=1, norm_kind="layernorm_nobias", parallel_block=True,
+                   qk_norm_width="full", default_tie=True, default_attention="sdpa"),
+    # starcoder2: nn.LayerNorm (weight + bias) x2 and final; q/k/v/o and c_fc/c_proj carry a bias when
+    #   use_bias (default True); plain GELU MLP c_fc -> c_proj (Starcoder2MLP); tied by default
+    "starcoder2": dict(norms_per_layer=2, norm_kind="layernorm", mlp_kind="plain", default_tie=True,
+                       default_attention="sdpa"),
+    # qwen3_moe: Qwen3 attention (per-head q/k RMSNorm); Qwen3MoeSparseMoeBlock on layers not in
+    #   mlp_only_layers with (idx+1) % decoder_sparse_step == 0: router ``gate`` (Qwen3MoeTopKRouter, a
+    #   plain [E, H] parameter) and fused experts gate_up [E, 2I, H] / down [E, H, I], I=moe_intermediate_size
+    "qwen3_moe": dict(norms_per_layer=2, qk_norm=True, default_attention="sdpa"),
+    # gpt_oss: q/k/v/o with bias (attention_bias default True), per-head attention ``sinks`` [heads];
+    #   GptOssTopKRouter weight [E, H] + bias [E]; GptOssExperts gate_up [E, H, 2I] + bias [E, 2I],
+    #   down [E, I, H] + bias [E, H]; alternating sliding/full attention (layer_types); eager attention by
+    #   default (GptOssPreTrainedModel._supports_sdpa = False: SDPA has no sink column)
+    #   peft 0.22 leaves its experts alone under all-linear (no v4->v5 conversion entry for gpt_oss in
+    #   peft/utils/transformers_weight_conversion.py _MODEL_TO_CONVERSION_PATTERN): attention Linears only
+    "gpt_oss": dict(norms_per_layer=2, attention_sinks=True, router_bias=True, expert_bias=True,
+                    all_linear_adapts_experts=False, default_attention="eager", default_attention_bias=True),
+    # deepseek_v2 / deepseek_v3: MLA (DeepseekV2Attention): q_proj h -> heads*(nope+rope) or, with q_lora_rank,
+    #   q_a_proj h -> q_lora_rank, q_a_layernorm, q_b_proj; kv_a_proj_with_mqa h -> kv_lora_rank+rope,
+    #   kv_a_layernorm, kv_b_proj kv_lora_rank -> heads*(nope+v); o_proj heads*v -> h. Layers >=
+    #   first_k_dense_replace hold the MoE: router ``gate`` [E, H], fused experts (moe_intermediate_size) and
+    #   shared_experts, an MLP of width moe_intermediate_size * n_shared_experts
+    "deepseek_v2": dict(norms_per_layer=2, attention_kind="mla", default_attention="sdpa"),
+    "deepseek_v3": dict(norms_per_layer=2, attention_kind="mla", default_attention="sdpa"),
+    # llama4_text: layers in moe_layers (default every interleave_moe_layer_step-th) hold Llama4TextMoe:
+    #   Llama4Router (an nn.Linear H -> E, so peft's all-linear adapts it), fused experts (intermediate_size),
+    #   shared_expert MLP (intermediate_size); the other layers a dense MLP of intermediate_size_mlp; the
+    #   q/k norm is weightless (Llama4TextL2Norm); every no_rope_layer_interval-th layer skips RoPE
+    #   peft 0.22's all-linear adapts the router and shared expert Linears, not the fused experts (as gpt_oss)
+    "llama4_text": dict(norms_per_layer=2, router_linear=True, all_linear_adapts_experts=False,
+                        default_attention="sdpa"),
 }
+
+# model_types whose ledger was measured on GPUs (docs/validation.md); the rest are estimated from their parts
+VALIDATED_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                                   "gemma3_text", "phi3"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +122,25 @@ class Architecture:
     sliding_window: int | None = None
     final_logit_softcapping: float | None = None
     torch_dtype: str = "bfloat16"
+    # parts beyond the Llama shape (defaults: Llama)
+    norm_kind: str = "rms"  # rms | layernorm (weight + bias) | layernorm_nobias (Cohere)
+    qk_norm_width: str = "head"  # head: one head_dim weight each (Qwen3, Gemma 3) | full: q_dim / kv_dim
+    mlp_kind: str = "gated"  # gated: act(gate) * up -> down | plain: act(c_fc) -> c_proj (StarCoder2)
+    parallel_block: bool = False  # attention and MLP read the same norm output (Cohere)
+    attention_kind: str = "standard"  # standard (MHA/GQA) | mla (DeepSeek latent attention)
+    attention_sinks: bool = False  # a learned logit per head in the softmax (gpt-oss)
+    q_lora_rank: int = 0  # MLA
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    moe_intermediate_size: int = 0  # expert width when it differs from intermediate_size (dense layers')
+    num_moe_layers: int = -1  # layers holding the MoE block (-1: all, when num_experts > 0)
+    shared_expert_intermediate_size: int = 0  # an always-on MLP beside the routed experts (0: none)
+    router_linear: bool = False  # the router is an nn.Linear (peft's all-linear adapts it: Llama 4)
+    router_bias: bool = False
+    expert_bias: bool = False
+    all_linear_adapts_experts: bool = True  # peft's all-linear becomes target_parameters on the fused experts
     quantization: QuantScheme | None = None  # a pre-quantized checkpoint (tables/quantization.py)
     vision: VisionPart | None = None  # a multimodal wrapper's vision tower + projector (tables/multimodal.py)
 
@@ -89,6 +155,61 @@ class Architecture:
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def attn_qk_dim(self) -> int:
+        """Width of the queries (and keys as attention sees them): MLA's heads * (nope + rope) dims."""
+        if self.attention_kind == "mla":
+            return self.num_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
+        return self.q_dim
+
+    @property
+    def attn_v_dim(self) -> int:
+        """Width of the attention output (o_proj's input): MLA's heads * v_head_dim."""
+        return self.num_heads * self.v_head_dim if self.attention_kind == "mla" else self.q_dim
+
+    @property
+    def expert_intermediate_size(self) -> int:
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
+    def moe_layer_count(self) -> int:
+        if not self.is_moe:
+            return 0
+        return self.num_layers if self.num_moe_layers < 0 else self.num_moe_layers
+
+    @property
+    def unvalidated_parts(self) -> tuple[str, ...]:
+        """What the estimate of this architecture rests on that no GPU measurement has checked.
+
+        Empty for the measured families. For the others the parts are named: the ledger is derived from
+        the modules (norm kind, attention kind and KV shape, MLP kind, MoE block), never refused, and
+        fragmentation comes from the fitted gap (the allocator simulation covers the measured families only).
+        """
+        if self.model_type in VALIDATED_MODEL_TYPES:
+            return ()
+        parts = [f"model_type '{self.model_type}' not measured on a GPU: activations derived from its modules, "
+                 "fragmentation from the fitted gap (no allocator simulation)"]
+        if self.attention_kind == "mla":
+            parts.append("MLA attention (latent q/kv projections; the eval KV cache holds the kv_lora_rank + rope "
+                         "latent): saved tensors counted as the expanded q/k/v the transformers module attends over")
+        if self.attention_sinks:
+            parts.append("attention sinks (per-head softmax logit): eager attention with the sink column")
+        if self.norm_kind != "rms":
+            parts.append(f"{self.norm_kind} norms counted as RMSNorm's saved tensors")
+        if self.parallel_block:
+            parts.append("parallel attention/MLP block counted as sequential")
+        if self.mlp_kind == "plain":
+            parts.append("GELU MLP (c_fc/c_proj)")
+        if self.is_moe and self.model_type != "mixtral":
+            parts.append("MoE block (routed top-k experts"
+                         + (", shared expert" if self.shared_expert_intermediate_size else "")
+                         + (", dense layers" if self.moe_layer_count < self.num_layers else "")
+                         + "): expert time at Mixtral's measured expert_rate_ratio")
+        if self.model_type == "gpt_oss":
+            parts.append("experts costed in the checkpoint's compute dtype (the published checkpoint ships "
+                         "them in MXFP4)")
+        return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -153,7 +274,8 @@ def _text_architecture(cfg: dict[str, Any], where: str = "config") -> Architectu
         known = ", ".join(sorted(_FAMILIES))
         raise ConfigError(
             f"{where}: model_type '{model_type}' has no analytic inventory (known: {known}); "
-            "use `ftcalc inventory --exact` with the [train] extra for other architectures"
+            "`ftcalc inventory --exact --model <config.json>` (with `pip install 'ftcalc[train]'`) counts any "
+            "model_type transformers can build"
         )
     fam = _FAMILIES[model_type]
     try:
@@ -165,7 +287,10 @@ def _text_architecture(cfg: dict[str, Any], where: str = "config") -> Architectu
         kv = int(cfg.get("num_key_value_heads") or heads)
         head_dim = int(cfg.get("head_dim") or (hidden // heads if heads > 0 else 0))
         max_pos = int(cfg.get("max_position_embeddings") or 0)
-        experts = int(cfg.get("num_local_experts") or 0)
+        experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0)
+        family = _family_parts(model_type, cfg, fam, layers, heads)
+        if model_type == "llama4_text":  # dense layers' MLP width; the experts' is intermediate_size
+            inter = int(cfg.get("intermediate_size_mlp", 16384))
     except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"{where}: a size field is not an integer ({e})") from None
     for name, val in [("hidden_size", hidden), ("num_attention_heads", heads), ("num_hidden_layers", layers),
@@ -180,9 +305,11 @@ def _text_architecture(cfg: dict[str, Any], where: str = "config") -> Architectu
         raise ConfigError(f"{where}: num_local_experts {experts} / max_position_embeddings {max_pos} out of range")
     if heads % kv:
         raise ConfigError(f"{where}: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})")
-    default_tie = model_type in ("gemma", "gemma2", "gemma3_text")
+    default_tie = model_type in ("gemma", "gemma2", "gemma3_text") or fam.get("default_tie", False)
     tie = cfg.get("tie_word_embeddings")
-    attention_bias = bool(cfg.get("attention_bias", False))
+    attention_bias = bool(cfg.get("attention_bias", fam.get("default_attention_bias", False)))
+    if model_type == "starcoder2":  # Starcoder2Config.use_bias (default True): q/k/v/o and c_fc/c_proj
+        attention_bias = bool(cfg.get("use_bias", True))
     return Architecture(
         model_type=model_type,
         hidden_size=hidden,
@@ -197,8 +324,8 @@ def _text_architecture(cfg: dict[str, Any], where: str = "config") -> Architectu
         norms_per_layer=fam.get("norms_per_layer", 2),
         qkv_bias=fam.get("qkv_bias", False) or attention_bias,
         o_bias=attention_bias,
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
-        qk_norm=fam.get("qk_norm", False),
+        mlp_bias=bool(cfg.get("mlp_bias", False)) or (model_type == "starcoder2" and attention_bias),
+        qk_norm=family.pop("qk_norm", fam.get("qk_norm", False)),
         fused_qkv=fam.get("fused_qkv", False),
         fused_gate_up=fam.get("fused_gate_up", False),
         num_experts=experts,
@@ -207,7 +334,47 @@ def _text_architecture(cfg: dict[str, Any], where: str = "config") -> Architectu
         sliding_window=cfg.get("sliding_window"),
         final_logit_softcapping=cfg.get("final_logit_softcapping"),
         torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"),
+        **family,
     )
+
+
+def _family_parts(model_type: str, cfg: dict[str, Any], fam: dict[str, Any], layers: int,
+                  heads: int) -> dict[str, Any]:
+    """The Architecture fields beyond the Llama shape, from the family facts and its config keys (the
+    defaults are those of transformers 5.25's configuration_<type>.py where the published config omits them)."""
+    out: dict[str, Any] = {k: fam[k] for k in ("norm_kind", "qk_norm_width", "mlp_kind", "parallel_block",
+                                               "attention_kind", "attention_sinks", "router_linear",
+                                               "router_bias", "expert_bias", "all_linear_adapts_experts")
+                                      if k in fam}
+    if model_type == "cohere":
+        out["qk_norm"] = bool(cfg.get("use_qk_norm", False))
+    if model_type == "qwen3_moe":
+        experts = int(cfg.get("num_experts", 128))
+        sparse_step = int(cfg.get("decoder_sparse_step", 1) or 1)
+        dense = set(cfg.get("mlp_only_layers") or [])
+        out["num_moe_layers"] = sum(1 for i in range(layers)
+                                    if i not in dense and experts > 0 and (i + 1) % sparse_step == 0)
+        out["moe_intermediate_size"] = int(cfg.get("moe_intermediate_size", 768))
+    if model_type in ("deepseek_v2", "deepseek_v3"):
+        first_dense = int(cfg.get("first_k_dense_replace", 0 if model_type == "deepseek_v2" else 3) or 0)
+        moe_inter = int(cfg.get("moe_intermediate_size", 1407 if model_type == "deepseek_v2" else 2048))
+        shared = int(cfg.get("n_shared_experts", 2 if model_type == "deepseek_v2" else 1) or 0)
+        q_rank = cfg.get("q_lora_rank", 1536)
+        out.update(num_moe_layers=max(0, layers - first_dense), moe_intermediate_size=moe_inter,
+                   shared_expert_intermediate_size=moe_inter * shared,
+                   q_lora_rank=int(q_rank or 0), kv_lora_rank=int(cfg.get("kv_lora_rank", 512)),
+                   qk_nope_head_dim=int(cfg.get("qk_nope_head_dim", 128)),
+                   qk_rope_head_dim=int(cfg.get("qk_rope_head_dim", 64)),
+                   v_head_dim=int(cfg.get("v_head_dim", 128) or 128))
+    if model_type == "llama4_text":
+        step = int(cfg.get("interleave_moe_layer_step", 1) or 1)
+        moe_layers = cfg.get("moe_layers")
+        if moe_layers is None:
+            moe_layers = list(range(step - 1, layers, step))
+        out.update(num_moe_layers=len(moe_layers), moe_intermediate_size=int(cfg.get("intermediate_size", 8192)),
+                   shared_expert_intermediate_size=int(cfg.get("intermediate_size", 8192)),
+                   qk_norm=False)  # Llama4TextL2Norm: weightless
+    return out
 
 
 def _norm(name: str) -> str:
