@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run profiling plans on a GPU machine (the device tool), writing rows and a log under $OUT.
 #   bash scripts/gpu_profile.sh COMMIT plan_a [plan_b ...]
-# .site (bitsandbytes, liger-kernel, pydantic built by ../shared/tools/device-site.sh) must be carried.
+# .site (bitsandbytes, liger-kernel, pydantic unpacked from their wheels: DEVELOPERS.md) must be carried.
 set -u
 commit=$1; shift
 export PYTHONPATH=$PWD/.site:$PWD:${PYTHONPATH:-}
