@@ -39,7 +39,7 @@ def main() -> None:
 
     from ftcalc.tables.catalog import resolve_model
     from ftcalc.train.dataset import build_data, load_tokenizer, shipped_tokenizer
-    from ftcalc.train.recipe import _build_qlora_random, hf_config
+    from ftcalc.train.recipe import build_qlora_random, hf_config
     from ftcalc.train.spec import TrainingSpec
 
     spec = TrainingSpec.model_validate(raw)
@@ -59,7 +59,7 @@ def main() -> None:
 
     if spec.method == "qlora":
         opts = spec.to_options()
-        model = _build_qlora_random(mspec, opts, str(dev))
+        model = build_qlora_random(mspec, opts, str(dev))
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         dtype = torch.bfloat16 if spec.precision == "bf16-true" else torch.float32

@@ -4,11 +4,10 @@ tmp_path and the per-user folders they point XDG_DATA_HOME at)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-
-import os
 
 import pytest
 

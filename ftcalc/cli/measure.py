@@ -40,7 +40,7 @@ def _load(a: argparse.Namespace, multi_gpu: bool = False) -> list[dict[str, Any]
     return rows
 
 
-def _table(recs: list[dict[str, Any]]) -> str:
+def validation_table(recs: list[dict[str, Any]]) -> str:
     head = ("| run | gpu | model | method | seq x bs | ckpt | optimizer | precision | phase | allocated GiB meas / pred (err) "
             "| reserved GiB meas / pred (err) | device used GiB meas / pred (err) | tokens/s meas / pred (err) |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -59,7 +59,7 @@ def _table(recs: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _summary_lines(recs: list[dict[str, Any]]) -> str:
+def summary_lines(recs: list[dict[str, Any]]) -> str:
     out = []
     for key, label in (("err_peak_allocated", "peak allocated"), ("err_peak_reserved", "peak reserved"),
                        ("err_device_used", "device used"), ("err_tokens_per_second", "tokens/s")):
@@ -119,8 +119,8 @@ def run_calibrate(a: argparse.Namespace) -> int:
         f"{len([r for r in fit_rows if usable(r)])} fit runs, {len([r for r in val_rows if usable(r)])} validation runs "
         "(split rule: data/measurements/split.json). Runs that ran out of memory or failed are not fitted.\n\n"
         "## Coefficients\n\n```json\n" + json.dumps(coefficients_to_json(c, tc), indent=2) + "\n```\n\n"
-        "## Fit runs\n\n" + _summary_lines(fit_recs) + "\n" + _table(fit_recs) +
-        "\n## Validation runs (never fitted)\n\n" + _summary_lines(val_recs) + "\n" + _table(val_recs),
+        "## Fit runs\n\n" + summary_lines(fit_recs) + "\n" + validation_table(fit_recs) +
+        "\n## Validation runs (never fitted)\n\n" + summary_lines(val_recs) + "\n" + validation_table(val_recs),
         marker=COEFFICIENT_MARKERS, inputs=inputs, force=force, what="calibration output")
     if getattr(a, "json", False):
         print(json.dumps({"coefficients_file": str(out), "report": str(report), **coefficients_to_json(c, tc),
@@ -129,7 +129,7 @@ def run_calibrate(a: argparse.Namespace) -> int:
                          indent=2))
         return 0
     print(f"wrote {out} and {report}; use them with `ftcalc estimate --coefficients {out}`")
-    print("fit runs:\n" + _summary_lines(fit_recs) + "validation runs:\n" + _summary_lines(val_recs), end="")
+    print("fit runs:\n" + summary_lines(fit_recs) + "validation runs:\n" + summary_lines(val_recs), end="")
     return 0
 
 
@@ -199,7 +199,7 @@ def run_validate(a: argparse.Namespace) -> int:
     print("relative errors, + = over-estimate")
     _print_error_rows(recs, ("alloc", "res", "used", "tok/s"), ("err_peak_allocated", "err_peak_reserved",
                                                                 "err_device_used", "err_tokens_per_second"))
-    for line in _summary_lines(recs).splitlines():
+    for line in summary_lines(recs).splitlines():
         print(line.replace(", worst over-estimate", ",\n   worst over-estimate").replace(", max |err|", ",\n   max |err|"))
     for k, g in goals.items():
         print(f"goal {k}: {g['value'] * 100:+.1f}% vs {g['goal'] * 100:+.0f}% -> {'met' if g['met'] else 'NOT met'}")

@@ -335,7 +335,7 @@ def _run_distributed(cfg: dict[str, Any], out_path: str, timeout_s: float) -> No
         # SIGTERM first: torchrun stops its workers on it. Its workers run in sessions of their own, so a
         # SIGKILL of torchrun's process group alone left them running beside the next configuration (run
         # n-000): they are listed before anything is signalled and killed one by one if they outlive it
-        workers = _descendants(proc.pid)
+        workers = descendant_pids(proc.pid)
         proc.terminate()
         try:
             proc.wait(timeout=60)
@@ -352,7 +352,7 @@ def _run_distributed(cfg: dict[str, Any], out_path: str, timeout_s: float) -> No
         record_rows([{**cfg, "outcome": outcome, "error": error}], out_path)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendant_pids(pid: int) -> list[int]:
     """The processes below ``pid`` (children, grandchildren, ...), from /proc; empty where there is no /proc."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):

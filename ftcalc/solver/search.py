@@ -466,7 +466,7 @@ def recommend(model: str, method: str = "lora", dataset_tokens: int | None = Non
         coefficients=f"{load_coefficients().source} ({coefficients_label()})", assumptions=a.source, notes=notes)
 
 
-def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,
+def with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.ModelStates, ci: np.ndarray,
                     si: np.ndarray, n: np.ndarray, ga: np.ndarray) -> sh.ModelStates:
     """``st`` (one row per candidate) with the simulated FSDP gap of each full-shard candidate whose
     three-stream allocation sequence ftcalc simulates (full fine-tuning, LoRA and sharded QLoRA of untied
@@ -485,7 +485,7 @@ def _with_fsdp_gaps(spec: ModelSpec, opts_list: list[TrainingOptions], st: sh.Mo
 
 def _fsdp_gaps_screened(spec: ModelSpec, opts_list: list[TrainingOptions], ci: np.ndarray, si: np.ndarray,
                         n: np.ndarray, ga: np.ndarray, pending: dict[int, tuple[int, int]]) -> np.ndarray:
-    """:func:`_with_fsdp_gaps`' gap_fsdp without running a simulation: gaps already simulated in this process
+    """:func:`with_fsdp_gaps`' gap_fsdp without running a simulation: gaps already simulated in this process
     are filled in, the others are 0 and recorded in ``pending`` (candidate -> (configuration, GPU count))."""
     from ftcalc.model.parallel import cached_fsdp_gap_bytes, fsdp_gap_simulated
 
@@ -553,7 +553,7 @@ class _Candidates:
         self.pending_fsdp: dict[int, tuple[int, int]] = {}
         st = states.take(ci)
         if not screened:
-            self._gap_fsdp = _with_fsdp_gaps(spec, opts_list, st, ci, si, n, ga).gap_fsdp
+            self._gap_fsdp = with_fsdp_gaps(spec, opts_list, st, ci, si, n, ga).gap_fsdp
         else:
             self._gap_fsdp = _fsdp_gaps_screened(spec, opts_list, ci, si, n, ga, self.pending_fsdp)
         self._evaluate()

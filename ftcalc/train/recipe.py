@@ -97,7 +97,7 @@ def _quantize_decoder_linears(model: Any, make_4bit: Any) -> None:
     model.is_quantized = True
 
 
-def _build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> Any:
+def build_qlora_random(spec: ModelSpec, opts: TrainingOptions, device: str) -> Any:
     """Meta-device model, each decoder Linear replaced by a bitsandbytes Linear4bit quantized on the device."""
     import bitsandbytes as bnb
     import torch
@@ -170,7 +170,7 @@ def build_model(spec: ModelSpec, opts: TrainingOptions, device: str = "cuda", in
         _apply_fused_loss_patch(spec)
     if init == "random":
         if opts.method == "qlora":
-            model = _build_qlora_random(spec, opts, device)
+            model = build_qlora_random(spec, opts, device)
         else:
             with torch.device(device):
                 model = AutoModelForCausalLM.from_config(hf_config(spec), dtype=dtype,

@@ -151,18 +151,18 @@ def test_usage_errors_are_one_line(capsys):
 
 
 def test_timeout_kill_finds_the_launchers_grandchildren():
-    """profile._descendants lists workers below a launcher (torchrun starts them in sessions of their own)."""
+    """profile.descendant_pids lists workers below a launcher (torchrun starts them in sessions of their own)."""
     import time
 
-    from ftcalc.measure.profile import _descendants
+    from ftcalc.measure.profile import descendant_pids
 
     proc = subprocess.Popen(["sh", "-c", "setsid sleep 30 & sleep 30"])
     try:
         time.sleep(0.5)
-        kids = _descendants(proc.pid)
+        kids = descendant_pids(proc.pid)
         assert len(kids) >= 2  # the plain sleep and the one in its own session
     finally:
-        for pid in _descendants(proc.pid):
+        for pid in descendant_pids(proc.pid):
             subprocess.run(["kill", "-9", str(pid)], check=False)
         proc.kill()
         proc.wait()

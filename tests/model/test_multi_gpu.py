@@ -159,7 +159,7 @@ def test_gradient_accumulation_is_counted_once(strategy):
     import numpy as np
 
     from ftcalc.model import sharding as sh
-    from ftcalc.solver.search import _with_fsdp_gaps, config_grid
+    from ftcalc.solver.search import config_grid, with_fsdp_gaps
     from ftcalc.tables.hardware import get_gpu
 
     spec = resolve_model("meta-llama/Meta-Llama-3-8B")
@@ -169,7 +169,7 @@ def test_gradient_accumulation_is_counted_once(strategy):
     one = make_options(method="full", seq_len=1024, batch_size=1)
     _, st = config_grid(spec, one, ["full"], [1], 1, checkpointing=(one.checkpointing,))
     code = np.array([sh.SHARDINGS.index(strategy)])
-    st = _with_fsdp_gaps(spec, [one], st.take(np.array([0])), np.array([0]), code, np.array([n]), np.array([4.0]))
+    st = with_fsdp_gaps(spec, [one], st.take(np.array([0])), np.array([0]), code, np.array([n]), np.array([4.0]))
     used = sh.device_used_per_gpu(st, code, np.array([float(n)]), np.array([4.0]), sh.load_assumptions().nccl_buffer_bytes)
     assert e.device_used_bytes == pytest.approx(float(np.ravel(used)[0]), rel=1e-9)
     if strategy == "single":
