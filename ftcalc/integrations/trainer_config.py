@@ -302,6 +302,15 @@ class _Mapping:
         v = self.data.get(key, default)
         return default if v is None else v
 
+    def get_or_assume(self, key: str, default: Any, whose: str) -> Any:
+        """The file's value of ``key``, else ``default``, recorded as an assumption ("KEY not given: WHOSE
+        default DEFAULT")."""
+        v = self.get(key)
+        if v is None:
+            v = default
+            self.assumptions.append(f"{key} not given: {whose} default {default}")
+        return v
+
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
@@ -440,10 +449,7 @@ def _common_trainer_keys(cfg: _Mapping) -> None:
 def _map_batch_keys(cfg: _Mapping) -> None:
     """per_device_train_batch_size and gradient_accumulation_steps, as TrainingArguments (and LLaMA-Factory,
     which takes its arguments) spell them."""
-    bs = cfg.get("per_device_train_batch_size")
-    if bs is None:
-        bs = TA_DEFAULT_BATCH
-        cfg.assumptions.append(f"per_device_train_batch_size not given: TrainingArguments default {bs}")
+    bs = cfg.get_or_assume("per_device_train_batch_size", TA_DEFAULT_BATCH, "TrainingArguments")
     cfg.set("batch_size", int(bs), f"per_device_train_batch_size={bs}")
     ga = cfg.get("gradient_accumulation_steps")
     if ga is not None:
@@ -464,11 +470,7 @@ def _map_transformers(cfg: _Mapping, sft: bool) -> None:
         on = False
     kwargs = cfg.get("activation_checkpointing_kwargs") or cfg.get("gradient_checkpointing_kwargs")
     _checkpointing(cfg, on, kwargs, key)
-    optim = cfg.get("optim")
-    if optim is None:
-        cfg.assumptions.append(f"optim not given: transformers 5 default {TRANSFORMERS_DEFAULT_OPTIM}")
-        optim = TRANSFORMERS_DEFAULT_OPTIM
-    map_optimizer(optim, "optim", cfg)
+    map_optimizer(cfg.get_or_assume("optim", TRANSFORMERS_DEFAULT_OPTIM, "transformers 5"), "optim", cfg)
     mik = cfg.get("model_init_kwargs") or {}
     if isinstance(mik, str):
         try:
@@ -562,10 +564,7 @@ def _map_axolotl(cfg: _Mapping) -> None:
     d = cfg.data
     cfg.seen.update(_AXOLOTL_HARMLESS & d.keys())
     cfg.model = cfg.get("base_model")
-    n = cfg.get("sequence_len")
-    if n is None:
-        n = AXOLOTL_DEFAULT_SEQUENCE_LEN
-        cfg.assumptions.append(f"sequence_len not given: axolotl default {n}")
+    n = cfg.get_or_assume("sequence_len", AXOLOTL_DEFAULT_SEQUENCE_LEN, "axolotl")
     cfg.set("seq_len", int(n), f"sequence_len={n}")
     mb = cfg.get("micro_batch_size")
     ga = cfg.get("gradient_accumulation_steps")
@@ -591,11 +590,7 @@ def _map_axolotl(cfg: _Mapping) -> None:
         _checkpointing(cfg, gc if gc is not None else False, cfg.get("gradient_checkpointing_kwargs"),
                        "gradient_checkpointing")
     cfg.note("activation_offloading", "activations offloaded to host memory; estimated on the GPU")
-    opt = cfg.get("optimizer")
-    if opt is None:
-        cfg.assumptions.append(f"optimizer not given: axolotl default {AXOLOTL_DEFAULT_OPTIM}")
-        opt = AXOLOTL_DEFAULT_OPTIM
-    map_optimizer(opt, "optimizer", cfg)
+    map_optimizer(cfg.get_or_assume("optimizer", AXOLOTL_DEFAULT_OPTIM, "axolotl"), "optimizer", cfg)
     bf16, fp16 = cfg.get("bf16"), cfg.get("fp16")
     dtype = "bfloat16" if (_truthy(bf16) or _truthy(cfg.get("bfloat16"))) else (
         "float16" if (_truthy(fp16) or _truthy(cfg.get("float16"))) else "float32")
@@ -680,10 +675,7 @@ def _map_llamafactory(cfg: _Mapping) -> None:
     if stage not in ("sft", "pt"):
         cfg.not_modelled.append(f"stage={stage}: a reference/reward model and pairwise batches are not modelled; "
                                 "estimated as supervised fine-tuning of one model")
-    n = cfg.get("cutoff_len")
-    if n is None:
-        n = LLAMAFACTORY_DEFAULT_CUTOFF_LEN
-        cfg.assumptions.append(f"cutoff_len not given: LLaMA-Factory default {n}")
+    n = cfg.get_or_assume("cutoff_len", LLAMAFACTORY_DEFAULT_CUTOFF_LEN, "LLaMA-Factory")
     cfg.set("seq_len", int(n), f"cutoff_len={n}")
     _map_batch_keys(cfg)
     off = _truthy(cfg.get("disable_gradient_checkpointing", False))
@@ -691,11 +683,7 @@ def _map_llamafactory(cfg: _Mapping) -> None:
     if not off and _truthy(cfg.get("use_reentrant_gc", True)):
         cfg.not_modelled.append("use_reentrant_gc=true (LLaMA-Factory's default): reentrant checkpointing; ftcalc "
                                 "models use_reentrant=False")
-    optim = cfg.get("optim")
-    if optim is None:
-        cfg.assumptions.append(f"optim not given: transformers 5 default {TRANSFORMERS_DEFAULT_OPTIM}")
-        optim = TRANSFORMERS_DEFAULT_OPTIM
-    map_optimizer(optim, "optim", cfg)
+    map_optimizer(cfg.get_or_assume("optim", TRANSFORMERS_DEFAULT_OPTIM, "transformers 5"), "optim", cfg)
     bf16, fp16, pure = cfg.get("bf16"), cfg.get("fp16"), cfg.get("pure_bf16")
     dtype = "bfloat16" if (_truthy(bf16) or _truthy(pure)) else ("float16" if _truthy(fp16) else
                                                                   _dtype_name(cfg.get("infer_dtype")) or None)
