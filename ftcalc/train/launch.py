@@ -234,24 +234,21 @@ def plan_fits(spec: Any, model: str | None = None) -> tuple[bool | None, str | N
     from ftcalc.tables.catalog import resolve_model
 
     hw = spec.hardware
-    mspec = resolve_model(model or spec.model.base_model)
     if hw.num_nodes == 1:
-        est = estimate_options(mspec, spec.to_options(), gpu=hw.gpu)
+        est = estimate_options(resolve_model(model or spec.model.base_model), spec.to_options(), gpu=hw.gpu)
         return est.fits, est.fit_note
-    # several nodes: per-GPU memory over the whole world (the estimator itself plans one node)
-    from ftcalc.model.parallel import estimate_parallel, strategy_of
+    # several nodes: the per-GPU memory over the whole world that ftcalc plan predicted (train/plan.py,
+    # estimate_parallel with one instance per node); the estimator itself plans one node
     from ftcalc.tables.hardware import get_gpu
 
-    opts = spec.to_options().model_copy(update={"num_gpus": hw.num_gpus})
-    fsdp = spec.distribution.fsdp
-    par = estimate_parallel(mspec, opts, hw.gpu, strategy_of(spec.distribution.strategy, fsdp.offload_params,
-                                                             fsdp.reshard_after_forward), hw.world_size,
-                            num_instances=hw.num_nodes)
+    used = spec.predicted.device_used_bytes
+    if used is None:
+        return None, None
     cap = get_gpu(hw.gpu).memory_bytes
-    if par.device_used_bytes <= cap:
+    if used <= cap:
         return True, None
-    return False, (f"needs {par.device_used_bytes / 1e9:.1f} GB per GPU under {par.strategy} on "
-                   f"{hw.world_size} GPUs, the GPU has {cap / 1e9:.1f} GB")
+    return False, (f"needs {used / 1e9:.1f} GB per GPU under {spec.distribution.strategy} on {hw.world_size} GPUs, "
+                   f"the GPU has {cap / 1e9:.1f} GB")
 
 
 # ftcalc GPU slug -> SkyPilot accelerator name (`sky show-gpus`); others: the slug upper-cased
